@@ -1,0 +1,27 @@
+"""fastxent: fast, exact cross-entropy losses for NumPy arrays on the CPU.
+
+Binary, categorical and sparse categorical cross-entropy, from probabilities or
+logits, with gradients, through NumPy, Numba and Cython kernels chosen per call.
+See the README for the contract; ``fastxent.show_config()`` for this installation.
+"""
+
+__version__ = "0.1.0"
+
+from ._api import binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy
+from ._classes import BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy
+from ._config import config
+from ._dispatch import Plan
+from ._introspect import explain, show_config
+
+__all__ = [
+    "binary_crossentropy",
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "BinaryCrossentropy",
+    "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "Plan",
+    "config",
+    "explain",
+    "show_config",
+]

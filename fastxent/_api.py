@@ -1,0 +1,292 @@
+"""The three public losses and the pipeline they share.
+
+validate (``_validate``) -> plan (``_dispatch``) -> kernel (``backends``) -> reduce
+(``_reduce``). Formulas and options are documented in the README and in
+``backends/KERNELS.md``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _reduce, backends
+from ._dispatch import make_plan
+from ._validate import Problem, build_problem
+
+_PARAMETERS = """
+    Parameters
+    ----------
+    y_true, y_pred : array_like
+        Targets and predictions (``y_true`` first, as Keras). Anything
+        ``np.asarray`` accepts; inputs are never modified.
+    from_logits : bool
+        ``y_pred`` holds logits (True) or probabilities (False, range-checked).
+    label_smoothing : float in [0, 1]
+    sample_weight : None, scalar, or array of the per-sample shape
+        (``y_pred``'s shape without ``axis``; a trailing size-1 axis is squeezed).
+    axis : int
+        The class axis (label axis for binary). Any axis works without a copy.
+    reduction : {"mean", "sum", "none", "weighted_mean"} or None
+        ``"mean"`` (alias ``"sum_over_batch_size"``) divides by the number of
+        non-ignored samples (Keras); ``"weighted_mean"`` (alias
+        ``"mean_with_sample_weight"``) by their total weight (PyTorch, scikit-learn);
+        ``"none"``/None returns per-sample losses times ``sample_weight``.
+    epsilon : float in (0, 0.5)
+        Clip bound for probabilities, formed in the compute dtype.
+    return_grad : bool
+        Also return the gradient of the returned loss (for ``"none"``, of its sum)
+        with respect to ``y_pred``.
+    grad_out : ndarray, optional
+        Where to write the gradient (``y_pred``'s shape, float32 or float64 as the
+        result). Pass ``y_pred`` itself to overwrite the logits in place.
+    backend : {"auto", "numpy", "numba", "cython"}
+    threads : int >= 1, optional
+        Defaults to every core the process may use.
+
+    Returns
+    -------
+    loss : NumPy scalar, or ndarray for ``reduction="none"``
+        float64 for float64 ``y_pred``, float32 otherwise.
+    grad : ndarray, only with ``return_grad=True``
+
+    Raises
+    ------
+    ValueError, TypeError
+        Before any work, for any bad input; the message names the argument, what
+        was expected and what was given.
+    RuntimeError
+        When the requested backend cannot run the call.
+"""
+
+
+def _document(extra: str):
+    """Append the shared parameter docs, with the loss's own ``extra`` entries."""
+
+    def decorate(fn):
+        head, sep, tail = _PARAMETERS.partition("    from_logits : bool")
+        fn.__doc__ = fn.__doc__.rstrip() + "\n" + head + extra + sep + tail
+        return fn
+
+    return decorate
+
+
+@_document(
+    """    ignore_index : int, optional
+        Samples whose label equals it give loss 0, gradient 0, and are left out of
+        the mean (any integer, e.g. -100 as PyTorch).
+    class_weight : array of length C, optional
+        Weight ``w_c`` of each class.
+"""
+)
+def sparse_categorical_crossentropy(
+    y_true,
+    y_pred,
+    *,
+    from_logits=False,
+    label_smoothing=0.0,
+    ignore_index=None,
+    class_weight=None,
+    sample_weight=None,
+    axis=-1,
+    reduction="mean",
+    epsilon=1e-7,
+    return_grad=False,
+    grad_out=None,
+    backend="auto",
+    threads=None,
+):
+    """Cross-entropy of integer class labels against softmax outputs or logits.
+
+    Never builds a one-hot matrix: from probabilities it reads one value per sample
+    (``-w_y * log(clip(p[y]))``), from logits one pass per row
+    (``w_y * (logsumexp(x) - x[y])``).
+
+    >>> import numpy as np, fastxent
+    >>> y_true = np.array([0, 2])
+    >>> y_pred = np.array([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6]])
+    >>> print(round(float(fastxent.sparse_categorical_crossentropy(y_true, y_pred)), 6))
+    0.367009
+    >>> logits = np.log(y_pred)
+    >>> loss, grad = fastxent.sparse_categorical_crossentropy(
+    ...     y_true, logits, from_logits=True, return_grad=True)
+    >>> print(np.round(grad, 3))
+    [[-0.1   0.05  0.05]
+     [ 0.1   0.1  -0.2 ]]
+    """
+    problem = build_problem(
+        "sparse", y_true, y_pred,
+        from_logits=from_logits, label_smoothing=label_smoothing, ignore_index=ignore_index,
+        class_weight=class_weight, sample_weight=sample_weight, axis=axis, reduction=reduction,
+        epsilon=epsilon, return_grad=return_grad, grad_out=grad_out, backend=backend, threads=threads,
+    )  # fmt: skip
+    return run(problem)
+
+
+@_document(
+    """    class_weight : array of length C, optional
+        Weight ``w_c`` of each class.
+"""
+)
+def categorical_crossentropy(
+    y_true,
+    y_pred,
+    *,
+    from_logits=False,
+    label_smoothing=0.0,
+    class_weight=None,
+    sample_weight=None,
+    axis=-1,
+    reduction="mean",
+    epsilon=1e-7,
+    return_grad=False,
+    grad_out=None,
+    backend="auto",
+    threads=None,
+):
+    """Cross-entropy of one-hot or soft targets against softmax outputs or logits.
+
+    ``l = -sum_c w_c * t_c * log q_c`` with ``t = y_true * (1 - ls) + ls / C`` and
+    ``log q = log_softmax(y_pred)`` (logits) or ``log(clip(y_pred, eps, 1 - eps))``.
+
+    >>> import numpy as np, fastxent
+    >>> y_true = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    >>> y_pred = np.array([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6]])
+    >>> print(round(float(fastxent.categorical_crossentropy(y_true, y_pred)), 6))
+    0.642084
+    """
+    problem = build_problem(
+        "categorical", y_true, y_pred,
+        from_logits=from_logits, label_smoothing=label_smoothing, class_weight=class_weight,
+        sample_weight=sample_weight, axis=axis, reduction=reduction, epsilon=epsilon,
+        return_grad=return_grad, grad_out=grad_out, backend=backend, threads=threads,
+    )  # fmt: skip
+    return run(problem)
+
+
+@_document(
+    """    pos_weight : scalar or array, optional
+        Weight of the positive term: a scalar or one value per label along ``axis``
+        (along the last axis when ``axis=None``), as PyTorch's ``pos_weight``.
+"""
+)
+def binary_crossentropy(
+    y_true,
+    y_pred,
+    *,
+    from_logits=False,
+    label_smoothing=0.0,
+    pos_weight=None,
+    sample_weight=None,
+    axis=-1,
+    reduction="mean",
+    epsilon=1e-7,
+    return_grad=False,
+    grad_out=None,
+    backend="auto",
+    threads=None,
+):
+    """Binary cross-entropy of sigmoid outputs or logits, for binary and multi-label problems.
+
+    The per-sample loss is the mean over the label ``axis`` of
+    ``-(pw * y * log p + (1 - y) * log(1 - p))``; from logits it is computed with a
+    stable softplus, never through sigmoid and clip. A 1-D ``y_pred`` is one output
+    per sample; ``axis=None`` makes every element its own sample.
+
+    >>> import numpy as np, fastxent
+    >>> y_true = np.array([[1, 0], [0, 1]])
+    >>> y_pred = np.array([[0.9, 0.2], [0.3, 0.6]])
+    >>> print(round(float(fastxent.binary_crossentropy(y_true, y_pred)), 6))
+    0.298389
+    >>> print(fastxent.binary_crossentropy(y_true, y_pred, reduction="none").round(6))
+    [0.164252 0.433754]
+    """
+    problem = build_problem(
+        "binary", y_true, y_pred,
+        from_logits=from_logits, label_smoothing=label_smoothing, pos_weight=pos_weight,
+        sample_weight=sample_weight, axis=axis, reduction=reduction, epsilon=epsilon,
+        return_grad=return_grad, grad_out=grad_out, backend=backend, threads=threads,
+    )  # fmt: skip
+    return run(problem)
+
+
+LOSSES = {
+    "binary": binary_crossentropy,
+    "categorical": categorical_crossentropy,
+    "sparse": sparse_categorical_crossentropy,
+}
+
+
+def run(problem: Problem):
+    """Plan, run the kernel, and reduce: the part of a call after validation."""
+    plan = make_plan(problem)
+    kernel = backends.module(plan.backend).KERNELS[plan.kernel]
+    layout = problem.layout
+    loss_rows = np.empty((layout.outer, layout.inner), dtype=np.float64)
+    denom = _reduce.denominator(problem)
+
+    grad_full = grad_view = grad_weight = None
+    if problem.return_grad:
+        grad_full, grad_view = _gradient_buffer(problem)
+        grad_weight = _reduce.grad_weight(problem, denom)
+        if problem.grad_out is not None and not problem.from_logits:
+            # The caller's buffer (perhaps y_pred itself) must stay untouched when the
+            # probabilities turn out to be out of range: check them first.
+            _check(problem, _call(kernel, problem, plan, None, loss_rows, None))
+
+    _check(problem, _call(kernel, problem, plan, grad_weight, loss_rows, grad_view))
+    loss = _reduce.reduce(problem, loss_rows, denom)
+    return (loss, grad_full) if problem.return_grad else loss
+
+
+def _call(kernel, p: Problem, plan, grad_weight, loss_rows, grad_view) -> int:
+    weights = p.pos_weight if p.kind == "binary" else p.class_weight
+    if weights is None:
+        weights = _unit_weights(p)
+    args = [p.x, p.aux, weights, p.label_smoothing]
+    if p.kind == "sparse":
+        args.append(-1 if p.ignore_index is None else p.ignore_index)
+    if not p.from_logits:
+        args.append(p.epsilon)
+    if grad_weight is None:
+        grad_weight = np.broadcast_to(np.float64(0.0), loss_rows.shape)
+    args += [grad_weight, loss_rows, grad_view, plan.threads]
+    return kernel(*args)
+
+
+def _unit_weights(p: Problem) -> np.ndarray:
+    c = p.n_classes
+    if p.kind == "binary":
+        return np.broadcast_to(np.float64(1.0), (c, p.layout.inner))
+    return np.ones(c)
+
+
+def _gradient_buffer(p: Problem):
+    """The caller's ``grad_out`` or a new array, and its ``(O, C, I)`` view."""
+    if p.grad_out is not None:
+        return p.grad_out, p.grad_view
+    shape = p.layout.sample_shape if p.axis is None else _full_shape(p)
+    grad = np.empty(shape, dtype=p.result_dtype, order="F" if p.layout.swap else "C")
+    return grad, p.layout.view3(grad)
+
+
+def _full_shape(p: Problem) -> tuple:
+    s = p.layout.sample_shape
+    return s[: p.axis] + (p.n_classes,) + s[p.axis :]
+
+
+def _check(p: Problem, bad_row: int) -> None:
+    """Raise for the out-of-range probability a kernel reported in row ``bad_row``."""
+    if bad_row < 0:
+        return
+    o, i = divmod(bad_row, p.layout.inner)
+    if p.kind == "sparse" and p.label_smoothing == 0:
+        cls = int(p.aux[o, i])
+    else:
+        row = p.x[o, :, i].astype(np.float64)
+        cls = int(np.flatnonzero((row < 0) | (row > 1))[0])
+    value = float(p.x[o, cls, i])
+    pos = p.element_position(bad_row, cls)
+    raise ValueError(
+        f"y_pred: expected probabilities in [0, 1] (from_logits=False), got {value!r} at "
+        f"position {pos}. If y_pred holds logits, pass from_logits=True."
+    )

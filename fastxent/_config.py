@@ -1,0 +1,135 @@
+"""Process-wide and context-local settings: backend choice and thread count.
+
+Precedence, highest first: the call's own ``backend=``/``threads=`` arguments, an
+enclosing :func:`config` block, the ``FASTXENT_BACKEND`` / ``FASTXENT_NUM_THREADS``
+environment variables, then ``"auto"`` and every core the process may use (capped by
+``OMP_NUM_THREADS`` and by threadpoolctl limits on the OpenMP runtime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+
+import numpy as np
+
+BACKENDS = ("auto", "numpy", "numba", "cython")
+
+_backend_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fastxent_backend", default=None
+)
+_threads_var: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "fastxent_threads", default=None
+)
+
+
+def check_backend(backend, where: str = "backend") -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"{where}: expected one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return backend
+
+
+def check_threads(threads, where: str = "threads") -> int:
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"{where}: expected None or an int >= 1, got {threads!r}")
+    if threads < 1:
+        raise ValueError(f"{where}: expected None or an int >= 1, got {threads!r}")
+    return int(threads)
+
+
+@contextlib.contextmanager
+def config(*, backend: str | None = None, threads: int | None = None):
+    """Set the default backend and/or thread count inside a ``with`` block.
+
+    Settings are context-local (each thread and asyncio task sees its own), and a
+    call's explicit ``backend=``/``threads=`` still wins.
+
+    >>> import numpy as np, fastxent
+    >>> with fastxent.config(backend="numpy", threads=1):
+    ...     float(fastxent.sparse_categorical_crossentropy([0], [[0.9, 0.1]]))
+    0.10536051565782628
+    """
+    tokens = []
+    if backend is not None:
+        tokens.append((_backend_var, _backend_var.set(check_backend(backend))))
+    if threads is not None:
+        tokens.append((_threads_var, _threads_var.set(check_threads(threads))))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def resolve_backend(backend: str | None) -> tuple[str, str]:
+    """The backend to use and where that choice came from."""
+    if backend is not None and backend != "auto":
+        return check_backend(backend), "argument"
+    if backend is None:
+        from_context = _backend_var.get()
+        if from_context is not None:
+            return from_context, "fastxent.config()"
+        env = os.environ.get("FASTXENT_BACKEND")
+        if env:
+            return check_backend(env.strip().lower(), "FASTXENT_BACKEND"), "FASTXENT_BACKEND"
+    return "auto", "default"
+
+
+def resolve_threads(threads: int | None) -> tuple[int, str]:
+    """The thread count to use and where it came from."""
+    if threads is not None:
+        return check_threads(threads), "argument"
+    from_context = _threads_var.get()
+    if from_context is not None:
+        return from_context, "fastxent.config()"
+    env = os.environ.get("FASTXENT_NUM_THREADS")
+    if env:
+        return _env_threads(env, "FASTXENT_NUM_THREADS"), "FASTXENT_NUM_THREADS"
+    return default_threads()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_threads() -> tuple[int, str]:
+    n = available_cores()
+    source = "available cores"
+    omp = os.environ.get("OMP_NUM_THREADS")
+    if omp:
+        limit = _env_threads(omp.split(",")[0], "OMP_NUM_THREADS")
+        if limit < n:
+            n, source = limit, "OMP_NUM_THREADS"
+    limit = _openmp_runtime_limit()
+    if limit is not None and limit < n:
+        n, source = limit, "OpenMP runtime limit (threadpoolctl)"
+    return n, source
+
+
+def _openmp_runtime_limit() -> int | None:
+    """omp_get_max_threads() of the extension's OpenMP runtime, if it is built.
+
+    threadpoolctl limits OpenMP through omp_set_num_threads, so this is how a
+    ``threadpool_limits(1)`` block reaches us without asking threadpoolctl on
+    every call (which takes milliseconds).
+    """
+    try:
+        from .backends import _cython_ext
+    except ImportError:
+        return None
+    return _cython_ext.omp_max_threads() if _cython_ext.openmp_enabled() else None
+
+
+def _env_threads(value: str, name: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    return n

@@ -1,0 +1,78 @@
+"""What would run, and what this installation has: ``explain`` and ``show_config``."""
+
+from __future__ import annotations
+
+import inspect
+import platform
+import sys
+
+import numpy as np
+
+from . import __version__, backends
+from ._api import LOSSES
+from ._config import resolve_backend, resolve_threads
+from ._dispatch import Plan, make_plan
+from ._validate import build_problem
+
+_KINDS = {fn: kind for kind, fn in LOSSES.items()}
+
+
+def explain(fn, *args, **kwargs) -> Plan:
+    """The plan a call would run (backend, kernel, threads, reason), without running it.
+
+    ``fn`` is one of the three loss functions; the other arguments are the call's.
+    Inputs are validated as the call would validate them (probabilities are only
+    range-checked when the loss runs).
+
+    >>> import numpy as np, fastxent
+    >>> plan = fastxent.explain(fastxent.sparse_categorical_crossentropy,
+    ...                         np.zeros(4, dtype=int), np.zeros((4, 3)),
+    ...                         from_logits=True, backend="numpy")
+    >>> plan.backend, plan.kernel, plan.threads
+    ('numpy', 'sparse_from_logits', 1)
+    """
+    kind = _KINDS.get(fn) or _KINDS.get(getattr(fn, "_function", None))
+    if kind is None:
+        raise TypeError(
+            "fn: expected fastxent.binary_crossentropy, categorical_crossentropy or "
+            f"sparse_categorical_crossentropy, got {fn!r}"
+        )
+    if len(args) != 2:
+        raise TypeError(f"explain: expected y_true and y_pred after fn, got {len(args)} positional arguments")
+    params = inspect.signature(LOSSES[kind]).parameters.values()
+    options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise TypeError(f"explain: {LOSSES[kind].__name__} has no option(s) {unknown}")
+    options.update(kwargs)
+    return make_plan(build_problem(kind, *args, **options))
+
+
+def config_report() -> str:
+    """The text printed by :func:`show_config` and ``fastxent info``."""
+    backend, bsource = resolve_backend(None)
+    threads, tsource = resolve_threads(None)
+    lines = [
+        f"fastxent {__version__}",
+        f"python {sys.version.split()[0]} ({platform.machine()}), numpy {np.__version__}",
+        f"default backend: {backend} (from {bsource}); default threads: {threads} (from {tsource})",
+        "backends:",
+    ]
+    for name in backends.NAMES:
+        reason = backends.unavailable_reason(name)
+        if reason is not None:
+            lines.append(f"  {name}: unavailable: {reason}")
+            continue
+        details = ", ".join(f"{k}: {v}" for k, v in backends.module(name).info().items())
+        lines.append(f"  {name}: available; {details}")
+    return "\n".join(lines)
+
+
+def show_config() -> None:
+    """Print the backends, build flags (OpenMP, SIMD), threading layer and defaults.
+
+    >>> import fastxent
+    >>> fastxent.show_config()  # doctest: +ELLIPSIS
+    fastxent ...
+    """
+    print(config_report())

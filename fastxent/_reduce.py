@@ -1,0 +1,139 @@
+"""Reductions of per-row losses: none, sum, mean and weighted mean.
+
+Every sum is float64 and has a fixed shape: rows are cut into blocks of
+:data:`BLOCK_ROWS` consecutive rows (aligned to the global row index), each block is
+summed on its own, then the block sums are summed. The result therefore does not
+depend on thread counts, and a stream of chunks whose sizes are multiples of
+``BLOCK_ROWS`` (``fastxent eval``, ``fastxent.dask``) gives the same bits as one call.
+
+The denominator of a mean does not depend on ``y_pred``, so it is known before the
+kernel runs and the kernel can write the gradient of the final result directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_ROWS = 1 << 14
+#: Rows per temporary when products must be formed (weights times losses):
+#: bounds the extra memory of a reduction to 1 MiB whatever N is.
+_CHUNK_ROWS = 1 << 17
+
+
+def block_sums(values: np.ndarray, weights=None) -> np.ndarray:
+    """Sums of ``values * weights`` over consecutive blocks of ``BLOCK_ROWS`` rows.
+
+    ``values`` and ``weights`` (an array of the same shape, a scalar or None) are
+    indexed by rows in C order. Returns float64 block sums, the last block possibly
+    partial; :func:`total` finishes the reduction.
+    """
+    flat = values.reshape(-1)
+    n = flat.size
+    if weights is not None:
+        weights = float(weights) if np.ndim(weights) == 0 else weights.reshape(-1)
+    out = np.empty(-(-n // BLOCK_ROWS), dtype=np.float64)
+    for start in range(0, n, _CHUNK_ROWS):
+        stop = min(n, start + _CHUNK_ROWS)
+        chunk = flat[start:stop]
+        if weights is not None:
+            chunk = chunk * (weights if isinstance(weights, float) else weights[start:stop])
+        _sum_blocks(chunk.astype(np.float64, copy=False), out[start // BLOCK_ROWS :])
+    return out
+
+
+def _sum_blocks(chunk: np.ndarray, out: np.ndarray) -> None:
+    full = chunk.size // BLOCK_ROWS
+    if full:
+        np.sum(chunk[: full * BLOCK_ROWS].reshape(full, BLOCK_ROWS), axis=1, out=out[:full])
+    if chunk.size % BLOCK_ROWS:
+        out[full] = np.sum(chunk[full * BLOCK_ROWS :])
+
+
+def total(block_sums_: np.ndarray) -> float:
+    """The final float64 sum of block sums (pairwise, in block order)."""
+    return float(np.sum(block_sums_, dtype=np.float64))
+
+
+def valid_mask(labels: np.ndarray, ignore_index: int | None):
+    if ignore_index is None:
+        return None
+    return labels != ignore_index
+
+
+def denominator(problem) -> float:
+    """The divisor of the reduction: 1, the count of valid rows, or their weight."""
+    red = problem.reduction
+    if red in ("none", "sum"):
+        return 1.0
+    n = problem.n_rows
+    if red == "mean":
+        if problem.kind == "sparse" and problem.ignore_index is not None:
+            return float(_count_valid(problem.aux, problem.ignore_index))
+        return float(n)
+    # weighted_mean: sum_i v_i * s_i * c_i
+    return total(block_sums(_row_weights(problem), _sample_weight_factor(problem)))
+
+
+def _count_valid(labels: np.ndarray, ignore_index: int) -> int:
+    flat = labels.reshape(-1)
+    ignored = 0
+    for start in range(0, flat.size, _CHUNK_ROWS):
+        ignored += int(np.count_nonzero(flat[start : start + _CHUNK_ROWS] == ignore_index))
+    return flat.size - ignored
+
+
+def _sample_weight_factor(problem):
+    sw = problem.sample_weight
+    return 1.0 if sw is None else sw
+
+
+def _row_weights(problem) -> np.ndarray:
+    """``v_i * c_i`` per row, as an ``(O, I)`` float64 array (or ones)."""
+    layout = problem.layout
+    shape = (layout.outer, layout.inner)
+    cw = problem.class_weight
+    if problem.kind == "sparse":
+        labels = problem.aux
+        valid = valid_mask(labels, problem.ignore_index)
+        if cw is None:
+            if valid is None:
+                return np.ones(shape)
+            return valid.astype(np.float64)
+        safe = labels if valid is None else np.where(valid, labels, 0)
+        c = cw[safe]
+        return c if valid is None else np.where(valid, c, 0.0)
+    if problem.kind == "categorical" and cw is not None:
+        # c_i = sum_c w_c * y_ic over the unsmoothed targets, one row block at a time.
+        targets = problem.aux  # (O, C, I)
+        out = np.empty(shape)
+        step = max(1, _CHUNK_ROWS // (layout.classes * layout.inner))
+        for o in range(0, layout.outer, step):
+            block = targets[o : o + step].astype(np.float64)
+            out[o : o + step] = np.einsum("c,oci->oi", cw, block)
+        return out
+    return np.ones(shape)
+
+
+def grad_weight(problem, denom: float) -> np.ndarray:
+    """Per-row multiplier of the gradient: sample weight over the denominator."""
+    layout = problem.layout
+    shape = (layout.outer, layout.inner)
+    scale = 0.0 if denom == 0 else 1.0 / denom
+    sw = problem.sample_weight
+    if sw is None or np.ndim(sw) == 0:
+        s = 1.0 if sw is None else sw
+        return np.broadcast_to(np.float64(s * scale), shape)
+    return sw * scale
+
+
+def reduce(problem, loss_rows: np.ndarray, denom: float):
+    """The call's result from per-row losses (an ``(O, I)`` float64 array)."""
+    dtype = problem.result_dtype
+    sw = problem.sample_weight
+    if problem.reduction == "none":
+        out = loss_rows if sw is None else loss_rows * sw
+        return out.astype(dtype).reshape(problem.layout.sample_shape)
+    numerator = total(block_sums(loss_rows, sw))
+    if problem.reduction == "sum":
+        return dtype.type(numerator)
+    return dtype.type(0.0 if denom == 0 else numerator / denom)

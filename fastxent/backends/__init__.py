@@ -1,0 +1,37 @@
+"""Backends: modules that implement the kernel table of ``KERNELS.md``.
+
+Each backend module exposes ``NAME``, ``KERNELS`` (kernel name -> function, loaded
+on first access for compiled backends), ``unavailable_reason()`` (None when the
+backend can run), ``unsupported_reason(problem)`` (None when it can run that
+problem) and ``info()`` (a dict for ``show_config``). Importing this package imports
+no backend: ``numba`` in particular is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+NAMES = ("numpy", "cython")
+_MODULES = {"numpy": "numpy_backend", "cython": "cython_backend"}
+
+
+def module(name: str):
+    """The backend's module (imported on first call; cheap afterwards)."""
+    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run in this process, or None if it can."""
+    try:
+        mod = module(name)
+    except ImportError as exc:  # the module itself failed (e.g. a broken build)
+        return f"the {name} backend failed to import: {exc}"
+    return mod.unavailable_reason()
+
+
+def unsupported_reason(name: str, problem) -> str | None:
+    """Why backend ``name`` cannot run ``problem``, or None if it can."""
+    reason = unavailable_reason(name)
+    if reason is not None:
+        return reason
+    return module(name).unsupported_reason(problem)
