@@ -1,7 +1,7 @@
 """Process-wide and context-local settings: backend choice and thread count.
 
-Precedence, highest first: the call's own ``backend=``/``threads=`` arguments, an
-enclosing :func:`config` block, the ``FASTXENT_BACKEND`` / ``FASTXENT_NUM_THREADS``
+Precedence, highest first: the call's own ``backend=``/``threads=`` arguments (other
+than the defaults ``"auto"`` and ``None``), an enclosing :func:`config` block, the ``FASTXENT_BACKEND`` / ``FASTXENT_NUM_THREADS``
 environment variables, then ``"auto"`` and every core the process may use (capped by
 ``OMP_NUM_THREADS`` and by threadpoolctl limits on the OpenMP runtime).
 """
@@ -66,13 +66,13 @@ def resolve_backend(backend: str | None) -> tuple[str, str]:
     """The backend to use and where that choice came from."""
     if backend is not None and backend != "auto":
         return check_backend(backend), "argument"
-    if backend is None:
-        from_context = _backend_var.get()
-        if from_context is not None:
-            return from_context, "fastxent.config()"
-        env = os.environ.get("FASTXENT_BACKEND")
-        if env:
-            return check_backend(env.strip().lower(), "FASTXENT_BACKEND"), "FASTXENT_BACKEND"
+    # "auto" (the default) defers to a config() block or the environment, if any.
+    from_context = _backend_var.get()
+    if from_context is not None:
+        return from_context, "fastxent.config()"
+    env = os.environ.get("FASTXENT_BACKEND")
+    if env:
+        return check_backend(env.strip().lower(), "FASTXENT_BACKEND"), "FASTXENT_BACKEND"
     return "auto", "default"
 
 

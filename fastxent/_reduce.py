@@ -106,7 +106,7 @@ def _row_weights(problem) -> np.ndarray:
         # c_i = sum_c w_c * y_ic over the unsmoothed targets, one row block at a time.
         targets = problem.aux  # (O, C, I)
         out = np.empty(shape)
-        step = max(1, _CHUNK_ROWS // (layout.classes * layout.inner))
+        step = max(1, _CHUNK_ROWS // max(1, layout.classes * layout.inner))
         for o in range(0, layout.outer, step):
             block = targets[o : o + step].astype(np.float64)
             out[o : o + step] = np.einsum("c,oci->oi", cw, block)

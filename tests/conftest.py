@@ -17,13 +17,14 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=True,
+    database=None,
 )
 settings.load_profile("ci")
 
 ALL_BACKENDS = backends.NAMES
 
 
-@pytest.fixture(params=ALL_BACKENDS)
+@pytest.fixture(params=ALL_BACKENDS, scope="session")
 def backend(request):
     """Every backend in turn; the test matrix runs unchanged on each."""
     reason = backends.unavailable_reason(request.param)

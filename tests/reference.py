@@ -60,7 +60,7 @@ def categorical(y_true, y_pred, *, from_logits=False, label_smoothing=0.0, class
     a = w * (t * (1 - label_smoothing) + label_smoothing / c)
     neg_logq, _ = _neg_log_q(x, from_logits, eps)
     losses = _weighted_terms(a, neg_logq)
-    losses[np.isnan(np.asarray(x, dtype=np.float64)).any(axis=-1)] = np.nan
+    losses = np.where(np.isnan(np.asarray(x, dtype=np.float64)).any(axis=-1), np.nan, losses)
     return losses, a
 
 
@@ -82,7 +82,7 @@ def sparse(y_true, y_pred, *, from_logits=False, label_smoothing=0.0, class_weig
         nan_rows = np.isnan(x64).any(axis=-1)
     else:  # only p[y] is read
         nan_rows = np.isnan(np.take_along_axis(x64, np.where(valid, labels, 0)[..., None].astype(np.intp), -1)[..., 0])
-    losses[nan_rows & valid] = np.nan
+    losses = np.where(nan_rows & valid, np.nan, losses)
     return losses, a, valid
 
 
@@ -107,8 +107,7 @@ def binary_elements(y_true, y_pred, *, from_logits=False, label_smoothing=0.0, p
     with np.errstate(invalid="ignore"):
         pos = np.where(pw * y == 0, 0.0, pw * y * neg_log_sig)
         neg = np.where(1 - y == 0, 0.0, (1 - y) * neg_log_one_minus)
-    elem = pos + neg
-    elem[np.isnan(x.astype(np.float64))] = np.nan
+    elem = np.where(np.isnan(x.astype(np.float64)), np.nan, pos + neg)
     return elem, y, pw
 
 

@@ -37,6 +37,8 @@ def info() -> dict:
 
 def _blocks(outer: int, classes: int, inner: int):
     """Yield ``(o_slice, i_slice)`` blocks of rows, in increasing row order."""
+    if outer * inner == 0:
+        return
     rows = max(1, BLOCK_ELEMENTS // classes)
     if inner <= rows:
         per_o = max(1, rows // inner)
@@ -104,13 +106,14 @@ def _softmax_parts(z: np.ndarray):
     """Row-wise pieces of a stable log-softmax of float64 logits ``z`` (rows, C).
 
     Returns ``m`` (row max, finite-shifted), ``k`` (first argmax), ``e`` (exp(z - m)),
-    ``rest`` (sum of ``e`` over every class but ``k``), ``nan_rows`` and
-    ``dead_rows`` (every logit -inf). With ``S = 1 + rest``: ``log S = log1p(rest)``
-    and ``q_k - 1 = -rest / S`` stay exact when one class dominates.
+    ``rest`` (sum of ``e`` over every class but ``k``), ``nan_rows`` (a NaN or a
+    +inf logit: no defined softmax) and ``dead_rows`` (every logit -inf). With
+    ``S = 1 + rest``: ``log S = log1p(rest)`` and ``q_k - 1 = -rest / S`` stay exact
+    when one class dominates.
     """
     n = z.shape[0]
     m = z.max(axis=1)
-    nan_rows = np.isnan(m)
+    nan_rows = np.isnan(m) | np.isposinf(m)
     dead_rows = np.isneginf(m)
     m = np.where(dead_rows | nan_rows, 0.0, m)
     k = np.argmax(z, axis=1)
