@@ -1,0 +1,130 @@
+"""Terminal side of ``fastxent bench``: progress bar, table and files."""
+
+from __future__ import annotations
+
+import sys
+
+from .bench import (
+    DEFAULT_CLASSES,
+    DEFAULT_ROWS,
+    QUICK_CLASSES,
+    QUICK_ROWS,
+    BenchConfig,
+    plot,
+    ratios,
+    run_bench,
+    write_json,
+)
+
+
+def config_from_args(args) -> BenchConfig:
+    config = BenchConfig(
+        classes=args.classes or (QUICK_CLASSES if args.quick else DEFAULT_CLASSES),
+        rows=args.rows or (QUICK_ROWS if args.quick else DEFAULT_ROWS),
+        dtype=args.dtype,
+        threads=args.threads,
+        backends=args.backends,
+        repeats=args.repeats or (3 if args.quick else 7),
+    )
+    return config
+
+
+def run(args) -> int:
+    config = config_from_args(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = _with_progress(config)
+    print(render_table(results))
+    json_path = args.out / "results.json"
+    write_json(results, config, json_path)
+    written = [str(json_path)]
+    if not args.no_plot:
+        try:
+            png_path = args.out / "results.png"
+            plot(results, config, png_path)
+            written.append(str(png_path))
+        except ImportError:
+            print("(no plot: matplotlib is not installed; pip install 'fastxent[bench]')", file=sys.stderr)
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def _with_progress(config: BenchConfig):
+    try:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        return run_bench(config, progress=_plain_progress)
+    columns = (TextColumn("{task.description:<40}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(done, total, text):
+            bar.update(task, completed=done, total=total, description=text)
+
+        return run_bench(config, progress=progress)
+
+
+def _plain_progress(done, total, text):
+    print(f"\r[{done}/{total}] {text:<50}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _fmt_bytes(n: int) -> str:
+    if n < 0:
+        return "n/a"
+    if n < 1 << 20:
+        return f"{n / 1024:.0f} KiB"
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def table_rows(results):
+    """One row per (classes, implementation, probs|logits): sparse vs one-hot side by side."""
+    by_key = {(m.rows, m.classes, m.implementation, m.variant): m for m in results}
+    rat = ratios(results)
+    rows = []
+    for (n, c, impl, variant), sparse in sorted(by_key.items()):
+        if not variant.startswith("sparse"):
+            continue
+        kind = variant.split("-")[1]
+        onehot = by_key.get((n, c, impl, f"onehot-{kind}"))
+        t_ratio, m_ratio = rat.get((n, impl, c, kind), (float("nan"), float("nan")))
+        rows.append([
+            f"{c:,}", f"{sparse.rows:,}", impl, kind,
+            _fmt_time(sparse.seconds), _fmt_time(onehot.seconds) if onehot else "-",
+            f"{t_ratio:.3f}", _fmt_bytes(sparse.peak_bytes), _fmt_bytes(onehot.peak_bytes) if onehot else "-",
+            "n/a" if m_ratio != m_ratio else f"{m_ratio:.4f}",
+        ])  # fmt: skip
+    return rows
+
+
+HEADERS = ["classes", "rows", "implementation", "from", "sparse time", "one-hot time", "time ratio",
+           "sparse memory", "one-hot memory", "memory ratio"]  # fmt: skip
+
+
+def render_table(results) -> str:
+    rows = table_rows(results)
+    title = "Mean loss: sparse labels vs one-hot targets (one-hot includes building the matrix; ratio = sparse / one-hot)"
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
+        lines = [title, "  ".join(h.rjust(w) for h, w in zip(HEADERS, widths))]
+        lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+        return "\n".join(lines)
+    table = Table(title=title)
+    for h in HEADERS:
+        table.add_column(h, justify="left" if h in ("implementation", "from") else "right")
+    for r in rows:
+        table.add_row(*r)
+    console = Console(record=True, width=max(150, Console().width))
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()
