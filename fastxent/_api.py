@@ -218,12 +218,34 @@ LOSSES = {
 
 def run(problem: Problem):
     """Plan, run the kernel, and reduce: the part of a call after validation."""
+    count, weight = _reduce.denominator_parts(problem)
+    loss_rows, grad = _execute(problem, _reduce.denominator(problem.reduction, count, weight))
+    if problem.reduction == "none":
+        loss = _reduce.per_sample(problem, loss_rows)
+    else:
+        part = _reduce.partial(problem, loss_rows, count, weight)
+        loss = _reduce.finish(part, problem.reduction, problem.result_dtype)
+    return (loss, grad) if problem.return_grad else loss
+
+
+def partial_loss(problem: Problem) -> _reduce.Partial:
+    """The mergeable reduction pieces of a loss-only call (for chunked evaluation).
+
+    Chunks whose row counts are multiples of ``_reduce.BLOCK_ROWS``, merged in order
+    with ``_reduce.merge`` and finished with ``_reduce.finish``, give the same bits
+    as one call over all the rows.
+    """
+    count, weight = _reduce.denominator_parts(problem)
+    loss_rows, _ = _execute(problem, 1.0)
+    return _reduce.partial(problem, loss_rows, count, weight)
+
+
+def _execute(problem: Problem, denom: float):
+    """Run the planned kernel: per-row float64 losses and, if asked, the gradient."""
     plan = make_plan(problem)
     kernel = backends.module(plan.backend).KERNELS[plan.kernel]
     layout = problem.layout
     loss_rows = np.empty((layout.outer, layout.inner), dtype=np.float64)
-    denom = _reduce.denominator(problem)
-
     grad_full = grad_view = grad_weight = None
     if problem.return_grad:
         grad_full, grad_view = _gradient_buffer(problem)
@@ -234,8 +256,7 @@ def run(problem: Problem):
             # probabilities turn out to be out of range: check them first.
             _check(problem, _call(kernel, problem, plan, None, loss_rows, None))
         _check(problem, _call(kernel, problem, plan, grad_weight, loss_rows, grad_view))
-    loss = _reduce.reduce(problem, loss_rows, denom)
-    return (loss, grad_full) if problem.return_grad else loss
+    return loss_rows, grad_full
 
 
 def _call(kernel, p: Problem, plan, grad_weight, loss_rows, grad_view) -> int:

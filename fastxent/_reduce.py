@@ -12,6 +12,8 @@ kernel runs and the kernel can write the gradient of the final result directly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 BLOCK_ROWS = 1 << 14
@@ -60,18 +62,57 @@ def valid_mask(labels: np.ndarray, ignore_index: int | None):
     return labels != ignore_index
 
 
-def denominator(problem) -> float:
+@dataclass
+class Partial:
+    """The mergeable pieces of a reduction over a block-aligned run of rows.
+
+    Streams (``fastxent eval``, ``fastxent.dask``) build one per chunk and
+    :func:`merge` them; a single call builds one. Either way :func:`finish` sees the
+    same block sums, so the result has the same bits.
+    """
+
+    numerator: np.ndarray  # block sums of s_i * l_i
+    count: int  # sum_i v_i: rows that are not ignored
+    weight: np.ndarray | None  # block sums of v_i * s_i * c_i (weighted_mean only)
+
+
+def denominator_parts(problem) -> tuple[int, np.ndarray | None]:
+    """What the denominator needs, known before the kernel runs: (count, weight blocks)."""
+    count = problem.n_rows
+    if problem.kind == "sparse" and problem.ignore_index is not None and problem.reduction != "none":
+        count = _count_valid(problem.aux, problem.ignore_index)
+    weight = None
+    if problem.reduction == "weighted_mean":
+        weight = block_sums(_row_weights(problem), _sample_weight_factor(problem))
+    return count, weight
+
+
+def denominator(reduction: str, count: int, weight: np.ndarray | None) -> float:
     """The divisor of the reduction: 1, the count of valid rows, or their weight."""
-    red = problem.reduction
-    if red in ("none", "sum"):
-        return 1.0
-    n = problem.n_rows
-    if red == "mean":
-        if problem.kind == "sparse" and problem.ignore_index is not None:
-            return float(_count_valid(problem.aux, problem.ignore_index))
-        return float(n)
-    # weighted_mean: sum_i v_i * s_i * c_i
-    return total(block_sums(_row_weights(problem), _sample_weight_factor(problem)))
+    if reduction == "mean":
+        return float(count)
+    if reduction == "weighted_mean":
+        return total(weight)
+    return 1.0
+
+
+def merge(parts: list[Partial]) -> Partial:
+    """One Partial for consecutive runs of rows, in order."""
+    weights = [p.weight for p in parts if p.weight is not None]
+    return Partial(
+        numerator=np.concatenate([p.numerator for p in parts]) if parts else np.zeros(0),
+        count=sum(p.count for p in parts),
+        weight=np.concatenate(weights) if weights else None,
+    )
+
+
+def finish(part: Partial, reduction: str, dtype: np.dtype):
+    """The reduced loss as a NumPy scalar of ``dtype``."""
+    numerator = total(part.numerator)
+    if reduction == "sum":
+        return dtype.type(numerator)
+    denom = denominator(reduction, part.count, part.weight)
+    return dtype.type(0.0 if denom == 0 else numerator / denom)
 
 
 def _count_valid(labels: np.ndarray, ignore_index: int) -> int:
@@ -126,14 +167,12 @@ def grad_weight(problem, denom: float) -> np.ndarray:
     return sw * scale
 
 
-def reduce(problem, loss_rows: np.ndarray, denom: float):
-    """The call's result from per-row losses (an ``(O, I)`` float64 array)."""
-    dtype = problem.result_dtype
+def per_sample(problem, loss_rows: np.ndarray) -> np.ndarray:
+    """``reduction="none"``: per-sample losses times sample weights, in the result dtype."""
     sw = problem.sample_weight
-    if problem.reduction == "none":
-        out = loss_rows if sw is None else loss_rows * sw
-        return out.astype(dtype).reshape(problem.layout.sample_shape)
-    numerator = total(block_sums(loss_rows, sw))
-    if problem.reduction == "sum":
-        return dtype.type(numerator)
-    return dtype.type(0.0 if denom == 0 else numerator / denom)
+    out = loss_rows if sw is None else loss_rows * sw
+    return out.astype(problem.result_dtype).reshape(problem.layout.sample_shape)
+
+
+def partial(problem, loss_rows: np.ndarray, count: int, weight) -> Partial:
+    return Partial(block_sums(loss_rows, problem.sample_weight), count, weight)

@@ -101,3 +101,30 @@ def test_same_bits_for_any_thread_count(backend, rng, kind, from_logits):
     for loss, grad in results[1:]:
         assert loss.tobytes() == results[0][0].tobytes()
         assert grad.tobytes() == results[0][1].tobytes()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "weighted_mean"])
+def test_chunked_partials_give_the_same_bits_as_one_call(backend, rng, reduction):
+    """What `fastxent eval` and `fastxent.dask` rely on."""
+    from fastxent._api import partial_loss
+    from fastxent._validate import build_problem
+
+    n = 3 * _reduce.BLOCK_ROWS + 123
+    z = rng.standard_normal((n, 5)).astype(np.float32)
+    y = rng.integers(0, 5, n)
+    y[::7] = -1
+    s = rng.random(n)
+    opts = dict(from_logits=True, label_smoothing=0.1, reduction=reduction, epsilon=1e-7, return_grad=False,
+                grad_out=None, backend=backend, threads=None, axis=-1, ignore_index=-1,
+                class_weight=rng.random(5))  # fmt: skip
+    try:
+        whole = scce(y, z, sample_weight=s, **opts)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    for step in (_reduce.BLOCK_ROWS, 2 * _reduce.BLOCK_ROWS):
+        parts = [
+            partial_loss(build_problem("sparse", y[i : i + step], z[i : i + step], sample_weight=s[i : i + step], **opts))
+            for i in range(0, n, step)
+        ]
+        merged = _reduce.finish(_reduce.merge(parts), reduction, np.dtype(np.float32))
+        assert merged.tobytes() == whole.tobytes()
