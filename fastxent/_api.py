@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _reduce, backends
-from ._dispatch import make_plan
+from ._dispatch import Plan, make_plan
 from ._validate import Problem, build_problem
 
 _PARAMETERS = """
@@ -238,6 +238,15 @@ def partial_loss(problem: Problem) -> _reduce.Partial:
     count, weight = _reduce.denominator_parts(problem)
     loss_rows, _ = _execute(problem, 1.0)
     return _reduce.partial(problem, loss_rows, count, weight)
+
+
+def kernel_runner(problem: Problem, backend: str, threads: int):
+    """A zero-argument function running ``problem``'s kernel on ``backend`` with
+    ``threads`` threads, loss only (what ``fastxent.calibrate()`` times)."""
+    plan = Plan(backend, problem.kernel_name, threads, "calibration")
+    kernel = backends.module(backend).KERNELS[plan.kernel]
+    loss_rows = np.empty((problem.layout.outer, problem.layout.inner), dtype=np.float64)
+    return lambda: _call(kernel, problem, plan, None, loss_rows, None)
 
 
 def _execute(problem: Problem, denom: float):

@@ -1,22 +1,31 @@
 """Choose the backend, kernel and thread count for a validated problem.
 
-:func:`make_plan` is the single place where that decision is made;
-:func:`explain` returns it to the user without running anything.
+:func:`make_plan` is the single place where that decision is made, and
+:func:`fastxent.explain` returns it without running anything. The choice comes from
+measurements (see ``_calibration``): for the problem's kernel family and work size,
+the fastest available (backend, threads) pair, with two rules on top:
+
+- ``backend="auto"`` never makes a call wait for a Numba JIT compilation when another
+  compiled backend can serve it (Numba joins once it has run that kernel);
+- with no measurement at all, compiled backends are preferred in the order
+  cython, numba, numpy, and inputs below :data:`PARALLEL_MIN_WORK` run on one thread.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
 
 from . import backends
+from ._calibration import family_of, load, work_of
 from ._config import resolve_backend, resolve_threads
 
-#: Preference order of ``backend="auto"`` among the backends that can run a call.
-_AUTO_ORDER = ("cython", "numpy")
+_AUTO_ORDER = ("cython", "numba", "numpy")
 
-#: Below this many elements of y_pred read per call, one thread is faster than two
-#: (thread start-up costs a few microseconds).
-PARALLEL_MIN_ELEMENTS = 1 << 15
+#: Without a calibration: below this much work one thread is faster than several
+#: (starting threads costs a few microseconds).
+PARALLEL_MIN_WORK = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -32,31 +41,101 @@ class Plan:
         return f"{self.backend}.{self.kernel} with {self.threads} thread(s): {self.reason}"
 
 
+class _Table:
+    """A calibration as lookups: median seconds per (backend, family, threads, size)."""
+
+    def __init__(self, calibration: dict | None, source: str):
+        self.source = source
+        self.times = calibration["times"] if calibration else {}
+        self.log_sizes = [math.log(s) for s in calibration["sizes"]] if calibration else []
+        self.max_threads = max(calibration["threads"]) if calibration else None
+
+    def seconds(self, backend: str, family: str, threads: int, work: int) -> float | None:
+        """Measured time at the size nearest to ``work`` (in log scale), or None."""
+        rows = self.times.get(backend, {}).get(family)
+        if not rows or not self.log_sizes:
+            return None
+        row = rows.get("1" if threads == 1 else str(self.max_threads))
+        if row is None:
+            return None
+        x = math.log(max(work, 1))
+        k = bisect.bisect_left(self.log_sizes, x)
+        if k == len(self.log_sizes) or (k > 0 and x - self.log_sizes[k - 1] < self.log_sizes[k] - x):
+            k -= 1
+        return row[min(k, len(row) - 1)]
+
+
+_table: _Table | None = None
+
+
+def table() -> _Table:
+    global _table
+    if _table is None:
+        _table = _Table(*load())
+    return _table
+
+
+def reload_calibration() -> None:
+    """Forget the loaded calibration (after ``fastxent.calibrate()`` wrote a new one)."""
+    global _table
+    _table = None
+
+
 def make_plan(problem) -> Plan:
     requested, source = resolve_backend(problem.backend)
-    size = f"{problem.n_rows} rows x {problem.n_classes} classes, {problem.x.dtype}"
+    family, work = family_of(problem), work_of(problem)
+    size = f"{problem.n_rows} rows x {problem.n_classes} classes, {problem.x.dtype}, {family} family, work {work:,}"
     if requested != "auto":
         why_not = backends.unsupported_reason(requested, problem)
         if why_not is not None:
             raise RuntimeError(f"backend={requested!r} (from {source}) cannot run this call: {why_not}")
-        threads, tsource = _threads_for(requested, problem)
-        return Plan(requested, problem.kernel_name, threads, f"backend {requested!r} from {source}; {size}; threads from {tsource}")
+        threads, why = _threads(requested, family, work, problem.threads)
+        return Plan(requested, problem.kernel_name, threads, f"backend {requested!r} from {source}; {size}; {why}")
 
-    skipped = []
+    candidates, notes = [], []
     for name in _AUTO_ORDER:
         why_not = backends.unsupported_reason(name, problem)
         if why_not is None:
-            threads, tsource = _threads_for(name, problem)
-            note = f"; skipped {'; '.join(skipped)}" if skipped else ""
-            return Plan(name, problem.kernel_name, threads, f"auto: {name} is the first backend that runs {size}{note}; threads from {tsource}")
-        skipped.append(f"{name} ({why_not})")
-    raise AssertionError("the numpy backend runs every problem")  # pragma: no cover
+            candidates.append(name)
+        else:
+            notes.append(f"{name} cannot ({why_not})")
+    if "numba" in candidates and len(candidates) > 1 and not _numba_ready(problem):
+        candidates.remove("numba")
+        notes.append("numba would compile first (it joins once it has run this kernel)")
+    compiled = [c for c in candidates if c != "numpy"] or candidates
+    best = None
+    for name in compiled:
+        threads, why = _threads(name, family, work, problem.threads)
+        seconds = table().seconds(name, family, threads, work)
+        if best is None or (seconds is not None and (best[2] is None or seconds < best[2])):
+            best = (name, threads, seconds, why)
+    name, threads, seconds, why = best
+    basis = f"measured {seconds * 1e6:.0f} µs ({table().source})" if seconds is not None else "preference order"
+    note = f"; {'; '.join(notes)}" if notes else ""
+    return Plan(name, problem.kernel_name, threads, f"auto: {name} by {basis}; {size}; {why}{note}")
 
 
-def _threads_for(backend: str, problem) -> tuple[int, str]:
+def _threads(backend: str, family: str, work: int, requested: int | None) -> tuple[int, str]:
+    """Thread count for ``backend``: the caller's, else 1 or all by measurement."""
     if backend == "numpy":
-        return 1, "the numpy backend (single-threaded)"
-    threads, source = resolve_threads(problem.threads)
-    if problem.threads is None and problem.x.size < PARALLEL_MIN_ELEMENTS:
-        return 1, f"a small input (< {PARALLEL_MIN_ELEMENTS} elements)"
-    return threads, source
+        return 1, "1 thread (the numpy backend is single-threaded)"
+    if requested is not None:
+        return requested, f"{requested} thread(s) from the argument"
+    most, source = resolve_threads(None)
+    if most == 1:
+        return 1, f"1 thread (from {source})"
+    one = table().seconds(backend, family, 1, work)
+    many = table().seconds(backend, family, most, work)
+    if one is not None and many is not None:
+        if one <= many:
+            return 1, f"1 thread: measured faster than {most} at this size"
+        return most, f"{most} threads (from {source}): measured faster than 1 at this size"
+    if work < PARALLEL_MIN_WORK:
+        return 1, f"1 thread: work below {PARALLEL_MIN_WORK:,}"
+    return most, f"{most} threads (from {source})"
+
+
+def _numba_ready(problem) -> bool:
+    """Whether Numba has this kernel compiled in this process already."""
+    module = backends.module("numba")
+    return bool(getattr(module, "is_ready", lambda p: False)(problem))

@@ -22,6 +22,8 @@ def module(name: str):
 
 def unavailable_reason(name: str) -> str | None:
     """Why backend ``name`` cannot run in this process, or None if it can."""
+    if name not in _MODULES:
+        return f"no {name} backend in this version"
     try:
         mod = module(name)
     except ImportError as exc:  # the module itself failed (e.g. a broken build)
