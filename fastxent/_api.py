@@ -228,16 +228,11 @@ def run(problem: Problem):
     return (loss, grad) if problem.return_grad else loss
 
 
-def partial_loss(problem: Problem) -> _reduce.Partial:
-    """The mergeable reduction pieces of a loss-only call (for chunked evaluation).
-
-    Chunks whose row counts are multiples of ``_reduce.BLOCK_ROWS``, merged in order
-    with ``_reduce.merge`` and finished with ``_reduce.finish``, give the same bits
-    as one call over all the rows.
-    """
-    count, weight = _reduce.denominator_parts(problem)
+def row_losses(problem: Problem) -> np.ndarray:
+    """Per-row float64 losses of a loss-only call, before sample weights (the terms
+    that chunked evaluation sums with ``_reduce.BlockSums``)."""
     loss_rows, _ = _execute(problem, 1.0)
-    return _reduce.partial(problem, loss_rows, count, weight)
+    return loss_rows
 
 
 def kernel_runner(problem: Problem, backend: str, threads: int):

@@ -66,9 +66,9 @@ def valid_mask(labels: np.ndarray, ignore_index: int | None):
 class Partial:
     """The mergeable pieces of a reduction over a block-aligned run of rows.
 
-    Streams (``fastxent eval``, ``fastxent.dask``) build one per chunk and
-    :func:`merge` them; a single call builds one. Either way :func:`finish` sees the
-    same block sums, so the result has the same bits.
+    A single call builds one from its per-row losses; streams (``fastxent eval``,
+    ``fastxent.dask``) build the same block sums with :class:`BlockSums`, so
+    :func:`finish` gives the same bits either way.
     """
 
     numerator: np.ndarray  # block sums of s_i * l_i
@@ -83,7 +83,7 @@ def denominator_parts(problem) -> tuple[int, np.ndarray | None]:
         count = _count_valid(problem.aux, problem.ignore_index)
     weight = None
     if problem.reduction == "weighted_mean":
-        weight = block_sums(_row_weights(problem), _sample_weight_factor(problem))
+        weight = block_sums(row_weights(problem), _sample_weight_factor(problem))
     return count, weight
 
 
@@ -94,16 +94,6 @@ def denominator(reduction: str, count: int, weight: np.ndarray | None) -> float:
     if reduction == "weighted_mean":
         return total(weight)
     return 1.0
-
-
-def merge(parts: list[Partial]) -> Partial:
-    """One Partial for consecutive runs of rows, in order."""
-    weights = [p.weight for p in parts if p.weight is not None]
-    return Partial(
-        numerator=np.concatenate([p.numerator for p in parts]) if parts else np.zeros(0),
-        count=sum(p.count for p in parts),
-        weight=np.concatenate(weights) if weights else None,
-    )
 
 
 def finish(part: Partial, reduction: str, dtype: np.dtype):
@@ -128,7 +118,7 @@ def _sample_weight_factor(problem):
     return 1.0 if sw is None else sw
 
 
-def _row_weights(problem) -> np.ndarray:
+def row_weights(problem) -> np.ndarray:
     """``v_i * c_i`` per row, as an ``(O, I)`` float64 array (or ones)."""
     layout = problem.layout
     shape = (layout.outer, layout.inner)
@@ -176,3 +166,41 @@ def per_sample(problem, loss_rows: np.ndarray) -> np.ndarray:
 
 def partial(problem, loss_rows: np.ndarray, count: int, weight) -> Partial:
     return Partial(block_sums(loss_rows, problem.sample_weight), count, weight)
+
+
+class BlockSums:
+    """Float64 block sums of a stream of per-row values, cut as one call cuts them.
+
+    Values arrive in row order in pieces of any size; every block of
+    ``BLOCK_ROWS`` consecutive rows is summed by :func:`block_sums` on its
+    own, whether it arrived whole or in pieces.
+    """
+
+    def __init__(self):
+        self._sums: list[np.ndarray] = []
+        self._pending = np.empty(BLOCK_ROWS)
+        self._filled = 0
+
+    def add(self, values: np.ndarray) -> None:
+        values = values.reshape(-1)
+        if self._filled:
+            take = min(BLOCK_ROWS - self._filled, values.size)
+            self._pending[self._filled : self._filled + take] = values[:take]
+            self._filled += take
+            values = values[take:]
+            if self._filled < BLOCK_ROWS:
+                return
+            self._sums.append(block_sums(self._pending))
+            self._filled = 0
+        whole = values.size - values.size % BLOCK_ROWS
+        if whole:
+            self._sums.append(block_sums(values[:whole]))
+        rest = values[whole:]
+        self._pending[: rest.size] = rest
+        self._filled = rest.size
+
+    def result(self) -> np.ndarray:
+        parts = list(self._sums)
+        if self._filled:
+            parts.append(block_sums(self._pending[: self._filled]))
+        return np.concatenate(parts) if parts else np.zeros(0)

@@ -1,9 +1,11 @@
-"""The ``fastxent`` command line: ``info`` and ``bench``."""
+"""The ``fastxent`` command line: ``info``, ``bench`` and ``eval``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -53,7 +55,39 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive_int, help="timed repeats per measurement (median; default 7, quick 3)")
     bench.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default bench-results)")
     bench.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    _add_eval(commands)
     return parser
+
+
+def _add_eval(commands) -> None:
+    # Values are parsed by _run_eval, so that every bad input gets the same one-line error.
+    ev = commands.add_parser(
+        "eval",
+        help="the loss of predictions in .npy files of any size, streamed through memory maps",
+        description="Compute a loss over .npy files of any size: the files are memory-mapped in chunks of rows "
+        "sized to --memory, and the result has the same bits as the in-memory call on the loaded arrays. "
+        "Exit status 2 on bad input, with a one-line message.",
+    )
+    ev.add_argument("--y-true", required=True, metavar="FILE", help="labels (sparse) or targets (.npy)")
+    ev.add_argument("--y-pred", required=True, metavar="FILE", help="probabilities or logits (.npy, C-ordered)")
+    ev.add_argument("--loss", required=True, choices=["binary", "categorical", "sparse"])
+    ev.add_argument("--from-logits", action="store_true", help="--y-pred holds logits")
+    ev.add_argument("--reduction", default="mean", choices=["mean", "sum", "weighted_mean", "none"],
+                    help="default mean; none writes per-sample losses to --out")  # fmt: skip
+    ev.add_argument("--out", metavar="FILE.npy", help="with --reduction none: where to write the per-sample losses")
+    ev.add_argument("--class-weight", metavar="FILE_OR_LIST", help="one weight per class: 1,2.5,1 or a .npy file")
+    ev.add_argument("--pos-weight", metavar="FILE_OR_LIST", help="binary: a number, one per label, or a .npy file")
+    ev.add_argument("--sample-weight", metavar="FILE", help="per-sample weights (.npy), or one number")
+    ev.add_argument("--ignore-index", metavar="N", help="sparse: label of samples to leave out (e.g. -100)")
+    ev.add_argument("--label-smoothing", metavar="X", default="0", help="in [0, 1] (default 0)")
+    ev.add_argument("--epsilon", metavar="X", default="1e-7", help="clip bound for probabilities (default 1e-7)")
+    ev.add_argument("--axis", metavar="N", default="-1", help="class axis (default -1; binary: none for elementwise)")
+    ev.add_argument("--memory", metavar="SIZE", default="512MiB",
+                    help="budget for the data held at once, e.g. 512MiB (default), 2GB, 1g")  # fmt: skip
+    ev.add_argument("--backend", default="auto", choices=["auto", "numpy", "numba", "cython"])
+    ev.add_argument("--threads", metavar="N", help="threads (default: every available core)")
+    ev.add_argument("--json", action="store_true", help="print a JSON object instead of a line of text")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def main(argv=None) -> int:
@@ -67,7 +101,155 @@ def main(argv=None) -> int:
         from ._bench_cli import run
 
         return run(args)
+    if args.command == "eval":
+        return _run_eval(args)
     raise AssertionError(args.command)  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- eval
+
+#: Options of ``fastxent eval`` by the name of the argument they set.
+_EVAL_OPTIONS = {
+    "y_true": "--y-true", "y_pred": "--y-pred", "sample_weight": "--sample-weight", "loss": "--loss",
+    "from_logits": "--from-logits", "reduction": "--reduction", "out": "--out", "class_weight": "--class-weight",
+    "pos_weight": "--pos-weight", "ignore_index": "--ignore-index", "label_smoothing": "--label-smoothing",
+    "epsilon": "--epsilon", "axis": "--axis", "memory": "--memory", "backend": "--backend", "threads": "--threads",
+}  # fmt: skip
+
+
+class _BadOption(ValueError):
+    pass
+
+
+def _run_eval(args) -> int:
+    import json
+
+    from .evaluate import evaluate_files
+
+    try:
+        kwargs = _eval_kwargs(args)
+        with _progress_bar(not args.no_progress) as progress:
+            result = evaluate_files(args.loss, args.y_true, args.y_pred, progress=progress, **kwargs)
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        print(f"fastxent eval: error: {_cli_message(exc, args)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastxent eval: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(result.to_dict()) if args.json else str(result))
+    return 0
+
+
+def _eval_kwargs(args) -> dict:
+    kwargs = dict(
+        from_logits=args.from_logits, reduction=args.reduction, out=args.out, memory=args.memory,
+        backend=args.backend, label_smoothing=_number(args.label_smoothing, "--label-smoothing", float),
+        epsilon=_number(args.epsilon, "--epsilon", float),
+        axis=None if args.axis.strip().lower() == "none" else _number(args.axis, "--axis", int),
+    )  # fmt: skip
+    if args.threads is not None:
+        kwargs["threads"] = _number(args.threads, "--threads", int)
+    if args.ignore_index is not None:
+        kwargs["ignore_index"] = _number(args.ignore_index, "--ignore-index", int)
+    if args.sample_weight is not None:
+        kwargs["sample_weight"] = _number_or(args.sample_weight)
+    for name in ("class_weight", "pos_weight"):
+        text = getattr(args, name)
+        if text is not None:
+            kwargs[name] = _weights(text, _EVAL_OPTIONS[name])
+    return kwargs
+
+
+def _number(text: str, option: str, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise _BadOption(f"{option}: expected {what}, got {text!r}") from None
+
+
+def _number_or(text: str):
+    """A number, or the text itself (a file name)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _weights(text: str, option: str):
+    """Comma-separated numbers, or the array in a .npy file."""
+    import numpy as np
+
+    try:
+        values = [float(v) for v in text.split(",")]
+        return values[0] if len(values) == 1 and "," not in text else values
+    except ValueError:
+        pass
+    if not os.path.isfile(text):
+        raise _BadOption(f"{option}: expected comma-separated numbers or a .npy file, got {text!r} (no such file)")
+    try:
+        return np.load(text, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise _BadOption(f"{option} {text}: expected comma-separated numbers or a .npy file, got {exc}") from None
+
+
+def _cli_message(exc: Exception, args) -> str:
+    """The library's message, with arguments named as the options that set them."""
+    message = " ".join(str(exc).split())  # one line
+    if isinstance(exc, _BadOption):
+        return message
+    for name in ("y_true", "y_pred", "sample_weight", "out"):  # "y_pred (preds.npy): ..."
+        path = getattr(args, name)
+        prefix = f"{name} ({path}): "
+        if path is not None and message.startswith(prefix):
+            message = f"{_EVAL_OPTIONS[name]} {path}: " + message[len(prefix) :]
+            break
+    else:
+        name, sep, rest = message.partition(": ")
+        if sep and name in _EVAL_OPTIONS:
+            message = _EVAL_OPTIONS[name] + sep + rest
+    return message.replace("pass from_logits=True", "pass --from-logits")
+
+
+class _progress_bar:
+    """A ``progress(done, total)`` callback drawing a bar on stderr (rich if installed)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._bar = None
+        self._last = 0.0
+
+    def __enter__(self):
+        if not (self.enabled and sys.stderr.isatty()):
+            return None
+        try:
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)  # fmt: skip
+        except ImportError:
+            return self._plain
+        columns = (TextColumn("eval"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+        self._bar = Progress(*columns, console=Console(stderr=True), transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task("eval", total=None)
+        return self._rich
+
+    def _rich(self, done: int, total: int) -> None:
+        self._bar.update(self._task, completed=done, total=total)
+
+    def _plain(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < 0.2:
+            return
+        self._last = now
+        pct = 100.0 * done / total if total else 100.0
+        end = "\n" if done >= total else ""
+        print(f"\reval: {pct:5.1f}% of {total / 1e9:.2f} GB", end=end, file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.stop()
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover
