@@ -1,33 +1,120 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Cython kernels (OpenMP when the build has it).
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Cython kernels of the fastxent kernel table (see KERNELS.md).
 
-Inputs are validated by the public layer before they reach these functions, so
-bounds and wrap-around checks are off. Indices are Py_ssize_t: N x C can pass 2^31.
+The six ``def`` kernels take the canonical ``(O, C, I)`` views and return the flat
+index of the first row holding a probability outside [0, 1], or -1. Inputs are
+validated by the public layer first: bounds and wrap-around checks are off.
+
+How a call runs:
+
+* The arguments are read through the NumPy C API (data pointer, byte strides,
+  type number): no buffer or memoryview is acquired, which keeps a 32 x 10 call
+  in the low microseconds. Read-only and memory-mapped arrays are only read
+  (nothing asks for a writable buffer); float16 is read as its bits and converted
+  in the kernel.
+* The layout is normalised (``I == 1`` and mergeable ``(O, I)`` become one long
+  inner axis), then one of two forms runs: **rows** (class axis at any stride;
+  contiguous rows are used in place, anything else goes through a per-block
+  buffer) or **columns** (inner axis contiguous, e.g. Fortran ``(1, C, N)`` or
+  ``(N, C, H*W)``: vectorised across rows).
+* The numeric kernels are C (``_csrc/``), compiled once per ISA (SSE2, AVX2+FMA,
+  AVX-512) and picked at import; OpenMP splits the rows into ``threads``
+  contiguous chunks (``prange``, static schedule). Outputs are per row, so the
+  thread count never changes a result; the first bad row is the lowest chunk's.
+* The sparse gather-log (from probabilities, no label smoothing) is written here
+  with fused label/value types: one read per row, whatever C is.
 """
 
 from cython.parallel cimport prange
-from libc.math cimport log
-from libc.stdint cimport int64_t
+from libc.math cimport log, isnan
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+cimport numpy as cnp
 
-import numpy as np
+cnp.import_array()
+
+cdef extern from "numpy/arrayobject.h":
+    enum:
+        NPY_HALF
+
+cdef extern from "_csrc/fx_build_config.h":
+    const char *FX_BUILD_OPENMP_PROBE
+    const char *FX_BUILD_CFLAGS
 
 cdef extern from "_csrc/fx_openmp.h":
     int FX_OPENMP
     int fx_omp_max_threads() nogil
+    void FX_PREFETCH(const void *p) nogil
 
-ctypedef fused real:
-    float
-    double
+cdef extern from "_csrc/fx_math.h":
+    float fx_half_to_f32(uint16_t h) nogil
 
-ctypedef fused label_t:
-    signed char
-    short
-    int
-    long long
-    unsigned char
-    unsigned short
-    unsigned int
-    unsigned long long
+cdef extern from "_csrc/fx_common.h":
+    ctypedef Py_ssize_t fx_ssize
+    enum:
+        FX_BOOL, FX_I8, FX_U8, FX_I16, FX_U16, FX_I32, FX_U32, FX_I64, FX_U64
+        FX_F16, FX_F32, FX_F64
+        FX_LANES
+    ctypedef struct fx_arr3:
+        char *data
+        fx_ssize so, sc, si
+        int dtype
+    ctypedef struct fx_call:
+        fx_ssize n_o, n_c, n_i
+        fx_arr3 x, t, g
+        int dense
+        const char *gw
+        fx_ssize gw_so, gw_si
+        double *loss
+        const double *cw
+        int cw_uniform
+        double cw0, cw_sum
+        const char *pw
+        fx_ssize pw_sc, pw_si
+        int pw_const
+        double pw0
+        double ls, eps
+        double ls_per_c
+        int stream_loss
+        const char *lab
+        fx_ssize lab_so, lab_si
+        int lab_dtype
+        int64_t ignore
+    ctypedef int (*fx_row_fn)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) noexcept nogil
+    ctypedef fx_ssize (*fx_cols_fn)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n) noexcept nogil
+    ctypedef struct fx_table:
+        const char *name
+        fx_row_fn logits_row[2]
+        fx_cols_fn logits_cols[2]
+        fx_row_fn probs_row[2]
+        fx_cols_fn probs_cols[2]
+        fx_row_fn bce_logits_row[2]
+        fx_cols_fn bce_logits_cols[2]
+        fx_row_fn bce_probs_row[2]
+        fx_cols_fn bce_probs_cols[2]
+        void (*vexp_f32)(const float *x, float *y, fx_ssize n, int neg_only) noexcept nogil
+        void (*vexp_f64)(const double *x, double *y, fx_ssize n, int neg_only) noexcept nogil
+        void (*vlog_f32)(const float *x, float *y, fx_ssize n) noexcept nogil
+        void (*vlog_f64)(const double *x, double *y, fx_ssize n) noexcept nogil
+        double (*read_sum_f32)(const float *x, fx_ssize n) noexcept nogil
+    const fx_table *fx_active() noexcept nogil
+    int fx_select(const char *name) noexcept nogil
+    const char *fx_compiled_isas() noexcept nogil
+    int fx_cpu_has(const char *name) noexcept nogil
+    void fx_fork_guard_install() noexcept nogil
+    int fx_in_forked_child() noexcept nogil
+    void fx_note_parallel_use() noexcept nogil
+
+import os as _os
+import numpy as np
+
+# -------------------------------------------------------------------------- build facts
+
+#: What setup.py's OpenMP probe found (compile, link and run a test program).
+OPENMP_PROBE = FX_BUILD_OPENMP_PROBE.decode()
+#: Compiler flags the extension was built with.
+BUILD_CFLAGS = FX_BUILD_CFLAGS.decode()
 
 
 def openmp_enabled():
@@ -36,49 +123,682 @@ def openmp_enabled():
 
 
 def omp_max_threads():
-    """omp_get_max_threads(): follows OMP_NUM_THREADS and threadpoolctl limits."""
+    """omp_get_max_threads(): follows OMP_NUM_THREADS and threadpoolctl limits (1 without OpenMP)."""
     return fx_omp_max_threads()
 
 
-def sparse_gather_log(const real[:, :, :] x, const label_t[:, :] labels,
-                      const double[:] class_weight, int64_t ignore_index, double epsilon,
-                      double[:, ::1] loss_out, int threads):
-    """Sparse loss from probabilities without label smoothing: one read per row.
+def simd_info():
+    """Which kernel table runs (``active``), which were compiled and which this CPU can run."""
+    compiled = fx_compiled_isas().decode().split(",")
+    return {
+        "active": fx_active().name.decode(),
+        "compiled": compiled,
+        "cpu_supports": [isa for isa in compiled if fx_cpu_has(isa.encode())],
+        "forced": _os.environ.get("FASTXENT_SIMD", "") not in ("", "auto"),
+    }
 
-    ``loss_out[o, i] = -w_y * log(clip(x[o, y, i], eps, 1 - eps))`` with the clip in
-    the input's dtype. Returns the flat index of the first row whose gathered
-    probability lies outside [0, 1] (NaN is not), or -1.
+
+def _set_simd(name):
+    """Test hook: run the ``name`` table ("default", "avx2", "avx512" or "auto").
+
+    Raises ValueError for a table that was not compiled or that this CPU cannot run.
     """
-    cdef Py_ssize_t inner = x.shape[2], n = x.shape[0] * inner
-    cdef Py_ssize_t chunks = max(1, threads), chunk, start, stop, r, o, i
-    cdef Py_ssize_t[::1] first_bad = np.full(chunks, -1, dtype=np.intp)
-    cdef int64_t y
-    cdef real p
-    cdef real lo = <real>epsilon
-    cdef real hi = <real>1 - lo
-    # One contiguous range of rows per chunk: each chunk records its own first bad
-    # row, so the answer is the same whatever the thread count.
-    for chunk in prange(chunks, nogil=True, schedule="static", num_threads=threads):
-        start = chunk * n // chunks
-        stop = (chunk + 1) * n // chunks
-        for r in range(start, stop):
-            o = r // inner
-            i = r - o * inner
-            y = <int64_t>labels[o, i]
-            if y == ignore_index:
-                loss_out[o, i] = 0.0
-                continue
-            p = x[o, y, i]
-            if p < 0 or p > 1:
-                if first_bad[chunk] < 0:
-                    first_bad[chunk] = r
-                continue
-            if p < lo:  # comparisons, not fmin/fmax: NaN must stay NaN
-                p = lo
-            elif p > hi:
-                p = hi
-            loss_out[o, i] = -class_weight[y] * log(<double>p)
-    for chunk in range(chunks):
-        if first_bad[chunk] >= 0:
-            return first_bad[chunk]
+    cdef int rc = fx_select(name.encode())
+    if rc == -1:
+        raise ValueError(f"no kernel table {name!r} in this build ({fx_compiled_isas().decode()})")
+    if rc == -2:
+        raise ValueError(f"this CPU cannot run the {name!r} kernel table")
+    return fx_active().name.decode()
+
+
+def _in_forked_child():
+    """True in a child forked after this process used OpenMP: kernels run serially there."""
+    return bool(fx_in_forked_child())
+
+
+# -------------------------------------------------------------------------- array access
+
+#: loss_out larger than this is written with non-temporal stores (column kernels).
+cdef fx_ssize STREAM_LOSS_BYTES = 8 << 20
+
+#: Below this many elements per thread a call runs on one thread (no OpenMP region).
+cdef fx_ssize MIN_WORK_PER_THREAD = 1 << 15
+
+
+cdef inline int _dtype_code(cnp.ndarray a) except -1:
+    """The fx dtype code of ``a`` (native byte order only)."""
+    cdef int tn = cnp.PyArray_TYPE(a)
+    cdef int size = cnp.PyArray_ITEMSIZE(a)
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        raise ValueError("fastxent kernels read native byte order only")
+    if tn == cnp.NPY_FLOAT:
+        return FX_F32
+    if tn == cnp.NPY_DOUBLE:
+        return FX_F64
+    if tn == NPY_HALF:
+        return FX_F16
+    if tn == cnp.NPY_BOOL:
+        return FX_BOOL
+    if tn in (cnp.NPY_BYTE, cnp.NPY_SHORT, cnp.NPY_INT, cnp.NPY_LONG, cnp.NPY_LONGLONG):
+        return FX_I8 if size == 1 else FX_I16 if size == 2 else FX_I32 if size == 4 else FX_I64
+    if tn in (cnp.NPY_UBYTE, cnp.NPY_USHORT, cnp.NPY_UINT, cnp.NPY_ULONG, cnp.NPY_ULONGLONG):
+        return FX_U8 if size == 1 else FX_U16 if size == 2 else FX_U32 if size == 4 else FX_U64
+    raise TypeError(f"unsupported dtype {(<object>a).dtype}")
+
+
+cdef inline int _arr3(fx_arr3 *v, cnp.ndarray a, fx_ssize O, fx_ssize C, fx_ssize I) except -1:
+    if cnp.PyArray_NDIM(a) != 3 or a.shape[0] != O or a.shape[1] != C or a.shape[2] != I:
+        raise ValueError(f"expected an array of shape {(O, C, I)}, got {(<object>a).shape}")
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(a)
+    v.data = <char *>cnp.PyArray_DATA(a)
+    v.so = st[0]
+    v.sc = st[1]
+    v.si = st[2]
+    v.dtype = _dtype_code(a)
+    return 0
+
+
+cdef inline int _arr2(cnp.ndarray a, fx_ssize O, fx_ssize I, const char **data,
+                      fx_ssize *so, fx_ssize *si) except -1:
+    if cnp.PyArray_NDIM(a) != 2 or a.shape[0] != O or a.shape[1] != I:
+        raise ValueError(f"expected an array of shape {(O, I)}, got {(<object>a).shape}")
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(a)
+    data[0] = <const char *>cnp.PyArray_DATA(a)
+    so[0] = st[0]
+    si[0] = st[1]
+    return 0
+
+
+cdef int _setup(fx_call *k, cnp.ndarray x, object targets, object labels, object class_weight,
+                object pos_weight, cnp.ndarray grad_weight, cnp.ndarray loss_out, object grad_out,
+                double ls, double eps, int64_t ignore) except -1:
+    """Fill ``k`` from the arguments (cheap: pointers, strides and type numbers)."""
+    cdef fx_ssize O, C, I, c
+    cdef cnp.ndarray a
+    cdef const double *w
+    if cnp.PyArray_NDIM(x) != 3:
+        raise ValueError(f"x must be 3-D (O, C, I), got {(<object>x).ndim}-D")
+    O = x.shape[0]
+    C = x.shape[1]
+    I = x.shape[2]
+    memset(k, 0, sizeof(fx_call))
+    k.n_o, k.n_c, k.n_i = O, C, I
+    k.ls, k.eps, k.ignore = ls, eps, ignore
+    k.ls_per_c = ls / C if C > 0 else 0.0
+    _arr3(&k.x, x, O, C, I)
+    if k.x.dtype != FX_F16 and k.x.dtype != FX_F32 and k.x.dtype != FX_F64:
+        raise TypeError(f"x must be float16, float32 or float64, got {(<object>x).dtype}")
+    if targets is not None:
+        k.dense = 1
+        _arr3(&k.t, <cnp.ndarray?>targets, O, C, I)
+    if labels is not None:
+        a = <cnp.ndarray?>labels
+        _arr2(a, O, I, &k.lab, &k.lab_so, &k.lab_si)
+        k.lab_dtype = _dtype_code(a)
+        if k.lab_dtype < FX_I8 or k.lab_dtype > FX_U64:
+            raise TypeError(f"labels must have an integer dtype, got {(<object>a).dtype}")
+    if grad_out is not None:
+        _arr3(&k.g, <cnp.ndarray?>grad_out, O, C, I)
+        if k.g.dtype != (FX_F64 if k.x.dtype == FX_F64 else FX_F32):
+            raise TypeError("grad_out must be float64 for float64 input, float32 otherwise")
+        if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>grad_out):
+            raise ValueError("grad_out is read-only")
+    _arr2(grad_weight, O, I, &k.gw, &k.gw_so, &k.gw_si)
+    if cnp.PyArray_TYPE(grad_weight) != cnp.NPY_DOUBLE:
+        raise TypeError("grad_weight must be float64")
+    if (cnp.PyArray_TYPE(loss_out) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(loss_out)
+            or cnp.PyArray_SIZE(loss_out) != O * I or not cnp.PyArray_ISWRITEABLE(loss_out)):
+        raise ValueError("loss_out must be a writeable C-contiguous float64 array of O*I values")
+    k.loss = <double *>cnp.PyArray_DATA(loss_out)
+    k.stream_loss = O * I * 8 > STREAM_LOSS_BYTES
+    if class_weight is not None:
+        a = <cnp.ndarray?>class_weight
+        if (cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE or cnp.PyArray_SIZE(a) != C
+                or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
+            raise ValueError("class_weight must be a contiguous float64 array of C values")
+        w = <const double *>cnp.PyArray_DATA(a)
+        k.cw = w
+        k.cw0 = w[0]
+        k.cw_uniform = 1
+        k.cw_sum = 0
+        for c in range(C):  # O(C) once per call: hoists the weights out of the rows
+            k.cw_sum += w[c]
+            if w[c] != w[0]:
+                k.cw_uniform = 0
+    if pos_weight is not None:
+        a = <cnp.ndarray?>pos_weight
+        if cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(a) != 2 or a.shape[0] != C or a.shape[1] != I:
+            raise ValueError(f"pos_weight must be float64 of shape {(C, I)}")
+        _arr2(a, C, I, &k.pw, &k.pw_sc, &k.pw_si)
+        k.pw_const = (k.pw_sc == 0 or C == 1) and (k.pw_si == 0 or I == 1)
+        memcpy(&k.pw0, k.pw, 8)
+    _normalise(k)
+    return 0
+
+
+cdef inline void _swap_axes(fx_call *k) noexcept nogil:
+    """(O, C, 1) -> (1, C, O): the same rows in the same order, one long inner axis."""
+    k.x.si = k.x.so
+    k.t.si = k.t.so
+    k.g.si = k.g.so
+    k.lab_si = k.lab_so
+    k.gw_si = k.gw_so
+    k.pw_si = 0  # pos_weight[c, 0] for every row
+    k.n_i = k.n_o
+    k.n_o = 1
+
+
+cdef void _normalise(fx_call *k) noexcept nogil:
+    """Give the kernels the longest contiguous run of rows the strides allow."""
+    cdef fx_ssize I = k.n_i
+    if k.n_i == 1 and k.n_o > 1:
+        _swap_axes(k)
+        return
+    if k.n_o > 1 and k.n_i > 1:
+        # (O, C, I) whose o stride is I times its i stride (e.g. (N, 1, L) binary,
+        # C-ordered): rows r = o*I + i sit at r * stride -- one inner axis of O*I.
+        if k.x.so != I * k.x.si:
+            return
+        if k.dense and k.t.so != I * k.t.si:
+            return
+        if k.g.data != NULL and k.g.so != I * k.g.si:
+            return
+        if k.lab != NULL and k.lab_so != I * k.lab_si:
+            return
+        if k.gw_so != I * k.gw_si:
+            return
+        if k.pw != NULL and k.pw_si != 0:
+            return
+        k.n_i = k.n_o * I
+        k.n_o = 1
+
+
+cdef inline int _contig(char *p, fx_ssize stride, fx_ssize size) noexcept nogil:
+    return stride == size and (<size_t>p) % size == 0
+
+
+cdef inline fx_ssize _itemsize(int dtype) noexcept nogil:
+    return 2 if dtype == FX_F16 else 4 if dtype == FX_F32 else 8
+
+
+#: Rows of at most this many classes run as columns even when rows are contiguous
+#: (loss only): one row per vector lane beats a vector over a 10-class row.
+cdef fx_ssize SMALL_C = 16
+
+
+cdef inline int _use_columns(const fx_call *k) noexcept nogil:
+    """Columns when the inner axis is contiguous and the class axis is not (or C == 1),
+    and for short rows without a gradient (the lane loads gather with a stride)."""
+    cdef fx_ssize xsz = _itemsize(k.x.dtype)
+    cdef fx_ssize gsz = 8 if k.x.dtype == FX_F64 else 4
+    if k.n_i < 2:
+        return 0
+    if k.n_c <= SMALL_C and k.n_i >= 16 and k.g.data == NULL:
+        return 1
+    if not _contig(k.x.data, k.x.si, xsz):
+        return 0
+    if k.g.data != NULL and not _contig(k.g.data, k.g.si, gsz):
+        return 0  # the column kernels write the gradient with unit stride
+    if k.n_c == 1:
+        return 1
+    if _contig(k.x.data, k.x.sc, xsz) and (k.g.data == NULL or _contig(k.g.data, k.g.sc, gsz)):
+        return 0
+    return 1
+
+
+cdef inline fx_ssize _lanes(const fx_call *k) noexcept nogil:
+    """Rows per column task: a tile of C x lanes values stays in L2 across passes."""
+    cdef fx_ssize w = (1 << 17) // (k.n_c * 4 + 1)
+    w = (w // 16) * 16
+    if w < 16:
+        w = 16
+    if w > FX_LANES:
+        w = FX_LANES
+    return w
+
+
+# -------------------------------------------------------------------------- drivers
+
+ctypedef fused label_t:
+    int8_t
+    int16_t
+    int32_t
+    int64_t
+    uint8_t
+    uint16_t
+    uint32_t
+    uint64_t
+
+ctypedef fused value_t:
+    uint16_t  # float16 bits
+    float
+    double
+
+
+cdef inline void _row_of(const fx_call *k, fx_ssize r, fx_ssize *o, fx_ssize *i) noexcept nogil:
+    if k.n_o == 1:
+        o[0] = 0
+        i[0] = r
+    else:
+        o[0] = r // k.n_i
+        i[0] = r - o[0] * k.n_i
+
+
+cdef fx_ssize _rows_sparse(const fx_call *k, fx_row_fn fn, const label_t *lab,
+                           fx_ssize r0, fx_ssize r1) noexcept nogil:
+    """Rows r0..r1-1 of a sparse kernel; returns the first bad row or -1."""
+    cdef fx_ssize r, o, i, y
+    cdef label_t v
+    for r in range(r0, r1):
+        _row_of(k, r, &o, &i)
+        v = (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
+        y = -1 if <int64_t>v == k.ignore else <fx_ssize>v
+        if fn(k, o, i, y):
+            return r
     return -1
+
+
+cdef fx_ssize _rows_dense(const fx_call *k, fx_row_fn fn, fx_ssize r0, fx_ssize r1) noexcept nogil:
+    cdef fx_ssize r, o, i
+    for r in range(r0, r1):
+        _row_of(k, r, &o, &i)
+        if fn(k, o, i, 0):
+            return r
+    return -1
+
+
+cdef fx_ssize _rows(const fx_call *k, fx_row_fn fn, fx_ssize r0, fx_ssize r1) noexcept nogil:
+    if k.lab == NULL:
+        return _rows_dense(k, fn, r0, r1)
+    cdef int d = k.lab_dtype
+    if d == FX_I64:
+        return _rows_sparse(k, fn, <const int64_t *>k.lab, r0, r1)
+    if d == FX_I32:
+        return _rows_sparse(k, fn, <const int32_t *>k.lab, r0, r1)
+    if d == FX_I16:
+        return _rows_sparse(k, fn, <const int16_t *>k.lab, r0, r1)
+    if d == FX_I8:
+        return _rows_sparse(k, fn, <const int8_t *>k.lab, r0, r1)
+    if d == FX_U64:
+        return _rows_sparse(k, fn, <const uint64_t *>k.lab, r0, r1)
+    if d == FX_U32:
+        return _rows_sparse(k, fn, <const uint32_t *>k.lab, r0, r1)
+    if d == FX_U16:
+        return _rows_sparse(k, fn, <const uint16_t *>k.lab, r0, r1)
+    return _rows_sparse(k, fn, <const uint8_t *>k.lab, r0, r1)
+
+
+cdef fx_ssize _cols(const fx_call *k, fx_cols_fn fn, fx_ssize w, fx_ssize t0, fx_ssize t1) noexcept nogil:
+    """Column tasks t0..t1-1 (task = (o, block of w rows)); returns the first bad row or -1."""
+    cdef fx_ssize nb = (k.n_i + w - 1) // w
+    cdef fx_ssize t, o, i0, n, b
+    for t in range(t0, t1):
+        o = t // nb
+        i0 = (t - o * nb) * w
+        n = k.n_i - i0 if k.n_i - i0 < w else w
+        b = fn(k, o, i0, n)
+        if b >= 0:
+            return o * k.n_i + b
+    return -1
+
+
+cdef int _threads_for(fx_ssize work, fx_ssize tasks, int threads) noexcept nogil:
+    """Threads for a call: at most `threads`, one per task, enough work each; one
+    thread (no OpenMP region) in a child forked after OpenMP was used."""
+    cdef fx_ssize nt = threads
+    if FX_OPENMP == 0 or fx_in_forked_child():
+        return 1
+    if nt > work // MIN_WORK_PER_THREAD:
+        nt = work // MIN_WORK_PER_THREAD
+    if nt > tasks:
+        nt = tasks
+    return <int>nt if nt > 1 else 1
+
+
+cdef fx_ssize _first_bad(fx_ssize *bad, int nt) noexcept nogil:
+    """Chunks hold increasing rows: the first chunk with a bad row has the lowest."""
+    cdef int c
+    for c in range(nt):
+        if bad[c] >= 0:
+            return bad[c]
+    return -1
+
+
+cdef fx_ssize _run(fx_call *k, fx_row_fn row_fn, fx_cols_fn col_fn, int threads) except -2 nogil:
+    """Run a C kernel over every row: columns or rows, split into `threads` chunks."""
+    cdef fx_ssize n_rows = k.n_o * k.n_i, w = 0, tasks, ch
+    cdef int nt, columns = _use_columns(k)
+    cdef fx_ssize *bad
+    cdef fx_ssize result
+    if n_rows == 0:
+        return -1
+    if columns:
+        w = _lanes(k)
+        tasks = k.n_o * ((k.n_i + w - 1) // w)
+    else:
+        tasks = n_rows
+    nt = _threads_for(n_rows * k.n_c, tasks, threads)
+    if nt == 1:
+        return _cols(k, col_fn, w, 0, tasks) if columns else _rows(k, row_fn, 0, n_rows)
+    bad = <fx_ssize *>malloc(nt * sizeof(fx_ssize))
+    if bad == NULL:
+        with gil:
+            raise MemoryError()
+    fx_note_parallel_use()
+    for ch in prange(nt, schedule="static", num_threads=nt):
+        if columns:
+            bad[ch] = _cols(k, col_fn, w, ch * tasks // nt, (ch + 1) * tasks // nt)
+        else:
+            bad[ch] = _rows(k, row_fn, ch * tasks // nt, (ch + 1) * tasks // nt)
+    result = _first_bad(bad, nt)
+    free(bad)
+    return result
+
+
+cdef inline int _ct(const fx_call *k) noexcept nogil:
+    """Compute-type index of the kernel tables: 0 float32 (float16/32 input), 1 float64."""
+    return 1 if k.x.dtype == FX_F64 else 0
+
+
+# -------------------------------------------------------------------------- the kernel table
+
+def sparse_from_logits(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weight,
+                       double label_smoothing, int64_t ignore_index, cnp.ndarray grad_weight,
+                       cnp.ndarray loss_out, grad_out, int threads):
+    cdef fx_call k
+    _setup(&k, x, None, labels, class_weight, None, grad_weight, loss_out, grad_out,
+           label_smoothing, 0.0, ignore_index)
+    cdef const fx_table *tb = fx_active()
+    cdef int ct = _ct(&k)
+    with nogil:
+        _run(&k, tb.logits_row[ct], tb.logits_cols[ct], threads)
+    return -1
+
+
+def categorical_from_logits(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray class_weight,
+                            double label_smoothing, cnp.ndarray grad_weight, cnp.ndarray loss_out,
+                            grad_out, int threads):
+    cdef fx_call k
+    _setup(&k, x, targets, None, class_weight, None, grad_weight, loss_out, grad_out,
+           label_smoothing, 0.0, -1)
+    cdef const fx_table *tb = fx_active()
+    cdef int ct = _ct(&k)
+    with nogil:
+        _run(&k, tb.logits_row[ct], tb.logits_cols[ct], threads)
+    return -1
+
+
+def categorical_from_probs(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray class_weight,
+                           double label_smoothing, double epsilon, cnp.ndarray grad_weight,
+                           cnp.ndarray loss_out, grad_out, int threads):
+    cdef fx_call k
+    cdef fx_ssize r
+    _setup(&k, x, targets, None, class_weight, None, grad_weight, loss_out, grad_out,
+           label_smoothing, epsilon, -1)
+    cdef const fx_table *tb = fx_active()
+    cdef int ct = _ct(&k)
+    with nogil:
+        r = _run(&k, tb.probs_row[ct], tb.probs_cols[ct], threads)
+    return r
+
+
+def binary_from_logits(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weight,
+                       double label_smoothing, cnp.ndarray grad_weight, cnp.ndarray loss_out,
+                       grad_out, int threads):
+    cdef fx_call k
+    _setup(&k, x, targets, None, None, pos_weight, grad_weight, loss_out, grad_out,
+           label_smoothing, 0.0, -1)
+    cdef const fx_table *tb = fx_active()
+    cdef int ct = _ct(&k)
+    with nogil:
+        _run(&k, tb.bce_logits_row[ct], tb.bce_logits_cols[ct], threads)
+    return -1
+
+
+def binary_from_probs(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weight,
+                      double label_smoothing, double epsilon, cnp.ndarray grad_weight,
+                      cnp.ndarray loss_out, grad_out, int threads):
+    cdef fx_call k
+    cdef fx_ssize r
+    _setup(&k, x, targets, None, None, pos_weight, grad_weight, loss_out, grad_out,
+           label_smoothing, epsilon, -1)
+    cdef const fx_table *tb = fx_active()
+    cdef int ct = _ct(&k)
+    with nogil:
+        r = _run(&k, tb.bce_probs_row[ct], tb.bce_probs_cols[ct], threads)
+    return r
+
+
+def sparse_from_probs(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weight,
+                      double label_smoothing, int64_t ignore_index, double epsilon,
+                      cnp.ndarray grad_weight, cnp.ndarray loss_out, grad_out, int threads):
+    cdef fx_call k
+    cdef fx_ssize r
+    _setup(&k, x, None, labels, class_weight, None, grad_weight, loss_out, grad_out,
+           label_smoothing, epsilon, ignore_index)
+    cdef const fx_table *tb = fx_active()
+    cdef int ct = _ct(&k)
+    if label_smoothing != 0:  # every class carries weight: whole rows, C kernel
+        with nogil:
+            r = _run(&k, tb.probs_row[ct], tb.probs_cols[ct], threads)
+        return r
+    with nogil:
+        r = _gather_log_run(&k, threads)
+    return r
+
+
+# -------------------------------------------------------------------------- gather-log
+
+#: Rows ahead whose gathered probability is prefetched (the gather is latency-bound).
+cdef fx_ssize PREFETCH_ROWS = 16
+
+
+cdef inline double _as_double(value_t v) noexcept nogil:
+    if value_t is uint16_t:
+        return <double>fx_half_to_f32(v)
+    else:
+        return <double>v
+
+
+cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *xv,
+                           fx_ssize r0, fx_ssize r1) noexcept nogil:
+    """-w_y log(clip(p_y)) for rows r0..r1-1, reading one value per row.
+
+    The clip is done in the compute dtype (float32 for float16/float32 input), the
+    log in float64 of the clipped value. Returns the first bad row or -1.
+    """
+    cdef fx_ssize r, o, i, y, yp, op, ip
+    cdef label_t v
+    cdef double p, pc, wy, gw
+    cdef double lo, hi
+    cdef float lo32, hi32, p32
+    cdef const char *xb = k.x.data
+    cdef char *grow
+    cdef int clipped
+    lo32 = <float>k.eps
+    hi32 = <float>1 - lo32
+    if value_t is double:
+        lo = k.eps
+        hi = 1.0 - lo
+    else:
+        lo = lo32
+        hi = hi32
+    for r in range(r0, r1):
+        if r + PREFETCH_ROWS < r1:  # start the cache miss of a later row now
+            _row_of(k, r + PREFETCH_ROWS, &op, &ip)
+            yp = <fx_ssize>(<const label_t *>(<const char *>lab + op * k.lab_so + ip * k.lab_si))[0]
+            if <int64_t>yp != k.ignore:
+                FX_PREFETCH(xb + op * k.x.so + yp * k.x.sc + ip * k.x.si)
+        _row_of(k, r, &o, &i)
+        v = (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
+        grow = k.g.data + o * k.g.so + i * k.g.si if k.g.data != NULL else NULL
+        if <int64_t>v == k.ignore:
+            k.loss[o * k.n_i + i] = 0.0
+            if grow != NULL:
+                _zero_row(k, grow)
+            continue
+        y = <fx_ssize>v
+        p = _as_double((<const value_t *>(xb + o * k.x.so + y * k.x.sc + i * k.x.si))[0])
+        if p < 0 or p > 1:  # NaN is not a range error
+            return r
+        # clip by comparison (NaN stays NaN), in the compute dtype
+        clipped = p < lo or p > hi
+        pc = lo if p < lo else (hi if p > hi else p)
+        wy = k.cw[y]
+        k.loss[o * k.n_i + i] = -wy * log(pc)
+        if grow != NULL:
+            _zero_row(k, grow)
+            gw = (<const double *>(k.gw + o * k.gw_so + i * k.gw_si))[0]
+            _store_grad(k, grow + y * k.g.sc, 0.0 if clipped else -wy * gw / p)
+    return -1
+
+
+cdef inline void _zero_row(const fx_call *k, char *grow) noexcept nogil:
+    cdef fx_ssize c, size = 8 if k.g.dtype == FX_F64 else 4
+    if k.g.sc == size:
+        memset(grow, 0, k.n_c * size)
+    else:
+        for c in range(k.n_c):
+            memset(grow + c * k.g.sc, 0, size)
+
+
+cdef inline void _store_grad(const fx_call *k, char *p, double v) noexcept nogil:
+    cdef float f
+    if k.g.dtype == FX_F64:
+        memcpy(p, &v, 8)
+    else:
+        f = <float>v
+        memcpy(p, &f, 4)
+
+
+cdef fx_ssize _gather_typed(const fx_call *k, const label_t *lab, fx_ssize r0, fx_ssize r1) noexcept nogil:
+    if k.x.dtype == FX_F32:
+        return _gather_rows(k, lab, <const float *>NULL, r0, r1)
+    if k.x.dtype == FX_F64:
+        return _gather_rows(k, lab, <const double *>NULL, r0, r1)
+    return _gather_rows(k, lab, <const uint16_t *>NULL, r0, r1)
+
+
+cdef fx_ssize _gather(const fx_call *k, fx_ssize r0, fx_ssize r1) noexcept nogil:
+    cdef int d = k.lab_dtype
+    if d == FX_I64:
+        return _gather_typed(k, <const int64_t *>k.lab, r0, r1)
+    if d == FX_I32:
+        return _gather_typed(k, <const int32_t *>k.lab, r0, r1)
+    if d == FX_I16:
+        return _gather_typed(k, <const int16_t *>k.lab, r0, r1)
+    if d == FX_I8:
+        return _gather_typed(k, <const int8_t *>k.lab, r0, r1)
+    if d == FX_U64:
+        return _gather_typed(k, <const uint64_t *>k.lab, r0, r1)
+    if d == FX_U32:
+        return _gather_typed(k, <const uint32_t *>k.lab, r0, r1)
+    if d == FX_U16:
+        return _gather_typed(k, <const uint16_t *>k.lab, r0, r1)
+    return _gather_typed(k, <const uint8_t *>k.lab, r0, r1)
+
+
+cdef fx_ssize _gather_log_run(fx_call *k, int threads) except -2 nogil:
+    cdef fx_ssize n_rows = k.n_o * k.n_i, ch
+    cdef fx_ssize work = n_rows * (k.n_c if k.g.data != NULL else 8)  # the gradient writes rows
+    cdef int nt = _threads_for(work, n_rows, threads)
+    cdef fx_ssize *bad
+    cdef fx_ssize result
+    if n_rows == 0:
+        return -1
+    if nt == 1:
+        return _gather(k, 0, n_rows)
+    bad = <fx_ssize *>malloc(nt * sizeof(fx_ssize))
+    if bad == NULL:
+        with gil:
+            raise MemoryError()
+    fx_note_parallel_use()
+    for ch in prange(nt, schedule="static", num_threads=nt):
+        bad[ch] = _gather(k, ch * n_rows // nt, (ch + 1) * n_rows // nt)
+    result = _first_bad(bad, nt)
+    free(bad)
+    return result
+
+
+# -------------------------------------------------------------------------- test and bench hooks
+
+def _vexp(cnp.ndarray x, bint neg_only=False):
+    """This ISA's vector exp over a contiguous float32/float64 array (test hook)."""
+    import numpy as np
+    x = np.ascontiguousarray(x)
+    cdef cnp.ndarray y = np.empty_like(x)
+    cdef fx_ssize n = x.size
+    if x.dtype == np.float32:
+        fx_active().vexp_f32(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y), n, neg_only)
+    elif x.dtype == np.float64:
+        fx_active().vexp_f64(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(y), n, neg_only)
+    else:
+        raise TypeError("float32 or float64")
+    return y
+
+
+def _vlog(cnp.ndarray x):
+    """This ISA's vector log over a contiguous float32/float64 array (test hook)."""
+    import numpy as np
+    x = np.ascontiguousarray(x)
+    cdef cnp.ndarray y = np.empty_like(x)
+    cdef fx_ssize n = x.size
+    if x.dtype == np.float32:
+        fx_active().vlog_f32(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y), n)
+    elif x.dtype == np.float64:
+        fx_active().vlog_f64(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(y), n)
+    else:
+        raise TypeError("float32 or float64")
+    return y
+
+
+def _read_sum(cnp.ndarray x, int threads):
+    """Parallel streaming float64 sum over a contiguous float32 array's bytes (the
+    benchmark's read pass: what reading the data once costs on this machine)."""
+    if cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT or not cnp.PyArray_IS_C_CONTIGUOUS(x):
+        raise TypeError("a C-contiguous float32 array")
+    cdef const float *p = <const float *>cnp.PyArray_DATA(x)
+    cdef fx_ssize n = cnp.PyArray_SIZE(x), ch, total_chunks
+    cdef int nt = _threads_for(n, n, threads)
+    cdef double *part = <double *>malloc(nt * sizeof(double))
+    cdef double s = 0
+    cdef const fx_table *tb = fx_active()
+    if part == NULL:
+        raise MemoryError()
+    with nogil:
+        if nt == 1:
+            part[0] = tb.read_sum_f32(p, n)
+        else:
+            fx_note_parallel_use()
+            for ch in prange(nt, schedule="static", num_threads=nt):
+                part[ch] = tb.read_sum_f32(p + ch * n // nt, (ch + 1) * n // nt - ch * n // nt)
+    for ch in range(nt):
+        s += part[ch]
+    free(part)
+    return s
+
+
+def _layout_plan(cnp.ndarray x, grad_out=None):
+    """Test hook: the form a call on ``x`` runs ("rows" or "columns") and the
+    normalised (O, C, I)."""
+    cdef fx_call k
+    _setup(&k, x, None, None, None, None, np.ones((x.shape[0], x.shape[2])),
+           np.empty(x.shape[0] * x.shape[2]), grad_out, 0.0, 0.0, -1)
+    return ("columns" if _use_columns(&k) else "rows"), (k.n_o, k.n_c, k.n_i)
+
+
+def _init():
+    fx_fork_guard_install()
+    name = _os.environ.get("FASTXENT_SIMD", "auto").strip().lower() or "auto"
+    rc = fx_select(name.encode())
+    if rc != 0:
+        import warnings
+        warnings.warn(f"FASTXENT_SIMD={name!r} is not available here; using {fx_active().name.decode()!r}",
+                      RuntimeWarning, stacklevel=2)
+    if not FX_OPENMP:
+        import warnings
+        warnings.warn("fastxent's Cython extension was built WITHOUT OpenMP: its kernels run on one "
+                      f"thread ({OPENMP_PROBE})", RuntimeWarning, stacklevel=2)
+
+
+_init()

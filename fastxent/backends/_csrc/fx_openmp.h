@@ -1,7 +1,6 @@
 /* OpenMP when the build has it, a serial stand-in when it does not. */
 #ifndef FX_OPENMP_H
 #define FX_OPENMP_H
-
 #ifdef _OPENMP
 #include <omp.h>
 #define FX_OPENMP 1
@@ -10,5 +9,10 @@ static inline int fx_omp_max_threads(void) { return omp_get_max_threads(); }
 #define FX_OPENMP 0
 static inline int fx_omp_max_threads(void) { return 1; }
 #endif
-
+/* a hint to fetch a gathered element early (sparse gather-log) */
+#if defined(__GNUC__) || defined(__clang__)
+#define FX_PREFETCH(p) __builtin_prefetch((p), 0, 0)
+#else
+#define FX_PREFETCH(p) ((void)(p))
+#endif
 #endif

@@ -1,0 +1,89 @@
+/* Types shared by the C kernels and the Cython driver (_cython_ext.pyx). */
+#ifndef FX_COMMON_H
+#define FX_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef ptrdiff_t fx_ssize; /* Py_ssize_t: N x C passes 2^31 */
+
+/* dtype codes (the Cython side maps NumPy type numbers onto these) */
+enum {
+    FX_BOOL = 1, FX_I8, FX_U8, FX_I16, FX_U16, FX_I32, FX_U32, FX_I64, FX_U64,
+    FX_F16, FX_F32, FX_F64
+};
+
+/* An (O, C, I) array: base pointer and byte strides (any sign, zero allowed). */
+typedef struct {
+    char *data;
+    fx_ssize so, sc, si;
+    int dtype;
+} fx_arr3;
+
+/* Everything a kernel needs for one call; built once per call by the driver. */
+typedef struct {
+    fx_ssize n_o, n_c, n_i;    /* O, C, I ("I" is a macro in complex.h) */
+    fx_arr3 x;                 /* y_pred */
+    fx_arr3 t;                 /* dense targets (categorical, binary) */
+    fx_arr3 g;                 /* grad_out; g.data == NULL: loss only */
+    int dense;                 /* 1: targets t; 0: sparse labels */
+    const char *gw;            /* grad_weight (O, I) float64 */
+    fx_ssize gw_so, gw_si;
+    double *loss;              /* loss_out (O, I) float64, C-contiguous */
+    const double *cw;          /* class_weight (C,) contiguous */
+    int cw_uniform;            /* every class weight equals cw0 */
+    double cw0, cw_sum;
+    const char *pw;            /* pos_weight (C, I) float64 */
+    fx_ssize pw_sc, pw_si;
+    int pw_const;              /* both strides 0: pw0 everywhere */
+    double pw0;
+    double ls, eps;
+    double ls_per_c;           /* ls / C */
+    int stream_loss;           /* loss_out is large: write it with non-temporal stores */
+    /* sparse labels, read by the column kernels (the row driver passes y) */
+    const char *lab;
+    fx_ssize lab_so, lab_si;
+    int lab_dtype;
+    int64_t ignore;
+} fx_call;
+
+/* Row kernel: row (o, i); y is the label (sparse; -1 when ignored), else 0.
+ * Returns 1 when the row holds a probability outside [0, 1], else 0. */
+typedef int (*fx_row_fn)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y);
+/* Column kernel: rows (o, i0 .. i0+n-1) with a contiguous inner axis (n <= FX_LANES).
+ * Returns the first i holding a probability outside [0, 1], or -1. */
+typedef fx_ssize (*fx_cols_fn)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n);
+
+#define FX_LANES 256  /* most rows one column task handles */
+#define FX_BLOCK 2048 /* elements of a row handled per block (row kernels) */
+
+/* Index 0: float32 compute (float16/float32 input), 1: float64. */
+typedef struct {
+    const char *name;
+    fx_row_fn logits_row[2];
+    fx_cols_fn logits_cols[2];
+    fx_row_fn probs_row[2];
+    fx_cols_fn probs_cols[2];
+    fx_row_fn bce_logits_row[2];
+    fx_cols_fn bce_logits_cols[2];
+    fx_row_fn bce_probs_row[2];
+    fx_cols_fn bce_probs_cols[2];
+    /* test hooks: the vector exp/log of this ISA over an array */
+    void (*vexp_f32)(const float *x, float *y, fx_ssize n, int neg_only);
+    void (*vexp_f64)(const double *x, double *y, fx_ssize n, int neg_only);
+    void (*vlog_f32)(const float *x, float *y, fx_ssize n);
+    void (*vlog_f64)(const double *x, double *y, fx_ssize n);
+    /* the read pass the benchmark compares against: sum of float32 as float64 */
+    double (*read_sum_f32)(const float *x, fx_ssize n);
+} fx_table;
+
+/* fx_dispatch.c */
+const fx_table *fx_active(void);
+int fx_select(const char *name); /* "default", "avx2", "avx512" or "auto"; 0 on success */
+const char *fx_compiled_isas(void);
+int fx_cpu_has(const char *name);
+void fx_fork_guard_install(void);
+int fx_in_forked_child(void);
+void fx_note_parallel_use(void);
+
+#endif
