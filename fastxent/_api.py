@@ -11,7 +11,15 @@ import numpy as np
 
 from . import _reduce, backends
 from ._dispatch import Plan, make_plan
+from ._config import _backend_var
 from ._validate import Problem, build_problem
+
+try:  # the compiled small-call fast path (see _cython_ext.fast_sparse)
+    from .backends._cython_ext import _fast_configure, fast_sparse as _fast_sparse
+
+    _fast_configure(_backend_var)
+except ImportError:  # a source tree without the extension: the general path only
+    _fast_sparse = None
 
 _PARAMETERS = """
     Parameters
@@ -113,6 +121,11 @@ def sparse_categorical_crossentropy(
     [[-0.1   0.05  0.05]
      [ 0.1   0.1  -0.2 ]]
     """
+    if _fast_sparse is not None:  # small, plain calls: the whole call in C
+        result = _fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, class_weight,
+                              sample_weight, axis, reduction, epsilon, return_grad, grad_out, backend, threads)
+        if result is not None:
+            return result
     problem = build_problem(
         "sparse", y_true, y_pred,
         from_logits=from_logits, label_smoothing=label_smoothing, ignore_index=ignore_index,

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from . import __version__, backends
+from . import _api
 from ._api import LOSSES
 from ._config import resolve_backend, resolve_threads
 from ._dispatch import Plan, make_plan
@@ -45,6 +46,9 @@ def explain(fn, *args, **kwargs) -> Plan:
     if unknown:
         raise TypeError(f"explain: {LOSSES[kind].__name__} has no option(s) {unknown}")
     options.update(kwargs)
+    if kind == "sparse" and _api._fast_sparse is not None and _api._fast_sparse(*args, **options, plan_only=True):
+        return Plan("cython", "sparse_from_logits" if options["from_logits"] else "sparse_from_probs", 1,
+                    "small-call fast path (the whole call in compiled code, one thread)")
     return make_plan(build_problem(kind, *args, **options))
 
 

@@ -29,7 +29,8 @@ from cython.parallel cimport prange
 from libc.math cimport log, isnan
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, strcmp
+from libc.stdlib cimport getenv
 cimport numpy as cnp
 
 cnp.import_array()
@@ -37,6 +38,7 @@ cnp.import_array()
 cdef extern from "numpy/arrayobject.h":
     enum:
         NPY_HALF
+    object PyArray_Scalar(void *data, cnp.dtype descr, object base)
 
 cdef extern from "_csrc/fx_build_config.h":
     const char *FX_BUILD_OPENMP_PROBE
@@ -718,6 +720,185 @@ cdef fx_ssize _gather_log_run(fx_call *k, int threads) except -2 nogil:
     result = _first_bad(bad, nt)
     free(bad)
     return result
+
+
+# -------------------------------------------------------------------------- the small-call fast path
+
+#: The fast path serves sparse calls whose y_pred holds at most this many elements
+#: (one thread runs those anyway) and at most FAST_MAX_ROWS rows (a stack buffer).
+cdef enum:
+    FAST_MAX_ROWS = 4096
+cdef fx_ssize FAST_MAX_ELEMENTS = 1 << 15
+cdef double *_unit_weights = NULL  # FAST_MAX_ELEMENTS ones: class_weight=None
+cdef double _zero_grad_weight = 0.0
+cdef object _backend_config = None  # fastxent._config's context variable
+cdef object _dtype_f32 = np.dtype(np.float32)
+cdef object _dtype_f64 = np.dtype(np.float64)
+
+
+def _fast_configure(backend_var):
+    """Give the fast path the context variable of ``fastxent.config(backend=...)``."""
+    global _backend_config, _unit_weights
+    cdef fx_ssize c
+    _backend_config = backend_var
+    if _unit_weights == NULL:
+        _unit_weights = <double *>malloc(FAST_MAX_ELEMENTS * sizeof(double))
+        if _unit_weights == NULL:
+            raise MemoryError()
+        for c in range(FAST_MAX_ELEMENTS):
+            _unit_weights[c] = 1.0
+
+
+cdef double _pairwise_sum(const double *a, fx_ssize n) noexcept nogil:
+    """NumPy's pairwise summation, step for step: the same bits as ``np.sum`` of a
+    contiguous float64 array, which is what the general path's reduction takes."""
+    cdef fx_ssize i, n2
+    cdef double res, r0, r1, r2, r3, r4, r5, r6, r7
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r0 = a[0]; r1 = a[1]; r2 = a[2]; r3 = a[3]
+        r4 = a[4]; r5 = a[5]; r6 = a[6]; r7 = a[7]
+        i = 8
+        while i < n - n % 8:
+            r0 += a[i]; r1 += a[i + 1]; r2 += a[i + 2]; r3 += a[i + 3]
+            r4 += a[i + 4]; r5 += a[i + 5]; r6 += a[i + 6]; r7 += a[i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += a[i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise_sum(a, n2) + _pairwise_sum(a + n2, n - n2)
+
+
+cdef inline bint _plain_array(object a, int ndim) noexcept:
+    """An exact ndarray of ``ndim`` dimensions, C-contiguous, aligned, native order."""
+    return (cnp.PyArray_CheckExact(a) and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
+            and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a) and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+cdef inline bint _default_backend(object backend) noexcept:
+    if not (backend == "auto" or backend == "cython"):
+        return False
+    if _backend_config is None or _backend_config.get() is not None:
+        return False
+    cdef const char *env = getenv("FASTXENT_BACKEND")
+    return env == NULL or env[0] == 0 or strcmp(env, "auto") == 0 or strcmp(env, "cython") == 0
+
+
+def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, class_weight,
+                sample_weight, axis, reduction, epsilon, return_grad, grad_out, backend, threads,
+                bint plan_only=False):
+    """The whole of a small, plain sparse call, or None when it needs the general path.
+
+    Serves: C-contiguous 2-D float32/float64 ``y_pred`` of at most 32,768 elements
+    (4,096 rows), 1-D int32/int64 labels, class axis last, no weights, no label
+    smoothing, no gradient, ``reduction`` mean/sum, default backend and one thread.
+    Anything else -- including any invalid input, whose error the general path
+    raises -- returns None. The result has the bits the general path would give:
+    the same kernel, and NumPy's pairwise summation of the per-row losses.
+    With ``plan_only`` it returns True instead of running (for ``fastxent.explain``).
+    """
+    cdef cnp.ndarray x, lab
+    cdef fx_ssize n, c, r, count, isz, lsz
+    cdef int64_t ignore, v
+    cdef int xt, lt, ct
+    cdef bint mean
+    cdef double total
+    cdef float f
+    cdef bint logits
+    cdef double losses[FAST_MAX_ROWS]
+    cdef fx_call k
+    cdef fx_ssize bad
+    cdef const fx_table *tb
+    if not (_plain_array(y_pred, 2) and _plain_array(y_true, 1)):
+        return None
+    if class_weight is not None or sample_weight is not None or grad_out is not None or return_grad is not False:
+        return None
+    if not (from_logits is True or from_logits is False):
+        return None
+    if not ((type(label_smoothing) is float or type(label_smoothing) is int) and label_smoothing == 0):
+        return None
+    if not (type(axis) is int and (axis == -1 or axis == 1)):
+        return None
+    if type(reduction) is not str:
+        return None
+    mean = reduction == "mean" or reduction == "sum_over_batch_size"
+    if not (mean or reduction == "sum"):
+        return None
+    if type(epsilon) is not float or not (0.0 < epsilon < 0.5):
+        return None
+    if not (threads is None or (type(threads) is int and threads == 1)):
+        return None
+    if not _default_backend(backend):
+        return None
+    if ignore_index is None:
+        ignore = -1
+    elif type(ignore_index) is int and -(1 << 62) < ignore_index < (1 << 62):
+        ignore = ignore_index
+    else:
+        return None
+    x = <cnp.ndarray>y_pred
+    lab = <cnp.ndarray>y_true
+    xt = cnp.PyArray_TYPE(x)
+    lt = cnp.PyArray_TYPE(lab)
+    n = x.shape[0]
+    c = x.shape[1]
+    if not (xt == cnp.NPY_FLOAT or xt == cnp.NPY_DOUBLE) or n < 1 or c < 1 or n > FAST_MAX_ROWS:
+        return None
+    if n * c > FAST_MAX_ELEMENTS or lab.shape[0] != n:
+        return None
+    lsz = cnp.PyArray_ITEMSIZE(lab)
+    if not ((lt == cnp.NPY_LONG or lt == cnp.NPY_LONGLONG or lt == cnp.NPY_INT) and (lsz == 8 or lsz == 4)):
+        return None
+    # labels in [0, C) or equal to ignore_index, else the general path raises
+    count = 0
+    for r in range(n):
+        v = (<const int64_t *>cnp.PyArray_DATA(lab))[r] if lsz == 8 else (<const int32_t *>cnp.PyArray_DATA(lab))[r]
+        if v == ignore and ignore_index is not None:
+            continue
+        if v < 0 or v >= c:
+            return None
+        count += 1
+    if plan_only:
+        return True
+    isz = cnp.PyArray_ITEMSIZE(x)
+    memset(&k, 0, sizeof(fx_call))  # as _setup fills it for the general path's arguments
+    k.n_o, k.n_c, k.n_i = n, c, 1
+    k.eps, k.ignore = epsilon, ignore
+    k.x.data = <char *>cnp.PyArray_DATA(x)
+    k.x.so, k.x.sc, k.x.si = c * isz, isz, isz
+    k.x.dtype = FX_F32 if xt == cnp.NPY_FLOAT else FX_F64
+    k.lab = <const char *>cnp.PyArray_DATA(lab)
+    k.lab_so, k.lab_si = lsz, lsz
+    k.lab_dtype = FX_I64 if lsz == 8 else FX_I32
+    k.gw = <const char *>&_zero_grad_weight
+    k.loss = losses
+    k.cw, k.cw0, k.cw_uniform, k.cw_sum = _unit_weights, 1.0, 1, <double>c
+    _normalise(&k)
+    tb = fx_active()
+    ct = _ct(&k)
+    logits = from_logits is True
+    with nogil:
+        if logits:
+            bad = _run(&k, tb.logits_row[ct], tb.logits_cols[ct], 1)
+        else:
+            bad = _gather_log_run(&k, 1)
+        total = _pairwise_sum(losses, n)
+    if bad >= 0:
+        return None  # a probability out of range: the general path raises
+    if mean:
+        total = 0.0 if count == 0 else total / <double>count
+    if xt == cnp.NPY_DOUBLE:
+        return PyArray_Scalar(&total, _dtype_f64, None)
+    f = <float>total
+    return PyArray_Scalar(&f, _dtype_f32, None)
 
 
 # -------------------------------------------------------------------------- test and bench hooks

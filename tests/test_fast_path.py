@@ -1,0 +1,166 @@
+"""The compiled small-call fast path for sparse losses (``_cython_ext.fast_sparse``).
+
+It must be invisible: the same bits and dtype as the general path, the same errors
+(it hands every doubtful call back), and off whenever the user asked for something
+it does not do (another backend, threads, weights, gradients...).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastxent
+from fastxent import _api
+
+pytestmark = pytest.mark.skipif(_api._fast_sparse is None, reason="compiled extension not built")
+
+sparse = fastxent.sparse_categorical_crossentropy
+
+
+def general_path(y, x, **options):
+    """The same call through validate -> plan -> kernel -> reduce (the fast path declines
+    when a backend is set by ``fastxent.config``)."""
+    with fastxent.config(backend="cython"):
+        return sparse(y, x, **options)
+
+
+def served_by_fast_path(y, x, **options) -> bool:
+    return _api._fast_sparse(y, x, **{**_defaults(), **options}, plan_only=True) is True
+
+
+def _defaults() -> dict:
+    import inspect
+
+    params = inspect.signature(sparse).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "sum_over_batch_size"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (8, 2), (129, 5), (1000, 32), (4096, 8), (32, 1024)])
+def test_same_bits_as_general_path(rng, dtype, label_dtype, from_logits, reduction, shape):
+    n, c = shape
+    y = rng.integers(0, c, size=n).astype(label_dtype)
+    if from_logits:
+        x = (rng.standard_normal(shape) * 4).astype(dtype)
+    else:
+        x = rng.dirichlet(np.ones(c), size=n).astype(dtype)
+    assert served_by_fast_path(y, x, from_logits=from_logits, reduction=reduction)
+    fast = sparse(y, x, from_logits=from_logits, reduction=reduction)
+    slow = general_path(y, x, from_logits=from_logits, reduction=reduction)
+    assert type(fast) is type(slow) and fast.dtype == np.dtype(dtype)
+    assert fast.tobytes() == slow.tobytes(), (fast, slow)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 0, 2])
+def test_ignore_index_same_bits(rng, ignore_index):
+    y = rng.integers(0, 3, size=50)
+    y[::4] = ignore_index
+    x = rng.standard_normal((50, 3))
+    assert served_by_fast_path(y, x, from_logits=True, ignore_index=ignore_index)
+    fast = sparse(y, x, from_logits=True, ignore_index=ignore_index)
+    assert fast.tobytes() == general_path(y, x, from_logits=True, ignore_index=ignore_index).tobytes()
+
+
+def test_all_ignored_mean_is_zero():
+    y = np.full(4, -100)
+    assert sparse(y, np.ones((4, 3)), ignore_index=-100, from_logits=True) == 0.0
+
+
+def test_extremes_same_as_general_path():
+    x = np.array([[1e4, -1e4, 0.0], [np.nan, 0.0, 1.0], [-np.inf, 0.0, 1.0], [np.inf, 0.0, 0.0]])
+    y = np.array([0, 1, 2, 1])
+    for rows in ([0], [1], [2], [3], [0, 2]):
+        fast = sparse(y[rows], x[rows], from_logits=True)
+        slow = general_path(y[rows], x[rows], from_logits=True)
+        np.testing.assert_array_equal(fast, slow)
+    probs = np.array([[np.nan, 0.5, 0.5], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    for labels in ([1, 2, 0], [0, 2, 0], [1, 0, 1]):
+        fast = sparse(np.array(labels), probs)
+        np.testing.assert_array_equal(fast, general_path(np.array(labels), probs))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"threads": 2},
+        {"backend": "numpy"},
+        {"class_weight": np.ones(4)},
+        {"sample_weight": np.ones(6)},
+        {"return_grad": True},
+        {"label_smoothing": 0.1},
+        {"reduction": "none"},
+        {"axis": 0},
+    ],
+    ids=lambda o: next(iter(o)),
+)
+def test_declines_what_it_does_not_do(rng, options):
+    y = rng.integers(0, 4, size=6)
+    x = rng.standard_normal((6, 4))
+    if options.get("axis") == 0:
+        x = np.ascontiguousarray(x.T)
+    assert not served_by_fast_path(y, x, from_logits=True, **options)
+    plan = fastxent.explain(sparse, y, x, from_logits=True, **options)
+    assert "fast path" not in plan.reason
+
+
+def test_declines_large_strided_and_other_dtypes(rng):
+    y = rng.integers(0, 10, size=4097)
+    assert not served_by_fast_path(y, rng.standard_normal((4097, 10)), from_logits=True)  # rows
+    assert not served_by_fast_path(y[:100], rng.standard_normal((100, 400)), from_logits=True)  # elements
+    x = rng.standard_normal((100, 20))
+    assert not served_by_fast_path(y[:100], x[:, ::2], from_logits=True)  # strided
+    assert not served_by_fast_path(y[:100], x.astype(np.float16), from_logits=True)
+    assert not served_by_fast_path(y[:100].astype(np.uint8), x, from_logits=True)
+    assert not served_by_fast_path(list(y[:100]), x, from_logits=True)
+
+
+def test_config_and_environment_turn_it_off(rng, monkeypatch):
+    y = rng.integers(0, 4, size=6)
+    x = rng.standard_normal((6, 4))
+    assert served_by_fast_path(y, x, from_logits=True)
+    assert "fast path" in fastxent.explain(sparse, y, x, from_logits=True).reason
+    with fastxent.config(backend="cython"):
+        assert not served_by_fast_path(y, x, from_logits=True)
+    monkeypatch.setenv("FASTXENT_BACKEND", "numpy")
+    assert not served_by_fast_path(y, x, from_logits=True)
+    assert fastxent.explain(sparse, y, x, from_logits=True).backend == "numpy"
+    monkeypatch.setenv("FASTXENT_BACKEND", "cython")
+    assert served_by_fast_path(y, x, from_logits=True)
+
+
+@pytest.mark.parametrize(
+    "y, x, match",
+    [
+        (np.array([0, 3]), np.zeros((2, 3)), "y_true"),  # label out of range
+        (np.array([0, -1]), np.zeros((2, 3)), "y_true"),
+        (np.array([0, 1, 2]), np.zeros((2, 3)), "y_true"),  # wrong length
+        (np.array([0, 1]), np.full((2, 3), 1.5), "y_pred"),  # probability above 1
+        (np.array([0, 1]), np.full((2, 3), -0.5), "y_pred"),
+    ],
+)
+def test_bad_inputs_raise_the_general_errors(y, x, match):
+    with pytest.raises(ValueError, match=match):
+        sparse(y, x)
+
+
+def test_bad_options_raise_the_general_errors():
+    y, x = np.array([0, 1]), np.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="reduction"):
+        sparse(y, x, reduction="average")
+    with pytest.raises(ValueError, match="epsilon"):
+        sparse(y, x, epsilon=0.7)
+    with pytest.raises(TypeError, match="from_logits"):
+        sparse(y, x, from_logits="yes")
+
+
+def test_inputs_not_modified(rng):
+    y = rng.integers(0, 5, size=20)
+    x = rng.standard_normal((20, 5)).astype(np.float32)
+    y0, x0 = y.copy(), x.copy()
+    sparse(y, x, from_logits=True)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(x, x0)
