@@ -8,6 +8,7 @@ See the README for the contract; ``fastxent.show_config()`` for this installatio
 __version__ = "0.1.0"
 
 from ._api import binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy
+from ._calibration import calibrate
 from ._classes import BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy
 from ._config import config
 from ._dispatch import Plan
@@ -21,6 +22,7 @@ __all__ = [
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
     "Plan",
+    "calibrate",
     "config",
     "explain",
     "show_config",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _reduce, backends
-from ._dispatch import Plan, make_plan
+from ._dispatch import choose
 from ._config import _backend_var
 from ._validate import Problem, build_problem
 
@@ -251,16 +251,15 @@ def row_losses(problem: Problem) -> np.ndarray:
 def kernel_runner(problem: Problem, backend: str, threads: int):
     """A zero-argument function running ``problem``'s kernel on ``backend`` with
     ``threads`` threads, loss only (what ``fastxent.calibrate()`` times)."""
-    plan = Plan(backend, problem.kernel_name, threads, "calibration")
-    kernel = backends.module(backend).KERNELS[plan.kernel]
+    kernel = backends.module(backend).KERNELS[problem.kernel_name]
     loss_rows = np.empty((problem.layout.outer, problem.layout.inner), dtype=np.float64)
-    return lambda: _call(kernel, problem, plan, None, loss_rows, None)
+    return lambda: _call(kernel, problem, threads, None, loss_rows, None)
 
 
 def _execute(problem: Problem, denom: float):
     """Run the planned kernel: per-row float64 losses and, if asked, the gradient."""
-    plan = make_plan(problem)
-    kernel = backends.module(plan.backend).KERNELS[plan.kernel]
+    backend, threads = choose(problem)
+    kernel = backends.module(backend).KERNELS[problem.kernel_name]
     layout = problem.layout
     loss_rows = np.empty((layout.outer, layout.inner), dtype=np.float64)
     grad_full = grad_view = grad_weight = None
@@ -271,12 +270,12 @@ def _execute(problem: Problem, denom: float):
         if problem.grad_out is not None and not problem.from_logits:
             # The caller's buffer (perhaps y_pred itself) must stay untouched when the
             # probabilities turn out to be out of range: check them first.
-            _check(problem, _call(kernel, problem, plan, None, loss_rows, None))
-        _check(problem, _call(kernel, problem, plan, grad_weight, loss_rows, grad_view))
+            _check(problem, _call(kernel, problem, threads, None, loss_rows, None))
+        _check(problem, _call(kernel, problem, threads, grad_weight, loss_rows, grad_view))
     return loss_rows, grad_full
 
 
-def _call(kernel, p: Problem, plan, grad_weight, loss_rows, grad_view) -> int:
+def _call(kernel, p: Problem, threads: int, grad_weight, loss_rows, grad_view) -> int:
     weights = p.pos_weight if p.kind == "binary" else p.class_weight
     if weights is None:
         weights = _unit_weights(p)
@@ -287,7 +286,7 @@ def _call(kernel, p: Problem, plan, grad_weight, loss_rows, grad_view) -> int:
         args.append(p.epsilon)
     if grad_weight is None:
         grad_weight = np.broadcast_to(np.float64(0.0), loss_rows.shape)
-    args += [grad_weight, loss_rows, grad_view, plan.threads]
+    args += [grad_weight, loss_rows, grad_view, threads]
     return kernel(*args)
 
 

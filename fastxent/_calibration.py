@@ -24,6 +24,9 @@ import numpy as np
 SIZES = tuple(4 ** k for k in range(4, 13))  # 256 .. 16,777,216
 #: Classes per row while measuring the row families.
 CALIBRATION_CLASSES = 256
+#: Classes per row for the gather family: one 64-byte cache line per float32 row, as
+#: with any wide row, without allocating gigabytes for millions of rows.
+GATHER_CLASSES = 16
 FAMILIES = ("logits", "probs", "gather", "binary")
 FORMAT_VERSION = 1
 _DEFAULT_FILE = Path(__file__).with_name("calibration_default.json")
@@ -74,7 +77,7 @@ def _problem_for(family: str, work: int, backend: str):
     from ._validate import build_problem
 
     rng = np.random.default_rng(0)
-    c = 1 if family == "binary" else CALIBRATION_CLASSES
+    c = {"binary": 1, "gather": GATHER_CLASSES}.get(family, CALIBRATION_CLASSES)
     rows = max(1, work if family == "gather" else work // c)
     shape = (rows,) if family == "binary" else (rows, c)
     if family in ("logits", "binary"):
@@ -106,12 +109,18 @@ def _median_time(fn, budget: float) -> float:
 
 
 def measure(backends_: list[str] | None = None, progress=None) -> dict:
-    """Measure every (backend, family, threads, size): the calibration table."""
+    """Measure every (backend, family, threads, size): the calibration table.
+
+    The NumPy backend is left out when a compiled one is available (``auto`` only
+    falls back to it when none is).
+    """
     from . import backends
     from ._api import kernel_runner
     from ._config import available_cores
 
     names = [b for b in (backends_ or backends.NAMES) if backends.unavailable_reason(b) is None]
+    if backends_ is None and len(names) > 1:
+        names.remove("numpy")
     cores = available_cores()
     thread_counts = sorted({1, cores})
     times: dict = {}
@@ -146,16 +155,22 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def calibrate(path: str | os.PathLike | None = None, progress=None) -> Path:
+def calibrate(path: str | os.PathLike | None = None, *, backends: list[str] | None = None, progress=None) -> Path:
     """Measure this machine's crossover points and save them for the dispatcher.
 
-    Takes well under a minute. The file goes to the user's cache directory unless
-    ``path`` is given; the dispatcher reads it from the next call on.
+    Takes well under a minute. The file goes to the user's cache directory
+    (``$XDG_CACHE_HOME/fastxent/calibration.json``) unless ``path`` is given; the
+    dispatcher of this process uses it at once, and every new process reads it.
+    ``progress(done, total, text)`` is called before each measurement.
 
     >>> import fastxent
     >>> path = fastxent.calibrate()  # doctest: +SKIP
+    >>> fastxent.show_config()  # doctest: +SKIP
+    ...
+    thresholds: user calibration (/home/me/.cache/fastxent/calibration.json)
+      logits  (elements): cython x1 from 256; cython x2 from 65,536
     """
-    table = measure(progress=progress)
+    table = measure(backends, progress=progress)
     target = Path(path) if path is not None else cache_file()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")

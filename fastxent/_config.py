@@ -89,6 +89,20 @@ def resolve_threads(threads: int | None) -> tuple[int, str]:
     return default_threads()
 
 
+try:
+    from .backends._cython_ext import settings_state as _compiled_settings_state
+except ImportError:  # a source tree without the extension
+    _compiled_settings_state = None
+
+
+def settings_state() -> tuple:
+    """The environment the defaults depend on, as a hashable value (cheap: in C)."""
+    if _compiled_settings_state is not None:
+        return _compiled_settings_state()
+    env = os.environ
+    return (env.get("FASTXENT_BACKEND"), env.get("FASTXENT_NUM_THREADS"), env.get("OMP_NUM_THREADS"), None)
+
+
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity, not the machine's count)."""
     try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import backends
 from ._calibration import family_of, load, work_of
-from ._config import resolve_backend, resolve_threads
+from ._config import _backend_var, _threads_var, resolve_backend, resolve_threads, settings_state
 
 _AUTO_ORDER = ("cython", "numba", "numpy")
 
@@ -75,10 +75,74 @@ def table() -> _Table:
     return _table
 
 
+def describe_thresholds() -> list[str]:
+    """Lines for ``show_config``: where the measurements come from and, per kernel
+    family, the fastest (backend, threads) across the measured sizes."""
+    t = table()
+    lines = [f"thresholds: {t.source}"]
+    if not t.log_sizes:
+        lines.append(f"  {', '.join(_AUTO_ORDER)} by preference; 1 thread below {PARALLEL_MIN_WORK:,} elements")
+        return lines
+    sizes = [round(math.exp(v)) for v in t.log_sizes]
+    for family in ("logits", "probs", "gather", "binary"):
+        steps, previous = [], None
+        for size in sizes:
+            timed = [
+                (seconds, f"{name} x{threads}")
+                for name in _AUTO_ORDER if name != "numpy" or len(t.times) == 1
+                for threads in {1, t.max_threads}
+                if (seconds := t.seconds(name, family, threads, size)) is not None
+            ]  # fmt: skip
+            if timed:
+                best = min(timed)[1]
+                if best != previous:
+                    steps.append(f"{best} from {size:,}")
+                    previous = best
+        unit = "rows" if family == "gather" else "elements"
+        lines.append(f"  {family:<7} ({unit}): {'; '.join(steps) or 'not measured'}")
+    return lines
+
+
 def reload_calibration() -> None:
     """Forget the loaded calibration (after ``fastxent.calibrate()`` wrote a new one)."""
     global _table
     _table = None
+    forget_choices()
+
+
+#: (backend, threads) per call signature; see :func:`choose`.
+_choices: dict[tuple, tuple[str, int]] = {}
+_MAX_CHOICES = 4096
+
+
+def choose(problem) -> tuple[str, int]:
+    """The (backend, threads) of :func:`make_plan`, remembered per call signature.
+
+    A loop calling the same shapes pays for the decision once; afterwards it costs a
+    tuple and a dict lookup. The key holds everything the decision reads: the call's
+    arguments, ``config()`` blocks, the environment and OpenMP limit
+    (``settings_state``), the kernel family, shape and dtype. Events that change
+    decisions for every key -- a new calibration, Numba compiling a kernel -- call
+    :func:`forget_choices`.
+    """
+    key = (
+        problem.backend, problem.threads, _backend_var.get(), _threads_var.get(), settings_state(),
+        problem.kind, problem.from_logits, problem.label_smoothing == 0, problem.return_grad,
+        problem.x.shape, problem.x.dtype,
+    )
+    choice = _choices.get(key)
+    if choice is None:
+        plan = make_plan(problem)
+        choice = (plan.backend, plan.threads)
+        if len(_choices) >= _MAX_CHOICES:
+            _choices.clear()
+        _choices[key] = choice
+    return choice
+
+
+def forget_choices() -> None:
+    """Drop the remembered decisions (a backend became ready, or the table changed)."""
+    _choices.clear()
 
 
 def make_plan(problem) -> Plan:

@@ -12,7 +12,7 @@ from . import __version__, backends
 from . import _api
 from ._api import LOSSES
 from ._config import resolve_backend, resolve_threads
-from ._dispatch import Plan, make_plan
+from ._dispatch import Plan, describe_thresholds, make_plan
 from ._validate import build_problem
 
 _KINDS = {fn: kind for kind, fn in LOSSES.items()}
@@ -69,6 +69,7 @@ def config_report() -> str:
             continue
         details = ", ".join(f"{k}: {v}" for k, v in backends.module(name).info().items())
         lines.append(f"  {name}: available; {details}")
+    lines += describe_thresholds()
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The ``fastxent`` command line: ``info``, ``bench`` and ``eval``."""
+"""The ``fastxent`` command line: ``info``, ``bench``, ``eval`` and ``calibrate``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default bench-results)")
     bench.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     _add_eval(commands)
+    cal = commands.add_parser(
+        "calibrate",
+        help="measure this machine's backend and thread crossovers for backend='auto' (under a minute)",
+        description="Time every compiled backend on 1 and all threads across sizes, and save the table where "
+        "the dispatcher reads it ($XDG_CACHE_HOME/fastxent/calibration.json unless --out is given).",
+    )
+    cal.add_argument("--out", type=Path, help="write the table here instead of the user cache")
+    cal.add_argument(
+        "--backends",
+        type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+        help="comma-separated backends to measure (default: the compiled ones)",
+    )
     return parser
 
 
@@ -103,7 +115,27 @@ def main(argv=None) -> int:
         return run(args)
     if args.command == "eval":
         return _run_eval(args)
+    if args.command == "calibrate":
+        return _run_calibrate(args)
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def _run_calibrate(args) -> int:
+    from . import _dispatch, backends
+    from ._bench_cli import _plain_progress
+    from ._calibration import calibrate
+
+    for name in args.backends or ():
+        if name not in backends.NAMES:
+            print(f"fastxent calibrate: error: --backends: expected some of {','.join(backends.NAMES)}, got {name!r}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    start = time.perf_counter()
+    path = calibrate(args.out, backends=args.backends, progress=_plain_progress)
+    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+    if args.out is None:
+        print("\n".join(_dispatch.describe_thresholds()))
+    return 0
 
 
 # --------------------------------------------------------------------------- eval

@@ -10,9 +10,30 @@ no backend: ``numba`` in particular is loaded on first use.
 from __future__ import annotations
 
 import importlib
+import os
 
-NAMES = ("numpy", "cython")
-_MODULES = {"numpy": "numpy_backend", "cython": "cython_backend"}
+NAMES = ("numpy", "numba", "cython")
+_MODULES = {"numpy": "numpy_backend", "numba": "numba_backend", "cython": "cython_backend"}
+
+
+_forked = False
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_mark_forked)
+
+
+def forked_child() -> bool:
+    """True in a process forked (``os.fork``, multiprocessing's "fork") from one that
+    had imported fastxent. Thread pools do not survive a fork, and GNU OpenMP hangs in
+    a child whose parent used it (through any library), so backends that cannot tell
+    whether that happened run serially here."""
+    return _forked
 
 
 def module(name: str):

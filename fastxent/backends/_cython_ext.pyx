@@ -29,7 +29,7 @@ from cython.parallel cimport prange
 from libc.math cimport log, isnan
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset, strcmp
+from libc.string cimport memcpy, memset, strcmp, strdup
 from libc.stdlib cimport getenv
 cimport numpy as cnp
 
@@ -127,6 +127,39 @@ def openmp_enabled():
 def omp_max_threads():
     """omp_get_max_threads(): follows OMP_NUM_THREADS and threadpoolctl limits (1 without OpenMP)."""
     return fx_omp_max_threads()
+
+
+cdef char *_settings_seen[3]  # the environment values the cached state was built from
+cdef int _settings_omp = -1
+cdef object _settings_cached = None
+cdef const char *_SETTINGS_VARS[3]
+_SETTINGS_VARS[:] = [b"FASTXENT_BACKEND", b"FASTXENT_NUM_THREADS", b"OMP_NUM_THREADS"]
+
+
+cdef inline bint _same_text(const char *a, const char *b) noexcept nogil:
+    return (a == NULL and b == NULL) or (a != NULL and b != NULL and strcmp(a, b) == 0)
+
+
+def settings_state():
+    """What the default backend and thread count depend on, as a hashable value:
+    ``(FASTXENT_BACKEND, FASTXENT_NUM_THREADS, OMP_NUM_THREADS, omp_get_max_threads())``.
+    The dispatcher keys its memo on it, so a change to any of them is seen at once;
+    read in C and rebuilt only when something changed (~50 ns)."""
+    global _settings_cached, _settings_omp
+    cdef const char *now[3]
+    cdef int i, omp = fx_omp_max_threads()
+    cdef bint same = _settings_cached is not None and omp == _settings_omp
+    for i in range(3):
+        now[i] = getenv(_SETTINGS_VARS[i])
+        same = same and _same_text(now[i], _settings_seen[i])
+    if same:
+        return _settings_cached
+    for i in range(3):
+        free(_settings_seen[i])
+        _settings_seen[i] = strdup(now[i]) if now[i] != NULL else NULL
+    _settings_omp = omp
+    _settings_cached = tuple(None if now[i] == NULL else <bytes>now[i] for i in range(3)) + (omp,)
+    return _settings_cached
 
 
 def simd_info():

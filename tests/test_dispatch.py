@@ -1,0 +1,264 @@
+"""The dispatcher: which backend and thread count ``backend="auto"`` runs, and why.
+
+Decisions are driven by a calibration table; these tests write their own tables
+(into a temporary ``XDG_CACHE_HOME``) so that the expected choice is known.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fastxent
+from fastxent import _calibration, _dispatch, backends
+from fastxent._validate import build_problem
+
+sparse = fastxent.sparse_categorical_crossentropy
+SIZES = list(_calibration.SIZES)
+
+
+def problem(rows=1000, classes=100, dtype=np.float32, **options):
+    """A validated sparse-from-logits call (what the dispatcher sees)."""
+    defaults = {
+        p.name: p.default for p in inspect.signature(sparse).parameters.values() if p.kind is p.KEYWORD_ONLY
+    }
+    x = np.zeros((rows, classes), dtype=dtype)
+    return build_problem("sparse", np.zeros(rows, dtype=np.int64), x, **{**defaults, "from_logits": True, **options})
+
+
+def table(times: dict, threads=(1, 4)) -> dict:
+    """A calibration: ``times[backend][family] = (seconds at 1 thread, seconds at all)``,
+    each a function of the work size."""
+    return {
+        "version": _calibration.FORMAT_VERSION,
+        "sizes": SIZES,
+        "threads": list(threads),
+        "times": {
+            backend: {
+                family: {str(t): [f(s) for s in SIZES] for t, f in zip(threads, pair)}
+                for family, pair in families.items()
+            }
+            for backend, families in times.items()
+        },
+    }
+
+
+@pytest.fixture
+def calibration(tmp_path, monkeypatch):
+    """Install a calibration table as the user's (returns a function taking the table)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("FASTXENT_NUM_THREADS", "4")  # the table's "all cores"
+    monkeypatch.delenv("FASTXENT_BACKEND", raising=False)
+
+    def install(content: dict):
+        path = tmp_path / "fastxent" / "calibration.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+        _dispatch.reload_calibration()
+        return path
+
+    yield install
+    _dispatch.reload_calibration()  # the next test reads the real tables again
+
+
+def compiled_backends_or_skip(*names):
+    for name in names:
+        reason = backends.unavailable_reason(name)
+        if reason is not None:
+            pytest.skip(f"{name}: {reason}")
+
+
+def slow(size):  # seconds as a function of the work size
+    return 2e-9 * size + 1e-5
+
+
+def fast(size):
+    return 1e-9 * size + 1e-5
+
+
+def test_auto_takes_the_fastest_backend_in_the_table(calibration, monkeypatch):
+    compiled_backends_or_skip("numba", "cython")
+    monkeypatch.setattr(_dispatch, "_numba_ready", lambda p: True)
+    calibration(table({"numba": {"logits": (fast, fast)}, "cython": {"logits": (slow, slow)}}))
+    plan = _dispatch.make_plan(problem())
+    assert plan.backend == "numba", plan
+    assert "user calibration" in plan.reason
+    calibration(table({"numba": {"logits": (slow, slow)}, "cython": {"logits": (fast, fast)}}))
+    assert _dispatch.make_plan(problem()).backend == "cython"
+
+
+def test_numba_is_not_chosen_when_it_would_compile_first(calibration, monkeypatch):
+    compiled_backends_or_skip("numba", "cython")
+    monkeypatch.setattr(_dispatch, "_numba_ready", lambda p: False)
+    calibration(table({"numba": {"logits": (fast, fast)}, "cython": {"logits": (slow, slow)}}))
+    plan = _dispatch.make_plan(problem())
+    assert plan.backend == "cython"
+    assert "numba would compile first" in plan.reason
+
+
+def test_threads_follow_the_measured_crossover(calibration):
+    compiled_backends_or_skip("cython")
+    # one thread wins below 65,536 elements, four above
+    calibration(table({"cython": {"logits": (lambda s: 1e-9 * s, lambda s: 0.25e-9 * s + 4e-5)}}))
+    small, large = problem(rows=100, classes=100), problem(rows=10_000, classes=100)
+    assert _dispatch.make_plan(small).threads == 1
+    assert _dispatch.make_plan(large).threads == 4
+    assert "measured faster" in _dispatch.make_plan(large).reason
+    # the caller's threads always win
+    assert _dispatch.make_plan(problem(rows=100, classes=100, threads=3)).threads == 3
+
+
+def test_without_a_calibration_preference_order_and_work_threshold(tmp_path, monkeypatch):
+    compiled_backends_or_skip("cython")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("FASTXENT_NUM_THREADS", "2")
+    monkeypatch.setattr(_calibration, "_DEFAULT_FILE", tmp_path / "missing.json")
+    _dispatch.reload_calibration()
+    try:
+        small = _dispatch.make_plan(problem(rows=10, classes=10))
+        large = _dispatch.make_plan(problem(rows=1000, classes=1000))
+        assert (small.backend, small.threads) == ("cython", 1)
+        assert (large.backend, large.threads) == ("cython", 2)
+        assert "preference order" in large.reason
+        assert "no calibration" in "\n".join(_dispatch.describe_thresholds())
+    finally:
+        _dispatch.reload_calibration()
+
+
+def test_a_bad_calibration_file_is_ignored(calibration, tmp_path):
+    path = calibration({"version": -1})
+    assert "user calibration" not in _dispatch.table().source
+    path.write_text("{not json")
+    _dispatch.reload_calibration()
+    assert "user calibration" not in _dispatch.table().source
+
+
+def test_shipped_defaults_exist_and_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no user calibration
+    _dispatch.reload_calibration()
+    try:
+        t = _dispatch.table()
+        assert t.source.startswith("shipped defaults"), t.source
+        assert set(t.times) >= {"cython"}
+        assert all(len(row) == len(SIZES) for fam in t.times["cython"].values() for row in fam.values())
+    finally:
+        _dispatch.reload_calibration()
+
+
+def test_forced_backend_is_used_as_is(calibration):
+    calibration(table({"cython": {"logits": (fast, fast)}}))
+    plan = _dispatch.make_plan(problem(backend="numpy"))
+    assert plan.backend == "numpy" and plan.threads == 1
+    assert "from argument" in plan.reason
+
+
+# ------------------------------------------------------------------ the remembered decision
+
+
+def test_choose_matches_make_plan(calibration):
+    calibration(table({"cython": {"logits": (lambda s: 1e-9 * s, lambda s: 0.25e-9 * s + 4e-5)}}))
+    for rows in (1, 100, 10_000):
+        p = problem(rows=rows)
+        plan = _dispatch.make_plan(p)
+        assert _dispatch.choose(p) == (plan.backend, plan.threads)
+        assert _dispatch.choose(p) == (plan.backend, plan.threads)  # from the memo
+
+
+def test_choose_sees_environment_config_and_arguments(monkeypatch):
+    monkeypatch.delenv("FASTXENT_BACKEND", raising=False)
+    monkeypatch.delenv("FASTXENT_NUM_THREADS", raising=False)
+    p = problem(rows=5000, classes=100)
+    first = _dispatch.choose(p)
+    monkeypatch.setenv("FASTXENT_BACKEND", "numpy")
+    assert _dispatch.choose(p)[0] == "numpy"
+    monkeypatch.delenv("FASTXENT_BACKEND")
+    assert _dispatch.choose(p) == first
+    monkeypatch.setenv("FASTXENT_NUM_THREADS", "3")
+    if first[0] != "numpy":
+        assert _dispatch.choose(p)[1] in (1, 3)
+    with fastxent.config(backend="numpy"):
+        assert _dispatch.choose(p)[0] == "numpy"
+    with fastxent.config(threads=1):
+        assert _dispatch.choose(p)[1] == 1
+    assert _dispatch.choose(problem(rows=5000, classes=100, backend="numpy"))[0] == "numpy"
+
+
+def test_choose_follows_omp_num_threads_and_threadpoolctl(monkeypatch):
+    compiled_backends_or_skip("cython")
+    from fastxent.backends import _cython_ext
+
+    if not _cython_ext.openmp_enabled() or os.cpu_count() < 2:
+        pytest.skip("needs OpenMP and two cores")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.delenv("FASTXENT_NUM_THREADS", raising=False)
+    p = problem(rows=100_000, classes=100, backend="cython")  # large: all cores by default
+    assert _dispatch.choose(p)[1] > 1
+    with threadpoolctl.threadpool_limits(1):
+        assert _dispatch.choose(p)[1] == 1
+    assert _dispatch.choose(p)[1] > 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _dispatch.choose(p)[1] == 1
+
+
+def test_recalibrating_is_seen_at_once(calibration, monkeypatch):
+    compiled_backends_or_skip("numba", "cython")
+    monkeypatch.setattr(_dispatch, "_numba_ready", lambda p: True)
+    calibration(table({"numba": {"logits": (fast, fast)}, "cython": {"logits": (slow, slow)}}))
+    p = problem()
+    assert _dispatch.choose(p)[0] == "numba"
+    calibration(table({"numba": {"logits": (slow, slow)}, "cython": {"logits": (fast, fast)}}))
+    assert _dispatch.choose(p)[0] == "cython"
+
+
+# ------------------------------------------------------------------ measuring
+
+
+@pytest.fixture
+def tiny_calibration(monkeypatch):
+    """Make a real calibration quick: two sizes."""
+    monkeypatch.setattr(_calibration, "SIZES", (256, 4096))
+
+
+def test_calibrate_writes_the_user_cache_and_is_used(tiny_calibration, tmp_path, monkeypatch):
+    compiled_backends_or_skip("cython")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    try:
+        path = fastxent.calibrate(backends=["cython"], progress=lambda *a: calls.append(a))
+        assert path == tmp_path / "fastxent" / "calibration.json"
+        content = json.loads(path.read_text())
+        assert content["sizes"] == [256, 4096]
+        assert set(content["times"]) == {"cython"}
+        assert set(content["times"]["cython"]) == set(_calibration.FAMILIES)
+        assert all(t > 0 for fam in content["times"]["cython"].values() for row in fam.values() for t in row)
+        assert calls[-1][0] == calls[-1][1]  # progress reached the end
+        assert _dispatch.table().source.startswith("user calibration")
+        assert "user calibration" in fastxent._introspect.config_report()
+    finally:
+        _dispatch.reload_calibration()
+
+
+def test_calibrate_cli(tiny_calibration, tmp_path, capsys):
+    compiled_backends_or_skip("cython")
+    from fastxent.cli import main
+
+    out = tmp_path / "cal.json"
+    try:
+        assert main(["calibrate", "--out", str(out), "--backends", "cython"]) == 0
+        assert json.loads(out.read_text())["version"] == _calibration.FORMAT_VERSION
+        assert f"wrote {out}" in capsys.readouterr().out
+        assert main(["calibrate", "--backends", "cuda"]) == 2
+        assert "--backends" in capsys.readouterr().err
+    finally:
+        _dispatch.reload_calibration()
+
+
+def test_show_config_reports_thresholds(calibration):
+    calibration(table({"cython": {"logits": (lambda s: 1e-9 * s, lambda s: 0.25e-9 * s + 4e-5)}}))
+    report = fastxent._introspect.config_report()
+    assert "thresholds: user calibration" in report
+    assert "logits  (elements): cython x1 from 256; cython x4 from 65,536" in report
