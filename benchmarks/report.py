@@ -4,8 +4,9 @@
 
 For every workload: the median of each fastxent backend and thread count, its ratio
 to the same run's read pass (the faster of np.add.reduce and a parallel streaming sum
-over the same bytes) and its speed-up over PyTorch (best of 1 and 2 threads). Numbers
-are never typed by hand: the README table is this script's output.
+over the same bytes) and its speed-up over PyTorch (best of 1 and 2 threads); then
+``backend="auto"`` against the best forced (backend, threads); then fixed costs.
+Numbers are never typed by hand: the README tables are this script's output.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ def _fmt(seconds: float) -> str:
 def load(path: str) -> tuple[dict, dict]:
     with open(path) as f:
         payload = json.load(f)
-    rows = defaultdict(lambda: {"fastxent": [], "read pass": [], "torch": []})
+    rows = defaultdict(lambda: {"fastxent": [], "read pass": [], "torch": [], "overhead": [], "chosen": None})
     for bench in payload["benchmarks"]:
         info = bench["extra_info"]
         rows[info["workload"]][info["role"]].append((info["backend"], info["threads"], bench["stats"]["median"]))
+        if "chosen" in info:
+            rows[info["workload"]]["chosen"] = info["chosen"]
     return payload["machine_info"], rows
 
 
@@ -43,6 +46,8 @@ def render(machine: dict, rows: dict) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for workload, roles in rows.items():
+        if not roles["fastxent"]:
+            continue
         read = min((m for _, _, m in roles["read pass"]), default=None)
         torch = min((m for _, _, m in roles["torch"]), default=None)
         for backend, threads, median in sorted(roles["fastxent"], key=lambda r: (r[0] != "auto", r[0], r[1])):
@@ -53,7 +58,35 @@ def render(machine: dict, rows: dict) -> str:
                          f"{_fmt(torch) if torch else '–'} | {vs_torch} |")  # fmt: skip
         if read:
             lines.append(f"| {workload} | *read pass* | {_fmt(read)} | 1.00 | | |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + render_auto(rows) + [""] + render_overheads(rows))
+
+
+def render_auto(rows: dict) -> list[str]:
+    """backend="auto" against the best forced backend and thread count."""
+    lines = [
+        "| workload | auto chose | auto | best forced | best | auto ÷ best |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    for workload, roles in rows.items():
+        auto = [m for b, _, m in roles["fastxent"] if b == "auto"]
+        forced = [(m, f"{b}, {t}") for b, t, m in roles["fastxent"] if b != "auto"]
+        if auto and forced:
+            best, label = min(forced)
+            lines.append(f"| {workload} | {roles['chosen'] or '?'} | {_fmt(auto[0])} | {label} | {_fmt(best)} | "
+                         f"{auto[0] / best:.2f} |")  # fmt: skip
+    return lines
+
+
+def render_overheads(rows: dict) -> list[str]:
+    costs = {w: roles["overhead"][0][2] for w, roles in rows.items() if roles["overhead"]}
+    if not costs:
+        return []
+    lines = ["| fixed cost | median |", "| --- | ---: |"]
+    lines += [f"| {name} | {_fmt(seconds)} |" for name, seconds in costs.items()]
+    bare, loaded = costs.get("process: import numpy"), costs.get("process: import numpy, fastxent")
+    if bare and loaded:
+        lines.append(f"| import fastxent beyond import numpy | {_fmt(loaded - bare)} |")
+    return lines
 
 
 def main(argv=None) -> int:

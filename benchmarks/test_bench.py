@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from workloads import WORKLOADS, Workload, fastxent_call, read_pass_calls, torch_call
+from workloads import WORKLOADS, Workload, fastxent_call, fastxent_plan, read_pass_calls, torch_call
 
 from fastxent import backends
 
@@ -46,6 +46,8 @@ def test_fastxent(benchmark, w, backend, threads):
     except RuntimeError as exc:  # the backend cannot run this workload
         pytest.skip(str(exc))
     benchmark.group = w.name
+    if backend == "auto":
+        benchmark.extra_info["chosen"] = fastxent_plan(w)
     run(benchmark, fn, w, role="fastxent", backend=backend, threads=threads)
 
 

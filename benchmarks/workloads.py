@@ -35,6 +35,9 @@ class Workload:
 
 WORKLOADS = [
     Workload("tiny-sparse-logits-32x10", "sparse", True, 32, 10),
+    Workload("tiny-sparse-logits-32x10-grad", "sparse", True, 32, 10, grad="in_place"),
+    Workload("sparse-logits-1000x100", "sparse", True, 1_000, 100),
+    Workload("sparse-logits-1000x100-f64-grad", "sparse", True, 1_000, 100, dtype="float64", grad="in_place"),
     Workload("sparse-logits-65536x1000", "sparse", True, 65_536, 1_000),
     Workload("sparse-logits-65536x1000-f64", "sparse", True, 65_536, 1_000, dtype="float64"),
     Workload("sparse-logits-65536x1000-grad", "sparse", True, 65_536, 1_000, grad="in_place"),
@@ -48,6 +51,7 @@ WORKLOADS = [
     Workload("binary-logits-10M", "binary", True, 10_000_000, 1),
     Workload("binary-probs-10M", "binary", False, 10_000_000, 1),
     Workload("binary-logits-10M-grad", "binary", True, 10_000_000, 1, grad="in_place"),
+    Workload("binary-logits-4096-f64", "binary", True, 4_096, 1, dtype="float64"),
 ]
 BY_NAME = {w.name: w for w in WORKLOADS}
 
@@ -85,6 +89,16 @@ def fastxent_call(w: Workload, backend: str, threads: int | None):
         scratch = y_pred.copy()
         return lambda: fn(y_true, scratch, return_grad=True, grad_out=scratch, **opts)
     return lambda: fn(y_true, y_pred, **opts)
+
+
+def fastxent_plan(w: Workload) -> str:
+    """What ``backend="auto"`` runs for the workload (``fastxent.explain``)."""
+    y_pred, y_true = data(w.rows, w.classes, w.dtype, w.from_logits, w.kind)
+    fn = {"sparse": fastxent.sparse_categorical_crossentropy, "categorical": fastxent.categorical_crossentropy,
+          "binary": fastxent.binary_crossentropy}[w.kind]  # fmt: skip
+    plan = fastxent.explain(fn, y_true, y_pred, from_logits=w.from_logits, label_smoothing=w.smoothing,
+                            return_grad=w.grad != "none")  # fmt: skip
+    return f"{plan.backend}, {plan.threads}"
 
 
 def torch_call(w: Workload, threads: int):

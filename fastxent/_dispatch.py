@@ -84,20 +84,15 @@ def describe_thresholds() -> list[str]:
         lines.append(f"  {', '.join(_AUTO_ORDER)} by preference; 1 thread below {PARALLEL_MIN_WORK:,} elements")
         return lines
     sizes = [round(math.exp(v)) for v in t.log_sizes]
+    names = [name for name in _AUTO_ORDER if name in t.times and backends.unavailable_reason(name) is None]
     for family in ("logits", "probs", "gather", "binary"):
         steps, previous = [], None
         for size in sizes:
-            timed = [
-                (seconds, f"{name} x{threads}")
-                for name in _AUTO_ORDER if name != "numpy" or len(t.times) == 1
-                for threads in {1, t.max_threads}
-                if (seconds := t.seconds(name, family, threads, size)) is not None
-            ]  # fmt: skip
-            if timed:
-                best = min(timed)[1]
-                if best != previous:
-                    steps.append(f"{best} from {size:,}")
-                    previous = best
+            name, threads, seconds, _ = _fastest([n for n in names if n != "numpy"] or names, family, size, None)
+            best = f"{name} x{threads}" if seconds is not None else None
+            if best is not None and best != previous:
+                steps.append(f"{best} from {size:,}")
+                previous = best
         unit = "rows" if family == "gather" else "elements"
         lines.append(f"  {family:<7} ({unit}): {'; '.join(steps) or 'not measured'}")
     return lines
@@ -167,16 +162,27 @@ def make_plan(problem) -> Plan:
         candidates.remove("numba")
         notes.append("numba would compile first (it joins once it has run this kernel)")
     compiled = [c for c in candidates if c != "numpy"] or candidates
-    best = None
-    for name in compiled:
-        threads, why = _threads(name, family, work, problem.threads)
-        seconds = table().seconds(name, family, threads, work)
-        if best is None or (seconds is not None and (best[2] is None or seconds < best[2])):
-            best = (name, threads, seconds, why)
-    name, threads, seconds, why = best
+    name, threads, seconds, why = _fastest(compiled, family, work, problem.threads)
     basis = f"measured {seconds * 1e6:.0f} µs ({table().source})" if seconds is not None else "preference order"
     note = f"; {'; '.join(notes)}" if notes else ""
     return Plan(name, problem.kernel_name, threads, f"auto: {name} by {basis}; {size}; {why}{note}")
+
+
+#: A backend later in the preference order must be measured this much faster to be
+#: chosen: calibrations are noisy, and near-ties should not flip between backends.
+SWITCH_MARGIN = 0.9
+
+
+def _fastest(names, family: str, work: int, requested: int | None):
+    """(backend, threads, seconds or None, why) of the fastest of ``names`` (in
+    preference order) for ``work`` units of ``family``."""
+    best = None
+    for name in names:
+        threads, why = _threads(name, family, work, requested)
+        seconds = table().seconds(name, family, threads, work)
+        if best is None or (seconds is not None and (best[2] is None or seconds < SWITCH_MARGIN * best[2])):
+            best = (name, threads, seconds, why)
+    return best
 
 
 def _threads(backend: str, family: str, work: int, requested: int | None) -> tuple[int, str]:

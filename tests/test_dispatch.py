@@ -72,8 +72,8 @@ def compiled_backends_or_skip(*names):
             pytest.skip(f"{name}: {reason}")
 
 
-def slow(size):  # seconds as a function of the work size
-    return 2e-9 * size + 1e-5
+def slow(size):  # seconds as a function of the work size: twice fast's
+    return 2e-9 * size + 2e-5
 
 
 def fast(size):
@@ -212,6 +212,26 @@ def test_recalibrating_is_seen_at_once(calibration, monkeypatch):
     assert _dispatch.choose(p)[0] == "numba"
     calibration(table({"numba": {"logits": (slow, slow)}, "cython": {"logits": (fast, fast)}}))
     assert _dispatch.choose(p)[0] == "cython"
+
+
+def test_numba_joins_once_it_has_compiled_the_kernel(calibration):
+    compiled_backends_or_skip("numba", "cython")
+    calibration(table({"numba": {"logits": (fast, fast)}, "cython": {"logits": (slow, slow)}}))
+    y, x = np.array([0, 1, 1]), np.array([[0.5, 1.5], [2.0, -1.0], [0.0, 0.0]], dtype=np.float64)
+    p = build_problem("sparse", y, x, **_options())
+    before = _dispatch.choose(p)
+    if before[0] == "numba":
+        pytest.skip("numba compiled this signature earlier in this process")
+    assert before[0] == "cython"
+    sparse(y, x, from_logits=True, reduction="none", backend="numba")  # compiles it
+    assert _dispatch.choose(p)[0] == "numba"
+
+
+def _options() -> dict:
+    defaults = {
+        p.name: p.default for p in inspect.signature(sparse).parameters.values() if p.kind is p.KEYWORD_ONLY
+    }
+    return {**defaults, "from_logits": True, "reduction": "none"}
 
 
 # ------------------------------------------------------------------ measuring

@@ -1,0 +1,1861 @@
+"""Numba kernels for fastxent: the six kernels of KERNELS.md.
+
+Importing this module imports numba; :mod:`.numba_backend` imports it on first use
+only. ``KERNELS`` maps each kernel name to a thin Python wrapper that
+
+* picks a path by layout: ``rows`` (class stride == itemsize for x, targets and
+  grad_out: each row is a contiguous vector), ``cols`` (inner stride == itemsize:
+  a block of adjacent rows is processed as vectors across rows, e.g. (1, C, N) or
+  (N, C, H*W)), or ``generic`` (any strides, row by row);
+* passes float16 arrays as a one-field record view (numba has no CPU float16)
+  that the kernels widen with ``vcvtph2ps``;
+* runs the driver with ``threads`` threads, one call at a time (``_CALL_LOCK``),
+  and serially in a child forked after the parallel runtime started (``_run``);
+* falls back to ``cache=False`` when numba cannot use an on-disk cache
+  (``FASTXENT_NUMBA_CACHE=0`` turns the cache off).
+
+Design rules: every transcendental is a polynomial written here (``_exp``, ``_log``,
+``_log1p``) so that LLVM vectorises the loops that call it; sums over a row are
+float64; one helper per quantity (``_softplus_tail``, ``_sigmoids``,
+``_softmax_grad``, ...) is shared by the loss-only and loss+gradient loops.
+No function uses the ``nnan``/``ninf`` fast-math flags; only the small row-reduction
+helpers carry ``reassoc`` (without it LLVM keeps an FP sum sequential and the whole
+loop, exp included, stays scalar).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import threading
+from types import FunctionType
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+from numba.np.arrayobj import make_array, populate_array
+
+from . import forked_child
+
+# --------------------------------------------------------------------------- jit setup
+
+#: Options of every compiled function. error_model="numpy": a float division never
+#: raises (and no zero-check branch blocks vectorisation). No fast-math.
+_OPTS = dict(error_model="numpy", fastmath=False, boundscheck=False)
+#: The exp/log polynomials: FMA contraction only (measured 2x on the exp loop; it
+#: changes rounding, never NaN/inf semantics).
+_POLY_OPTS = dict(_OPTS, fastmath={"contract"})
+
+#: Whether compiled drivers are cached on disk. Turned off (for the process) when
+#: numba has no writable cache directory (RuntimeError at decoration time) or when
+#: saving fails later (OSError at the first call); see ``_run``.
+_CACHE = os.environ.get("FASTXENT_NUMBA_CACHE", "1") != "0"
+_DRIVERS: list = []
+
+
+def _helper(fn=None, inline=False):
+    """A jitted helper (never cached itself: the callers' cached code contains it).
+
+    ``inline=True`` inlines it in numba's IR: for element formulas that, once
+    optimised on their own (exp + log + a division), are too big for LLVM's
+    inliner -- a call left in a loop keeps the loop scalar (binary from logits ran
+    at 50 ns per element). All helpers share the same strict FP options, so
+    inlining changes no rounding."""
+    opts = dict(_OPTS, inline="always") if inline else _OPTS
+    if fn is None:
+        return lambda f: njit(**opts)(f)
+    return njit(**opts)(fn)
+
+
+def _jit(fn, parallel=True):
+    """A top-level kernel (a "driver"): cached on disk unless numba cannot cache,
+    and run without the GIL."""
+    global _CACHE
+    if _CACHE:
+        try:
+            return njit(parallel=parallel, cache=True, nogil=True, **_OPTS)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            _CACHE = False
+    return njit(parallel=parallel, cache=False, nogil=True, **_OPTS)(fn)
+
+
+def _driver(fn):
+    """A parallel driver (its serial twin is made on demand: see ``_serial_twin``)."""
+    disp = _jit(fn)
+    _DRIVERS.append(disp)
+    return disp
+
+
+def _disable_cache() -> None:
+    """Stop loading/saving the disk cache for every driver (after an OSError)."""
+    global _CACHE
+    from numba.core.caching import NullCache
+
+    _CACHE = False
+    for disp in _DRIVERS + list(_SERIAL.values()):
+        disp._cache = NullCache()
+
+
+# --------------------------------------------------------------------------- LLVM intrinsics
+
+
+def _int_type(fty):
+    return ir.IntType(32 if isinstance(fty, ir.FloatType) else 64)
+
+
+def _float_layout(fty):
+    """(mantissa bits, exponent bias, exponent mask) of an LLVM float type."""
+    return (23, 127, 0xFF) if isinstance(fty, ir.FloatType) else (52, 1023, 0x7FF)
+
+
+@intrinsic
+def _maximum(typingctx, a, b):
+    """llvm.maximum: a max that propagates NaN and that LLVM vectorises as a
+    reduction without fast-math flags (a `v if v > m else m` loop stays scalar)."""
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        fty = context.get_value_type(signature.return_type)
+        fn = builder.module.declare_intrinsic("llvm.maximum", [fty], ir.FunctionType(fty, [fty, fty]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _acc(typingctx, total, term):
+    """``total + term`` as one ``fadd reassoc`` instruction: the only place the
+    kernels allow reassociation. LLVM vectorises an FP sum only when its adds may
+    be reassociated (lanes of partial sums); with the flag on the accumulating add
+    alone, every other instruction keeps strict IEEE semantics (no fast-math on any
+    function). The lane split is fixed at compile time: results do not depend on
+    the thread count."""
+    sig = total(total, term)
+
+    def codegen(context, builder, signature, args):
+        term_value = context.cast(builder, args[1], signature.args[1], signature.return_type)
+        return builder.fadd(args[0], term_value, flags=("reassoc",))
+
+    return sig, codegen
+
+
+def _fp_binary(name, doc):
+    @intrinsic
+    def fn(typingctx, a, b):
+        sig = a(a, b)
+
+        def codegen(context, builder, signature, args):
+            fty = context.get_value_type(signature.return_type)
+            f = builder.module.declare_intrinsic(name, [fty], ir.FunctionType(fty, [fty, fty]))
+            return builder.call(f, args)
+
+        return sig, codegen
+
+    fn.__doc__ = doc
+    return fn
+
+
+_maxnum = _fp_binary("llvm.maxnum", "max ignoring NaN (vmaxps): clamps whose NaN case is fixed later")
+_minnum = _fp_binary("llvm.minnum", "min ignoring NaN (vminps)")
+
+
+@intrinsic
+def _half_to_float(typingctx, bits):
+    """IEEE half (as its uint16 bits) -> float32, exactly (vcvtph2ps with F16C)."""
+    sig = types.float32(bits)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _scale_pow2(typingctx, p, t):
+    """``p * 2**n`` where ``t = n + MAGIC`` (MAGIC = 1.5 * 2**mant, so the low bits
+    of ``t`` hold n). Two multiplies by ``2**(n//2)`` and ``2**(n - n//2)`` cover the
+    whole range, from subnormal results to overflow, with integer vector ops only."""
+    sig = p(p, t)
+
+    def codegen(context, builder, signature, args):
+        fty = context.get_value_type(signature.return_type)
+        ity = _int_type(fty)
+        mant, bias, _ = _float_layout(fty)
+        magic_bits = (0x4B400000 if mant == 23 else 0x4338000000000000)
+        n = builder.sub(builder.bitcast(args[1], ity), ir.Constant(ity, magic_bits))
+        n1 = builder.ashr(n, ir.Constant(ity, 1))
+        n2 = builder.sub(n, n1)
+
+        def pow2(k):
+            biased = builder.add(k, ir.Constant(ity, bias))
+            return builder.bitcast(builder.shl(biased, ir.Constant(ity, mant)), fty)
+
+        return builder.fmul(builder.fmul(args[0], pow2(n1)), pow2(n2))
+
+    return sig, codegen
+
+
+@intrinsic
+def _exponent(typingctx, x):
+    """Unbiased binary exponent of a positive normal float, as a float."""
+    sig = x(x)
+
+    def codegen(context, builder, signature, args):
+        fty = context.get_value_type(signature.return_type)
+        ity = _int_type(fty)
+        mant, bias, emask = _float_layout(fty)
+        bits = builder.lshr(builder.bitcast(args[0], ity), ir.Constant(ity, mant))
+        e = builder.sub(builder.and_(bits, ir.Constant(ity, emask)), ir.Constant(ity, bias))
+        return builder.sitofp(e, fty)
+
+    return sig, codegen
+
+
+@intrinsic
+def _mantissa(typingctx, x):
+    """Significand of a positive normal float, in [1, 2)."""
+    sig = x(x)
+
+    def codegen(context, builder, signature, args):
+        fty = context.get_value_type(signature.return_type)
+        ity = _int_type(fty)
+        mant, bias, _ = _float_layout(fty)
+        bits = builder.and_(builder.bitcast(args[0], ity), ir.Constant(ity, (1 << mant) - 1))
+        return builder.bitcast(builder.or_(bits, ir.Constant(ity, bias << mant)), fty)
+
+    return sig, codegen
+
+
+def _make_view(axis: int, layout: str):
+    """An intrinsic ``view(a, o, c, i, n)``: the n elements of the 3-D array ``a``
+    from ``a[o, c, i]`` along ``axis``, as a 1-D array of ``layout`` ('C' only when
+    the caller checked that this axis has stride == itemsize). The view has no
+    meminfo: no atomic reference counting per row (both threads would fight over
+    the parent's counter), and the parent outlives the kernel call anyway."""
+
+    @intrinsic
+    def view(typingctx, a, o, c, i, n):
+        ret = types.Array(a.dtype, 1, layout, readonly=not a.mutable, aligned=a.aligned)
+        sig = ret(a, o, c, i, n)
+
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = make_array(aryty)(context, builder, args[0])
+            idx = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:4], signature.args[1:4])]
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx)
+            strides = cgutils.unpack_tuple(builder, ary.strides, 3)
+            out = make_array(signature.return_type)(context, builder)
+            count = context.cast(builder, args[4], signature.args[4], types.intp)
+            populate_array(out, data=ptr, shape=[count], strides=[strides[axis]],
+                           itemsize=ary.itemsize, meminfo=None)  # fmt: skip
+            return out._getvalue()
+
+        return sig, codegen
+
+    return view
+
+
+_row_view_c = _make_view(1, "C")  # a[o, c:c+n, i], contiguous
+_row_view_a = _make_view(1, "A")  # a[o, c:c+n, i], any stride
+_col_view_c = _make_view(2, "C")  # a[o, c, i:i+n], contiguous
+
+
+# --------------------------------------------------------------------------- element types
+
+
+def _x_value(v):
+    """An element of x in the compute dtype (float32 for float16/float32)."""
+
+
+@overload(_x_value, jit_options=_OPTS)
+def _x_value_ol(v):
+    if isinstance(v, types.Record):  # float16 passed as a record view of its bits
+        return lambda v: _half_to_float(v.bits)
+    if isinstance(v, types.Float):
+        return lambda v: v
+
+
+def _compute_scalar(x, v):
+    """``v`` converted to x's compute dtype."""
+
+
+@overload(_compute_scalar, jit_options=_OPTS)
+def _compute_scalar_ol(x, v):
+    if isinstance(x.dtype, types.Record) or x.dtype == types.float32:
+        return lambda x, v: np.float32(v)
+    return lambda x, v: np.float64(v)
+
+
+def _at(w, j):
+    """``w[j]`` for an array, ``w`` itself for a scalar (a broadcast weight)."""
+
+
+@overload(_at, jit_options=_OPTS)
+def _at_ol(w, j):
+    if isinstance(w, types.Array):
+        return lambda w, j: w[j]
+    return lambda w, j: w
+
+
+# --------------------------------------------------------------------------- exp and log
+
+_F32 = np.float32
+# exp: Cephes expf. n = round(x / ln2) by the 1.5 * 2**23 trick, r = x - n ln2 in two
+# pieces (Cody-Waite; n * LN2_HI is exact), exp(r) by a degree-7 polynomial, then
+# 2**n from integer bits. |error| <= 1-2 ulp (tests measure it).
+_E32_LO, _E32_HI = _F32(-104.0), _F32(89.0)  # exp(-104) rounds to 0, exp(89) overflows
+_E32_LOG2E, _E32_MAGIC = _F32(1.44269504088896341), _F32(12582912.0)
+_E32_LN2_HI, _E32_LN2_LO = _F32(0.693359375), _F32(-2.12194440e-4)
+# (scalar globals, not tuples: numba freezes a scalar as an immediate constant that
+# LLVM hoists out of the loop; a tuple global is reloaded from memory per element)
+_E32_P0, _E32_P1, _E32_P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
+_E32_P3, _E32_P4, _E32_P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
+_F32_ONE, _F32_HALF, _F32_ZERO = _F32(1.0), _F32(0.5), _F32(0.0)
+
+_E64_LO, _E64_HI = -746.0, 710.0
+_E64_LOG2E, _E64_MAGIC = 1.4426950408889634, 6755399441055744.0
+_E64_LN2_HI, _E64_LN2_LO = 0.693145751953125, 1.4286068203094173e-06
+# Taylor series of exp to degree 13: on |r| <= ln2/2 the truncation is 4e-18 relative.
+_E64_P13, _E64_P12, _E64_P11, _E64_P10, _E64_P9, _E64_P8, _E64_P7 = (1.0 / math.factorial(k) for k in range(13, 6, -1))
+_E64_P6, _E64_P5, _E64_P4, _E64_P3, _E64_P2 = (1.0 / math.factorial(k) for k in range(6, 1, -1))
+
+# log: Cephes logf for float32 (f = m - 1, m in [sqrt(1/2), sqrt(2))), and for
+# float64 log(m) = 2 atanh(s), s = f / (2 + f), |s| <= 0.1716, to s**21.
+_L32_P0, _L32_P1, _L32_P2 = _F32(7.0376836292e-2), _F32(-1.1514610310e-1), _F32(1.1676998740e-1)
+_L32_P3, _L32_P4, _L32_P5 = _F32(-1.2420140846e-1), _F32(1.4249322787e-1), _F32(-1.6668057665e-1)
+_L32_P6, _L32_P7, _L32_P8 = _F32(2.0000714765e-1), _F32(-2.4999993993e-1), _F32(3.3333331174e-1)
+_L32_Q1, _L32_Q2 = _F32(-2.12194440e-4), _F32(0.693359375)
+_L32_SQRT2, _L32_TINY, _L32_SUB = _F32(1.4142135623730951), _F32(1.1754944e-38), _F32(2.0**23)
+_L64_P21, _L64_P19, _L64_P17, _L64_P15, _L64_P13, _L64_P11 = (1.0 / k for k in (21, 19, 17, 15, 13, 11))
+_L64_P9, _L64_P7, _L64_P5, _L64_P3 = (1.0 / k for k in (9, 7, 5, 3))
+_L64_SQRT2, _L64_TINY, _L64_SUB = 1.4142135623730951, 2.2250738585072014e-308, 2.0**52
+_F32_INF, _F64_INF, _F32_NAN = _F32(np.inf), np.inf, _F32(np.nan)
+
+
+def _exp(x):
+    """exp in x's own precision, vectorisable. exp(-inf) = 0, exp(NaN) = NaN,
+    exp(+inf) = inf, subnormal results are produced (not flushed)."""
+
+
+def _exp32(x):
+    xc = _minnum(_maxnum(x, _E32_LO), _E32_HI)  # maps NaN (fixed below) and -inf into range
+    t = xc * _E32_LOG2E + _E32_MAGIC
+    n = t - _E32_MAGIC
+    r = (xc - n * _E32_LN2_HI) - n * _E32_LN2_LO
+    poly = (((((_E32_P0 * r + _E32_P1) * r + _E32_P2) * r + _E32_P3) * r + _E32_P4) * r + _E32_P5) * (r * r)
+    poly = poly + r + _F32_ONE
+    y = _scale_pow2(poly, t)
+    return x if x != x else y
+
+
+def _exp64(x):
+    xc = _minnum(_maxnum(x, _E64_LO), _E64_HI)
+    t = xc * _E64_LOG2E + _E64_MAGIC
+    n = t - _E64_MAGIC
+    r = (xc - n * _E64_LN2_HI) - n * _E64_LN2_LO
+    poly = ((((((_E64_P13 * r + _E64_P12) * r + _E64_P11) * r + _E64_P10) * r + _E64_P9) * r + _E64_P8) * r
+            + _E64_P7) * r + _E64_P6  # fmt: skip
+    poly = ((((poly * r + _E64_P5) * r + _E64_P4) * r + _E64_P3) * r + _E64_P2) * (r * r) + r + 1.0
+    y = _scale_pow2(poly, t)
+    return x if x != x else y
+
+
+@overload(_exp, jit_options=_POLY_OPTS)
+def _exp_ol(x):
+    if x == types.float32:
+        return _exp32
+    if x == types.float64:
+        return _exp64
+
+
+def _log(x):
+    """log in x's own precision, vectorisable: log(0) = -inf, log(<0) = NaN,
+    log(inf) = inf, log(NaN) = NaN, subnormal inputs handled."""
+
+
+def _log32(x):
+    sub = x < _L32_TINY  # subnormal (or <= 0: fixed at the end)
+    xs = x * _L32_SUB if sub else x
+    e = _exponent(xs) - (_F32(23.0) if sub else _F32_ZERO)
+    m = _mantissa(xs)
+    big = m > _L32_SQRT2
+    m = m * _F32_HALF if big else m
+    e = e + _F32_ONE if big else e
+    f = m - _F32_ONE
+    z = f * f
+    y = (((_L32_P0 * f + _L32_P1) * f + _L32_P2) * f + _L32_P3) * f + _L32_P4
+    y = ((((y * f + _L32_P5) * f + _L32_P6) * f + _L32_P7) * f + _L32_P8) * f * z
+    y = y + e * _L32_Q1 - _F32_HALF * z
+    r = f + y + e * _L32_Q2
+    r = r if x > _F32_ZERO else (-_F32_INF if x == _F32_ZERO else _F32_NAN)
+    return r if x < _F32_INF else x
+
+
+def _log64(x):
+    sub = x < _L64_TINY
+    xs = x * _L64_SUB if sub else x
+    e = _exponent(xs) - (52.0 if sub else 0.0)
+    m = _mantissa(xs)
+    big = m > _L64_SQRT2
+    m = m * 0.5 if big else m
+    e = e + 1.0 if big else e
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    poly = ((((_L64_P21 * z + _L64_P19) * z + _L64_P17) * z + _L64_P15) * z + _L64_P13) * z + _L64_P11
+    poly = ((((poly * z + _L64_P9) * z + _L64_P7) * z + _L64_P5) * z + _L64_P3) * z + 1.0
+    r = e * _E64_LN2_HI + (e * _E64_LN2_LO + 2.0 * s * poly)
+    r = r if x > 0.0 else (-_F64_INF if x == 0.0 else np.nan)
+    return r if x < _F64_INF else x
+
+
+@overload(_log, jit_options=_POLY_OPTS)
+def _log_ol(x):
+    if x == types.float32:
+        return _log32
+    if x == types.float64:
+        return _log64
+
+
+@_helper(inline=True)
+def _log1p(u):
+    """log(1 + u) accurate for tiny u (u >= 0 or NaN): log(w) + (u - (w - 1)) / w,
+    w = 1 + u rounded; the second term restores what the rounding of w lost."""
+    one = _one_like(u)
+    w = u + one
+    return _log(w) + (u - (w - one)) / w
+
+
+def _one_like(u):
+    """1 in u's float type."""
+
+
+@overload(_one_like, jit_options=_OPTS)
+def _one_like_ol(u):
+    if u == types.float32:
+        return lambda u: _F32_ONE
+    return lambda u: 1.0
+
+
+def _zero_like(u):
+    """0 in u's float type."""
+
+
+@overload(_zero_like, jit_options=_OPTS)
+def _zero_like_ol(u):
+    if u == types.float32:
+        return lambda u: _F32_ZERO
+    return lambda u: 0.0
+
+
+def _inf_like(u):
+    """+inf in u's float type."""
+
+
+@overload(_inf_like, jit_options=_OPTS)
+def _inf_like_ol(u):
+    if u == types.float32:
+        return lambda u: _F32_INF
+    return lambda u: _F64_INF
+
+
+# --------------------------------------------------------------------------- element formulas
+# Every element formula computes in the type of its first argument, the compute
+# dtype, with coefficients rounded to it once per row or block: one float64 value in
+# a loop makes LLVM use 4 lanes (ymm of float64) for the whole loop instead of 8.
+
+
+def _as(v, like):
+    """``v`` (any x / target / weight element) converted to ``like``'s float type."""
+
+
+@overload(_as, jit_options=_OPTS)
+def _as_ol(v, like):
+    single = like == types.float32
+    if isinstance(v, types.Record):  # float16 bits
+        if single:
+            return lambda v, like: _half_to_float(v.bits)
+        return lambda v, like: np.float64(_half_to_float(v.bits))
+    if isinstance(v, types.Boolean):
+        if single:
+            return lambda v, like: _F32_ONE if v else _F32_ZERO
+        return lambda v, like: 1.0 if v else 0.0
+    if single:
+        return lambda v, like: np.float32(v)
+    return lambda v, like: np.float64(v)
+
+
+@_helper(inline=True)
+def _softplus_tail(v):
+    """log1p(exp(-|v|)): softplus(v) = max(v, 0) + tail, softplus(-v) = max(-v, 0) + tail."""
+    return _log1p(_exp(-abs(v)))
+
+
+@_helper(inline=True)
+def _sigmoids(v):
+    """(sigmoid(v), sigmoid(-v)), each computed directly from e = exp(-|v|)."""
+    e = _exp(-abs(v))
+    d = _one_like(v) + e
+    big, small = _one_like(v) / d, e / d  # sigmoid(|v|), sigmoid(-|v|)
+    nonneg = v >= _zero_like(v)
+    return (big if nonneg else small), (small if nonneg else big)
+
+
+@_helper(inline=True)
+def _bce_logit_loss(v, y, pw):
+    """(1-y) softplus(v) + pw y softplus(-v): a zero coefficient gives exactly 0 even
+    where its softplus is inf; a NaN logit gives NaN."""
+    zero, one = _zero_like(v), _one_like(v)
+    tail = _softplus_tail(v)
+    sp_pos = (v if v > zero else zero) + tail
+    sp_neg = (-v if v < zero else zero) + tail
+    neg, pos = one - y, pw * y
+    loss = (neg * sp_pos if neg != zero else zero) + (pos * sp_neg if pos != zero else zero)
+    return loss if v == v else v
+
+
+@_helper(inline=True)
+def _bce_logit_grad(v, y, pw):
+    """(1-y) sigmoid(v) - pw y sigmoid(-v)."""
+    s_pos, s_neg = _sigmoids(v)
+    return (_one_like(v) - y) * s_pos - pw * y * s_neg
+
+
+@_helper(inline=True)
+def _clip(p, lo, hi):
+    """(p clipped to [lo, hi], whether it was clipped). NaN stays NaN, unclipped."""
+    return (lo if p < lo else (hi if p > hi else p)), (p < lo) | (p > hi)
+
+
+@_helper(inline=True)
+def _out_of_range(p):
+    """p outside [0, 1] (NaN is not)."""
+    return (p < _zero_like(p)) | (p > _one_like(p))
+
+
+@_helper(inline=True)
+def _bce_prob_loss(p, y, pw, lo, hi):
+    """-(pw y log p + (1-y) log(1-p)), p clipped, 1 - p formed in the compute dtype."""
+    one = _one_like(p)
+    pc, _ = _clip(p, lo, hi)
+    return -(pw * y * _log(pc) + (one - y) * _log(one - pc))
+
+
+@_helper(inline=True)
+def _bce_prob_grad(p, y, pw, lo, hi):
+    """-pw y / p + (1-y) / (1-p); 0 where p was clipped."""
+    one = _one_like(p)
+    pc, clipped = _clip(p, lo, hi)
+    g = -pw * y / pc + (one - y) / (one - pc)
+    return _zero_like(p) if clipped else g
+
+
+@_helper(inline=True)
+def _neg_log_clip(p, lo, hi):
+    """-log(clip(p))."""
+    pc, _ = _clip(p, lo, hi)
+    return -_log(pc)
+
+
+@_helper(inline=True)
+def _xent_prob_grad(p, a, lo, hi):
+    """-a / p; 0 where p was clipped."""
+    pc, clipped = _clip(p, lo, hi)
+    g = -a / pc
+    return _zero_like(p) if clipped else g
+
+
+@_helper(inline=True)
+def _softmax_grad(v, m, a, big_a, a_over_s, ar_over_s):
+    """dl/dx_c = A q_c - a_c with q_c = exp(x_c - m) / S. At the row max of a row
+    where it dominates (R < 1, so the max is unique; ``ar_over_s >= 0``, see
+    ``_grad_coefs``) it is formed as (A - a) - A R / S, exact however small R is."""
+    e = _exp(v - m)  # computed unconditionally, then selected: a branch would block vectorisation
+    return (big_a - a) - ar_over_s if (v == m) & (ar_over_s >= 0) else a_over_s * e - a
+
+
+@_helper
+def _grad_coefs(rest, big_a):
+    """(A / S, A R / S) with S = 1 + R; the second is -1 when R >= 1 (the max does
+    not dominate, or is tied): then (A - a) - A R / S, in float32, would cancel
+    to ~1e-3 relative error at a class holding 1/S, so A / S - a is used."""
+    s = 1.0 + rest
+    return big_a / s, (big_a * rest / s if rest < 1.0 else -1.0)
+
+
+@_helper
+def _softmax_loss(m, rest, gap, big_a):
+    """Row loss: sum_{a_c != 0} a_c (m - x_c) + A log1p(R) (``gap`` is the sum).
+    NaN or +inf in the row: NaN. Every logit -inf: +inf if A > 0, else 0."""
+    if not m < _inf_like(m):
+        return np.nan
+    if m == -_inf_like(m):
+        return np.inf if big_a > 0.0 else 0.0
+    return gap + big_a * math.log1p(rest)
+
+
+@_helper
+def _special_grad(m, big_a):
+    """The gradient of a row whose max is not finite: NaN, or 0 for an all -inf row
+    without target weight."""
+    return 0.0 if (m == -_inf_like(m)) & (big_a <= 0.0) else np.nan
+
+
+@_helper
+def _label_gap(a, m, x_y):
+    """a (m - x_y), exactly 0 when a == 0 (even if x_y = -inf)."""
+    return a * (np.float64(m) - np.float64(x_y)) if a != 0.0 else 0.0
+
+
+@_helper
+def _finite(m):
+    return (m > -_inf_like(m)) & (m < _inf_like(m))
+
+
+# --------------------------------------------------------------------------- argument kinds
+# A few arguments change the compiled code through their *type* (numba specialises
+# per type and prunes `is None` branches):
+#   g       None (loss only) | array (grad_out) | True (in place: write into x)
+#   t       None (sparse: target weights from class weights) | array (dense targets)
+#   layout  True (views with stride == itemsize) | None (any stride)
+#   pw      1-D (C,) pos_weight constant over the inner axis | 2-D (C, I)
+
+
+def _grad_array(x, g):
+    """The array the gradient is written to: g, or x itself in place."""
+
+
+@overload(_grad_array, jit_options=_OPTS)
+def _grad_array_ol(x, g):
+    if isinstance(g, types.Array):
+        return lambda x, g: g
+    return lambda x, g: x
+
+
+def _rview(a, o, i, n, layout):
+    """Row (o, i) of a 3-D array as a 1-D view along the class axis."""
+
+
+@overload(_rview, jit_options=_OPTS)
+def _rview_ol(a, o, i, n, layout):
+    if isinstance(layout, types.NoneType):
+        return lambda a, o, i, n, layout: _row_view_a(a, o, 0, i, n)
+    return lambda a, o, i, n, layout: _row_view_c(a, o, 0, i, n)
+
+
+def _grad_rview(xr, g, o, i, n, layout):
+    """The gradient row matching the x row ``xr`` (``xr`` itself in place)."""
+
+
+@overload(_grad_rview, jit_options=_OPTS)
+def _grad_rview_ol(xr, g, o, i, n, layout):
+    if isinstance(g, types.Array):
+        return lambda xr, g, o, i, n, layout: _rview(g, o, i, n, layout)
+    return lambda xr, g, o, i, n, layout: xr
+
+
+def _grad_cview(xv, g, o, c, i0, n):
+    """The gradient column block matching ``xv`` (``xv`` itself in place)."""
+
+
+@overload(_grad_cview, jit_options=_OPTS)
+def _grad_cview_ol(xv, g, o, c, i0, n):
+    if isinstance(g, types.Array):
+        return lambda xv, g, o, c, i0, n: _col_view_c(g, o, c, i0, n)
+    return lambda xv, g, o, c, i0, n: xv
+
+
+def _t_rview(t, o, i, n, layout):
+    """Target row, or None for sparse kernels."""
+
+
+@overload(_t_rview, jit_options=_OPTS)
+def _t_rview_ol(t, o, i, n, layout):
+    if isinstance(t, types.NoneType):
+        return lambda t, o, i, n, layout: None
+    return lambda t, o, i, n, layout: _rview(t, o, i, n, layout)
+
+
+def _t_cview(t, o, c, i0, n):
+    """Target column block, or None for sparse kernels."""
+
+
+@overload(_t_cview, jit_options=_OPTS)
+def _t_cview_ol(t, o, c, i0, n):
+    if isinstance(t, types.NoneType):
+        return lambda t, o, c, i0, n: None
+    return lambda t, o, c, i0, n: _col_view_c(t, o, c, i0, n)
+
+
+def _weight(t, j, w_c, keep, ls_c):
+    """Target weight of one class: w_c (sparse smoothing part, t None) or, for a
+    dense target t[j], a_c = w_c (t keep + ls/C)."""
+
+
+@overload(_weight, jit_options=_OPTS)
+def _weight_ol(t, j, w_c, keep, ls_c):
+    if isinstance(t, types.NoneType):
+        return lambda t, j, w_c, keep, ls_c: w_c
+    return lambda t, j, w_c, keep, ls_c: w_c * (_as(t[j], w_c) * keep + ls_c)
+
+
+def _pw_row(pw, i):
+    """pos_weight[:, i]: the (C,) vector itself when it does not depend on i."""
+
+
+@overload(_pw_row, jit_options=_OPTS)
+def _pw_row_ol(pw, i):
+    if pw.ndim == 1:
+        return lambda pw, i: pw
+    return lambda pw, i: pw[:, i]
+
+
+def _pw_col(pw, c, i0, n):
+    """pos_weight[c, i0:i0+n]: a scalar when it does not depend on i."""
+
+
+@overload(_pw_col, jit_options=_OPTS)
+def _pw_col_ol(pw, c, i0, n):
+    if pw.ndim == 1:
+        return lambda pw, c, i0, n: pw[c]
+    return lambda pw, c, i0, n: pw[c, i0 : i0 + n]
+
+
+# --------------------------------------------------------------------------- row building blocks
+# A row is a 1-D view ``xr`` of C elements (contiguous on the fast path). Loops run
+# over views from index 0: with `for c in range(c0, c1)` numba's negative-index
+# wraparound cannot be proven dead and LLVM turns every load into a gather.
+
+#: Elements per chunk of a long row: the chunk's max is taken while it streams in
+#: from memory, then its exp-sum re-reads it from L1 (16 KiB of float32).
+_CHUNK = 4096
+#: Terms per compute-dtype partial sum (then added into a float64 sum).
+_BLOCK = 64
+
+
+def _part(a, c0, c1):
+    """a[c0:c1], or None for None."""
+
+
+@overload(_part, jit_options=_OPTS)
+def _part_ol(a, c0, c1):
+    if isinstance(a, types.NoneType):
+        return lambda a, c0, c1: None
+    return lambda a, c0, c1: a[c0:c1]
+
+
+@_helper
+def _row_max(xr):
+    m = _x_value(xr[0])
+    for c in range(1, xr.shape[0]):
+        m = _maximum(m, _x_value(xr[c]))
+    return m
+
+
+@_helper
+def _row_exp_sum(xr, m):
+    """(sum of exp(x_c - m) over x_c != m, count of x_c == m). Terms are added in
+    the compute dtype over blocks of _BLOCK elements, each block sum then into a
+    float64 total: a vector lane adds only a few terms per block, so a float32
+    partial sum errs by a few ulp (the size of exp's own error), and the loop keeps
+    8 float32 lanes (a float64 accumulator in it halves the width). Both loops sit
+    in this one function: a separate, already vectorised block function is too big
+    for LLVM to inline, and the call per block cost as much as the exps."""
+    zero, one = _zero_like(m), _one_like(m)
+    n = xr.shape[0]
+    rest = 0.0
+    ties = 0.0
+    for b0 in range(0, n, _BLOCK):
+        part = zero
+        count = zero
+        for c in range(b0, min(n, b0 + _BLOCK)):
+            v = _x_value(xr[c])
+            e = _exp(v - m)
+            part = _acc(part, e if v != m else zero)
+            count = _acc(count, one if v == m else zero)
+        rest += np.float64(part)
+        ties += np.float64(count)
+    return rest, ties
+
+
+@_helper
+def _row_gap_sum(xr, tr, w, ref, keep, ls_c):
+    """(sum of b_c (ref - x_c) over b_c != 0, sum of b_c), float64, with b_c from
+    ``_weight`` (only with label smoothing or dense targets)."""
+    gap = 0.0
+    total = 0.0
+    for c in range(xr.shape[0]):
+        b = _weight(tr, c, w[c], keep, ls_c)
+        d = ref - np.float64(_x_value(xr[c]))
+        gap = _acc(gap, b * d if b != 0.0 else 0.0)
+        total = _acc(total, b)
+    return gap, total
+
+
+@_helper
+def _softmax_row(xr, tr, w, keep, ls_c, dense):
+    """Statistics of one logit row in one sweep over chunks (online max):
+    (m, R, gap, total) with m the row max, R = S - 1 (S = sum_c exp(x_c - m), the
+    first argmax excluded exactly, ties included), gap = sum_{b_c != 0} b_c (m - x_c)
+    and total = sum_c b_c when ``dense`` (b_c from ``_weight``). A NaN or +inf
+    stops the sweep and returns m = NaN or +inf."""
+    n = xr.shape[0]
+    m = -_inf_like(_x_value(xr[0]))
+    rest = 0.0
+    ties = 0.0
+    gap = 0.0
+    total = 0.0
+    for c0 in range(0, n, _CHUNK):
+        c1 = min(n, c0 + _CHUNK)
+        xc = xr[c0:c1]
+        mc = _row_max(xc)
+        if not mc < _inf_like(mc):
+            return mc, 0.0, 0.0, 0.0
+        if mc > m:
+            if m > -_inf_like(m):  # rescale what was summed to the new max
+                rest = (rest + ties) * math.exp(np.float64(m) - np.float64(mc))
+                if total != 0.0:
+                    gap += (np.float64(mc) - np.float64(m)) * total
+            ties = 0.0
+            m = mc
+        if m > -_inf_like(m):  # (while m = -inf every element so far is -inf: exp = 0)
+            part, count = _row_exp_sum(xc, m)
+            rest += part
+            ties += count
+        if dense:  # a -inf chunk uses ref 0: b (0 - -inf) = inf, the right answer
+            ref = np.float64(m) if m > -_inf_like(m) else 0.0
+            part, weight = _row_gap_sum(xc, _part(tr, c0, c1), w[c0:c1], ref, keep, ls_c)
+            gap += part
+            total += weight
+    return m, rest + (ties - 1.0), gap, total
+
+
+@_helper
+def _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, m, big_a, a_over_s, ar_over_s, gw):
+    """Row (o, i) of the gradient: gw * dl/dx_c with a_c = scale * b_c (the sparse
+    label is fixed up by the caller); every argument in the compute dtype.
+
+    The destination view is made here, from the gradient mode ``g``: in place it
+    is ``xr`` itself, the same value, so LLVM vectorises the read-then-write loop.
+    Passed in as a second parameter, it would be a possibly-overlapping pointer:
+    the runtime overlap check fails in place and the scalar loop runs (4x slower)."""
+    gr = _grad_rview(xr, g, o, i, xr.shape[0], layout)
+    for c in range(xr.shape[0]):
+        a = scale * _weight(tr, c, wc[c], keep, ls_c)
+        gr[c] = gw * _softmax_grad(_x_value(xr[c]), m, a, big_a, a_over_s, ar_over_s)
+
+
+@_helper
+def _put(a, k, value):
+    """a[k] = value. Drivers write into views through this call: numba's parfor
+    dead-code elimination does not know that a view made by an intrinsic aliases
+    an argument, and silently drops a plain `view[k] = value` in a prange body."""
+    a[k] = value
+
+
+@_helper
+def _put3(a, o, c, i, value):
+    a[o, c, i] = value
+
+
+@_helper
+def _fill(gr, value):
+    for c in range(gr.shape[0]):
+        gr[c] = value
+
+
+@_helper
+def _xent_probs_row(xr, tr, wc, keep, ls_c, lo, hi):
+    """(sum_c b_c * -log(clip(p_c)), count of p_c outside [0, 1]); block partial
+    sums in the compute dtype as in _row_exp_sum."""
+    n = xr.shape[0]
+    loss = 0.0
+    bad = 0.0
+    for b0 in range(0, n, _BLOCK):
+        part = _zero_like(lo)
+        count = _zero_like(lo)
+        for c in range(b0, min(n, b0 + _BLOCK)):
+            p = _x_value(xr[c])
+            part = _acc(part, _weight(tr, c, wc[c], keep, ls_c) * _neg_log_clip(p, lo, hi))
+            count = _acc(count, _one_like(p) if _out_of_range(p) else _zero_like(p))
+        loss += np.float64(part)
+        bad += np.float64(count)  # (counts in float: an int64 lane halves the width)
+    return loss, bad
+
+
+@_helper
+def _xent_probs_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, lo, hi, gw):
+    gr = _grad_rview(xr, g, o, i, xr.shape[0], layout)  # (see _softmax_grad_row)
+    for c in range(xr.shape[0]):
+        a = scale * _weight(tr, c, wc[c], keep, ls_c)
+        gr[c] = gw * _xent_prob_grad(_x_value(xr[c]), a, lo, hi)
+
+
+@_helper
+def _bce_logits_row(xr, tr, pwr, keep, half_ls):
+    n = xr.shape[0]
+    loss = 0.0
+    for b0 in range(0, n, _BLOCK):
+        part = _zero_like(keep)
+        for c in range(b0, min(n, b0 + _BLOCK)):
+            v = _x_value(xr[c])
+            y = _as(tr[c], v) * keep + half_ls
+            part = _acc(part, _bce_logit_loss(v, y, _as(_at(pwr, c), v)))
+        loss += np.float64(part)
+    return loss
+
+
+@_helper
+def _bce_logits_grad_row(xr, g, o, i, layout, tr, pwr, keep, half_ls, scale):
+    gr = _grad_rview(xr, g, o, i, xr.shape[0], layout)  # (see _softmax_grad_row)
+    for c in range(xr.shape[0]):
+        v = _x_value(xr[c])
+        y = _as(tr[c], v) * keep + half_ls
+        gr[c] = scale * _bce_logit_grad(v, y, _as(_at(pwr, c), v))
+
+
+@_helper
+def _bce_probs_row(xr, tr, pwr, keep, half_ls, lo, hi):
+    n = xr.shape[0]
+    loss = 0.0
+    bad = 0.0
+    for b0 in range(0, n, _BLOCK):
+        part = _zero_like(lo)
+        count = _zero_like(lo)
+        for c in range(b0, min(n, b0 + _BLOCK)):
+            p = _x_value(xr[c])
+            y = _as(tr[c], p) * keep + half_ls
+            part = _acc(part, _bce_prob_loss(p, y, _as(_at(pwr, c), p), lo, hi))
+            count = _acc(count, _one_like(p) if _out_of_range(p) else _zero_like(p))
+        loss += np.float64(part)
+        bad += np.float64(count)  # (counts in float: an int64 lane halves the width)
+    return loss, bad
+
+
+@_helper
+def _bce_probs_grad_row(xr, g, o, i, layout, tr, pwr, keep, half_ls, lo, hi, scale):
+    gr = _grad_rview(xr, g, o, i, xr.shape[0], layout)  # (see _softmax_grad_row)
+    for c in range(xr.shape[0]):
+        p = _x_value(xr[c])
+        y = _as(tr[c], p) * keep + half_ls
+        gr[c] = scale * _bce_prob_grad(p, y, _as(_at(pwr, c), p), lo, hi)
+
+
+# --------------------------------------------------------------------------- column building blocks
+# A block is rows (o, i0 .. i0+nb) of an array whose inner axis is contiguous: for each
+# class c, x[o, c, i0:i0+nb] is a contiguous vector, so the loops run across rows.
+# Per-row state lives in small (nb,) scratch arrays. Sums over classes go into
+# compute-dtype partial arrays, flushed into float64 every _BLOCK classes.
+
+
+def _compute_zeros(x, k, n):
+    """A zeroed (k, n) array of x's compute dtype."""
+
+
+@overload(_compute_zeros, jit_options=_OPTS)
+def _compute_zeros_ol(x, k, n):
+    if isinstance(x.dtype, types.Record) or x.dtype == types.float32:
+        return lambda x, k, n: np.zeros((k, n), np.float32)
+    return lambda x, k, n: np.zeros((k, n), np.float64)
+
+
+@_helper
+def _flush(total, part):
+    """total += part (float64); part = 0."""
+    for j in range(total.shape[0]):
+        total[j] += np.float64(part[j])
+        part[j] = 0.0
+
+
+@_helper
+def _count_out_of_range(xv, bad):
+    """bad[j] += 1 where xv[j] is outside [0, 1]. A loop of its own: two accumulator
+    arrays updated in one loop need more runtime overlap checks than LLVM will
+    emit, and the whole loop stayed scalar."""
+    for j in range(bad.shape[0]):
+        p = _x_value(xv[j])
+        bad[j] += _one_like(p) if _out_of_range(p) else _zero_like(p)
+
+
+@_helper
+def _cols_max(x, o, i0, m):
+    nb = m.shape[0]
+    xv = _col_view_c(x, o, 0, i0, nb)
+    for j in range(nb):
+        m[j] = _x_value(xv[j])
+    for c in range(1, x.shape[1]):
+        xv = _col_view_c(x, o, c, i0, nb)
+        for j in range(nb):
+            m[j] = _maximum(m[j], _x_value(xv[j]))
+
+
+@_helper
+def _cols_exp_sum(x, o, i0, m, rest, ties, p_rest, p_ties):
+    """rest[j] += sum of exp(x - m[j]) over x != m[j], ties[j] += count of x == m[j]."""
+    nb, n_c = m.shape[0], x.shape[1]
+    zero, one = _zero_like(m[0]), _one_like(m[0])
+    for c0 in range(0, n_c, _BLOCK):
+        for c in range(c0, min(n_c, c0 + _BLOCK)):
+            xv = _col_view_c(x, o, c, i0, nb)
+            for j in range(nb):
+                v = _x_value(xv[j])
+                mj = m[j]
+                e = _exp(v - mj)  # unconditionally: an exp under `if` stays a branch, never vectorised
+                p_rest[j] += e if v != mj else zero
+                p_ties[j] += one if v == mj else zero
+        _flush(rest, p_rest)
+        _flush(ties, p_ties)
+
+
+@_helper
+def _cols_gap_sum(x, t, w, o, i0, m, keep, ls_c, gap, total):
+    """float64 (only with label smoothing or dense targets)."""
+    nb = m.shape[0]
+    for c in range(x.shape[1]):
+        xv = _col_view_c(x, o, c, i0, nb)
+        tv = _t_cview(t, o, c, i0, nb)
+        w_c = w[c]
+        for j in range(nb):
+            b = _weight(tv, j, w_c, keep, ls_c)
+            d = np.float64(m[j]) - np.float64(_x_value(xv[j]))
+            gap[j] += b * d if b != 0.0 else 0.0
+            total[j] += b
+
+
+@_helper
+def _cols_softmax_grad(x, g, t, wc, o, i0, keep, ls_c, scale, m, big_a, a_over_s, ar_over_s, gw):
+    nb = m.shape[0]
+    for c in range(x.shape[1]):
+        xv = _col_view_c(x, o, c, i0, nb)
+        gv = _grad_cview(xv, g, o, c, i0, nb)
+        tv = _t_cview(t, o, c, i0, nb)
+        w_c = wc[c]
+        for j in range(nb):
+            a = scale * _weight(tv, j, w_c, keep, ls_c)
+            gv[j] = gw[j] * _softmax_grad(_x_value(xv[j]), m[j], a, big_a[j], a_over_s[j], ar_over_s[j])
+
+
+@_helper
+def _cols_xent_probs(x, t, wc, o, i0, keep, ls_c, lo, hi, loss, bad, p_loss, p_bad):
+    nb, n_c = loss.shape[0], x.shape[1]
+    for c0 in range(0, n_c, _BLOCK):
+        for c in range(c0, min(n_c, c0 + _BLOCK)):
+            xv = _col_view_c(x, o, c, i0, nb)
+            tv = _t_cview(t, o, c, i0, nb)
+            w_c = wc[c]
+            for j in range(nb):
+                p_loss[j] += _weight(tv, j, w_c, keep, ls_c) * _neg_log_clip(_x_value(xv[j]), lo, hi)
+            _count_out_of_range(xv, p_bad)
+        _flush(loss, p_loss)
+        _flush(bad, p_bad)
+
+
+@_helper
+def _cols_xent_probs_grad(x, g, t, wc, o, i0, keep, ls_c, scale, lo, hi, gw):
+    nb = gw.shape[0]
+    for c in range(x.shape[1]):
+        xv = _col_view_c(x, o, c, i0, nb)
+        gv = _grad_cview(xv, g, o, c, i0, nb)
+        tv = _t_cview(t, o, c, i0, nb)
+        w_c = wc[c]
+        for j in range(nb):
+            a = scale * _weight(tv, j, w_c, keep, ls_c)
+            gv[j] = gw[j] * _xent_prob_grad(_x_value(xv[j]), a, lo, hi)
+
+
+@_helper
+def _cols_bce_logits(x, t, pw, o, i0, keep, half_ls, loss, p_loss):
+    nb, n_c = loss.shape[0], x.shape[1]
+    for c0 in range(0, n_c, _BLOCK):
+        for c in range(c0, min(n_c, c0 + _BLOCK)):
+            xv = _col_view_c(x, o, c, i0, nb)
+            tv = _col_view_c(t, o, c, i0, nb)
+            pwv = _pw_col(pw, c, i0, nb)
+            for j in range(nb):
+                v = _x_value(xv[j])
+                y = _as(tv[j], v) * keep + half_ls
+                p_loss[j] += _bce_logit_loss(v, y, _as(_at(pwv, j), v))
+        _flush(loss, p_loss)
+
+
+@_helper
+def _cols_bce_logits_grad(x, g, t, pw, o, i0, keep, half_ls, gw):
+    nb = gw.shape[0]
+    for c in range(x.shape[1]):
+        xv = _col_view_c(x, o, c, i0, nb)
+        gv = _grad_cview(xv, g, o, c, i0, nb)
+        tv = _col_view_c(t, o, c, i0, nb)
+        pwv = _pw_col(pw, c, i0, nb)
+        for j in range(nb):
+            v = _x_value(xv[j])
+            y = _as(tv[j], v) * keep + half_ls
+            gv[j] = gw[j] * _bce_logit_grad(v, y, _as(_at(pwv, j), v))
+
+
+@_helper
+def _cols_bce_probs(x, t, pw, o, i0, keep, half_ls, lo, hi, loss, bad, p_loss, p_bad):
+    nb, n_c = loss.shape[0], x.shape[1]
+    for c0 in range(0, n_c, _BLOCK):
+        for c in range(c0, min(n_c, c0 + _BLOCK)):
+            xv = _col_view_c(x, o, c, i0, nb)
+            tv = _col_view_c(t, o, c, i0, nb)
+            pwv = _pw_col(pw, c, i0, nb)
+            for j in range(nb):
+                p = _x_value(xv[j])
+                y = _as(tv[j], p) * keep + half_ls
+                p_loss[j] += _bce_prob_loss(p, y, _as(_at(pwv, j), p), lo, hi)
+            _count_out_of_range(xv, p_bad)
+        _flush(loss, p_loss)
+        _flush(bad, p_bad)
+
+
+@_helper
+def _cols_bce_probs_grad(x, g, t, pw, o, i0, keep, half_ls, lo, hi, gw):
+    nb = gw.shape[0]
+    for c in range(x.shape[1]):
+        xv = _col_view_c(x, o, c, i0, nb)
+        gv = _grad_cview(xv, g, o, c, i0, nb)
+        tv = _col_view_c(t, o, c, i0, nb)
+        pwv = _pw_col(pw, c, i0, nb)
+        for j in range(nb):
+            p = _x_value(xv[j])
+            y = _as(tv[j], p) * keep + half_ls
+            gv[j] = gw[j] * _bce_prob_grad(p, y, _as(_at(pwv, j), p), lo, hi)
+
+
+@_helper
+def _fill_col(ga, o, i, value):
+    """Gradient of row (o, i) set to ``value`` (special rows of the column path)."""
+    for c in range(ga.shape[1]):
+        ga[o, c, i] = value
+
+
+@_helper
+def _block(q, n_blocks, block, n_i):
+    """(o, i0, nb) of work item q of the column path."""
+    o = q // n_blocks
+    i0 = (q - o * n_blocks) * block
+    return o, i0, min(block, n_i - i0)
+
+
+@_helper
+def _first_bad_in_block(bad, o, i0, n_i, none):
+    """Flat index of the first row of a block with a probability outside [0, 1]."""
+    for j in range(bad.shape[0]):
+        if bad[j] != 0.0:
+            return o * n_i + i0 + j
+    return none
+
+
+# --------------------------------------------------------------------------- drivers
+# One prange loop each: over rows (``*_rows``: contiguous views when layout is True,
+# strided views when it is None) or over blocks of rows (``*_cols``). Each returns
+# the KERNELS.md int. ``first = min(first, r)`` is a prange min-reduction: the same
+# answer whatever the number of threads. ``w`` is class_weight (float64, for the
+# loss), ``wc`` the same in the compute dtype (for element loops).
+
+
+@_driver
+def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g, layout):
+    n_o, n_c, n_i = x.shape
+    dense = ls_c != 0.0  # label smoothing: every class carries weight
+    keep_c, ls_cc = _compute_scalar(x, keep), _compute_scalar(x, ls_c)
+    for r in prange(n_o * n_i):
+        o = r // n_i
+        i = r - o * n_i
+        y = np.int64(labels[o, i])
+        xr = _rview(x, o, i, n_c, layout)
+        gr = _grad_rview(xr, g, o, i, n_c, layout)
+        if y == ignore:
+            loss[o, i] = 0.0
+            if g is not None:
+                _fill(gr, 0.0)
+        else:
+            m, rest, gap, _ = _softmax_row(xr, None, w, keep, ls_c, dense)
+            w_y = w[y]
+            x_y = _x_value(xr[y])  # read before an in-place gradient overwrites it
+            big_a = keep * w_y + ls_c * w_sum
+            loss[o, i] = _softmax_loss(m, rest, _label_gap(keep * w_y, m, x_y) + ls_c * gap, big_a)
+            if g is not None:
+                gw_r = gw[o, i]
+                if _finite(m):
+                    a_over_s, ar_over_s = _grad_coefs(rest, big_a)
+                    _softmax_grad_row(xr, g, o, i, layout, None, wc, keep_c, ls_cc, ls_cc, m, _compute_scalar(x, big_a),
+                                      _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
+                                      _compute_scalar(x, gw_r))  # fmt: skip
+                    # the label's own weight, in float64
+                    g_y = _softmax_grad(np.float64(x_y), np.float64(m), (keep + ls_c) * w_y, big_a, a_over_s, ar_over_s)
+                    _put(gr, y, gw_r * g_y)
+                else:
+                    _fill(gr, gw_r * _special_grad(m, big_a))
+    return -1
+
+
+@_driver
+def _sparse_logits_cols(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g, block):
+    n_o, n_c, n_i = x.shape
+    n_blocks = (n_i + block - 1) // block
+    dense = ls_c != 0.0
+    keep_c, ls_cc = _compute_scalar(x, keep), _compute_scalar(x, ls_c)
+    ga = _grad_array(x, g)
+    for q in prange(n_o * n_blocks):
+        o, i0, nb = _block(q, n_blocks, block, n_i)
+        y = np.empty(nb, np.int64)
+        s = np.zeros((6, nb))
+        rest, ties, gap, big_a, a_over_s, ar_over_s = s[0], s[1], s[2], s[3], s[4], s[5]
+        cs = _compute_zeros(x, 7, nb)  # compute-dtype per-row state
+        m, x_y, p_rest, p_ties, big_a_c, a_over_s_c, ar_over_s_c = cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6]
+        gw_c = _compute_zeros(x, 1, nb)[0]
+        _cols_max(x, o, i0, m)
+        _cols_exp_sum(x, o, i0, m, rest, ties, p_rest, p_ties)
+        if dense:
+            _cols_gap_sum(x, None, w, o, i0, m, keep, ls_c, gap, s[5])
+        for j in range(nb):
+            i = i0 + j
+            y[j] = np.int64(labels[o, i])
+            gw_c[j] = gw[o, i]
+            if y[j] == ignore:
+                loss[o, i] = 0.0
+            else:
+                w_y = w[y[j]]
+                x_y[j] = _x_value(x[o, y[j], i])
+                big_a[j] = keep * w_y + ls_c * w_sum
+                rest[j] += ties[j] - 1.0
+                lgap = _label_gap(keep * w_y, m[j], x_y[j]) + ls_c * gap[j]
+                loss[o, i] = _softmax_loss(m[j], rest[j], lgap, big_a[j])
+                a_over_s[j], ar_over_s[j] = _grad_coefs(rest[j], big_a[j])
+                big_a_c[j], a_over_s_c[j], ar_over_s_c[j] = big_a[j], a_over_s[j], ar_over_s[j]
+        if g is not None:
+            _cols_softmax_grad(x, g, None, wc, o, i0, keep_c, ls_cc, ls_cc, m, big_a_c, a_over_s_c, ar_over_s_c, gw_c)
+            for j in range(nb):  # the label's own weight (float64), ignored and special rows
+                gw_r = gw[o, i0 + j]
+                if y[j] == ignore:
+                    _fill_col(ga, o, i0 + j, 0.0)
+                elif not _finite(m[j]):
+                    _fill_col(ga, o, i0 + j, gw_r * _special_grad(m[j], big_a[j]))
+                else:
+                    a_y = (keep + ls_c) * w[y[j]]
+                    g_y = _softmax_grad(np.float64(x_y[j]), np.float64(m[j]), a_y, big_a[j], a_over_s[j], ar_over_s[j])
+                    _put3(ga, o, y[j], i0 + j, gw_r * g_y)
+    return -1
+
+
+@_driver
+def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout):
+    n_o, n_c, n_i = x.shape
+    keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
+    for r in prange(n_o * n_i):
+        o = r // n_i
+        i = r - o * n_i
+        xr = _rview(x, o, i, n_c, layout)
+        tr = _rview(t, o, i, n_c, layout)
+        m, rest, gap, big_a = _softmax_row(xr, tr, w, keep, ls_c, True)
+        loss[o, i] = _softmax_loss(m, rest, gap, big_a)
+        if g is not None:
+            gr = _grad_rview(xr, g, o, i, n_c, layout)
+            gw_r = gw[o, i]
+            if _finite(m):
+                a_over_s, ar_over_s = _grad_coefs(rest, big_a)
+                _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep_c, ls_cc, one, m, _compute_scalar(x, big_a),
+                                  _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
+                                  _compute_scalar(x, gw_r))  # fmt: skip
+            else:
+                _fill(gr, gw_r * _special_grad(m, big_a))
+    return -1
+
+
+@_driver
+def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, block):
+    n_o, n_c, n_i = x.shape
+    n_blocks = (n_i + block - 1) // block
+    keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
+    ga = _grad_array(x, g)
+    for q in prange(n_o * n_blocks):
+        o, i0, nb = _block(q, n_blocks, block, n_i)
+        s = np.zeros((4, nb))
+        rest, ties, gap, big_a = s[0], s[1], s[2], s[3]
+        cs = _compute_zeros(x, 7, nb)
+        m, p_rest, p_ties, big_a_c, a_over_s_c, ar_over_s_c, gw_c = cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6]
+        _cols_max(x, o, i0, m)
+        _cols_exp_sum(x, o, i0, m, rest, ties, p_rest, p_ties)
+        _cols_gap_sum(x, t, w, o, i0, m, keep, ls_c, gap, big_a)
+        for j in range(nb):
+            i = i0 + j
+            gw_c[j] = gw[o, i]
+            rest[j] += ties[j] - 1.0
+            loss[o, i] = _softmax_loss(m[j], rest[j], gap[j], big_a[j])
+            a_over_s, ar_over_s = _grad_coefs(rest[j], big_a[j])
+            big_a_c[j], a_over_s_c[j], ar_over_s_c[j] = big_a[j], a_over_s, ar_over_s
+        if g is not None:
+            _cols_softmax_grad(x, g, t, wc, o, i0, keep_c, ls_cc, one, m, big_a_c, a_over_s_c, ar_over_s_c, gw_c)
+            for j in range(nb):
+                if not _finite(m[j]):
+                    _fill_col(ga, o, i0 + j, gw[o, i0 + j] * _special_grad(m[j], big_a[j]))
+    return -1
+
+
+@_driver
+def _sparse_probs_gather(x, labels, w, ignore, lo, hi, gw, loss, g, layout):
+    """ls == 0: one probability per row is read (and range-checked)."""
+    n_o, n_c, n_i = x.shape
+    n = n_o * n_i
+    first = n
+    ga = _grad_array(x, g)
+    lo64, hi64 = np.float64(lo), np.float64(hi)
+    for r in prange(n):
+        o = r // n_i
+        i = r - o * n_i
+        y = np.int64(labels[o, i])
+        if y == ignore:
+            loss[o, i] = 0.0
+            if g is not None:
+                _fill(_rview(ga, o, i, n_c, layout), 0.0)
+        else:
+            p = _x_value(x[o, y, i])
+            if _out_of_range(p):
+                first = min(first, r)
+            w_y = w[y]
+            loss[o, i] = w_y * np.float64(_neg_log_clip(p, lo, hi))
+            if g is not None:
+                gr = _rview(ga, o, i, n_c, layout)
+                _fill(gr, 0.0)
+                _put(gr, y, gw[o, i] * _xent_prob_grad(np.float64(p), w_y, lo64, hi64))
+    return first if first < n else -1
+
+
+@_driver
+def _sparse_probs_rows(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g, layout):
+    n_o, n_c, n_i = x.shape
+    n = n_o * n_i
+    first = n
+    keep_c, ls_cc = _compute_scalar(x, keep), _compute_scalar(x, ls_c)
+    lo64, hi64 = np.float64(lo), np.float64(hi)
+    for r in prange(n):
+        o = r // n_i
+        i = r - o * n_i
+        y = np.int64(labels[o, i])
+        xr = _rview(x, o, i, n_c, layout)
+        gr = _grad_rview(xr, g, o, i, n_c, layout)
+        if y == ignore:
+            loss[o, i] = 0.0
+            if g is not None:
+                _fill(gr, 0.0)
+        else:
+            smooth, bad = _xent_probs_row(xr, None, wc, keep_c, ls_cc, lo, hi)
+            if bad != 0:
+                first = min(first, r)
+            p_y = _x_value(xr[y])
+            w_y = w[y]
+            loss[o, i] = ls_c * smooth + keep * w_y * np.float64(_neg_log_clip(p_y, lo, hi))
+            if g is not None:
+                gw_r = gw[o, i]
+                _xent_probs_grad_row(xr, g, o, i, layout, None, wc, keep_c, ls_cc, ls_cc, lo, hi, _compute_scalar(x, gw_r))
+                _put(gr, y, gw_r * _xent_prob_grad(np.float64(p_y), (keep + ls_c) * w_y, lo64, hi64))
+    return first if first < n else -1
+
+
+@_driver
+def _sparse_probs_cols(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g, block):
+    n_o, n_c, n_i = x.shape
+    n_blocks = (n_i + block - 1) // block
+    none = n_o * n_i
+    first = none
+    keep_c, ls_cc = _compute_scalar(x, keep), _compute_scalar(x, ls_c)
+    lo64, hi64 = np.float64(lo), np.float64(hi)
+    ga = _grad_array(x, g)
+    for q in prange(n_o * n_blocks):
+        o, i0, nb = _block(q, n_blocks, block, n_i)
+        y = np.empty(nb, np.int64)
+        s = np.zeros((2, nb))
+        smooth, bad = s[0], s[1]
+        cs = _compute_zeros(x, 4, nb)
+        p_y, p_smooth, p_bad, gw_c = cs[0], cs[1], cs[2], cs[3]
+        _cols_xent_probs(x, None, wc, o, i0, keep_c, ls_cc, lo, hi, smooth, bad, p_smooth, p_bad)
+        for j in range(nb):
+            i = i0 + j
+            y[j] = np.int64(labels[o, i])
+            gw_c[j] = gw[o, i]
+            if y[j] == ignore:
+                loss[o, i] = 0.0
+                bad[j] = 0.0  # an ignored row is not read
+            else:
+                p_y[j] = _x_value(x[o, y[j], i])
+                loss[o, i] = ls_c * smooth[j] + keep * w[y[j]] * np.float64(_neg_log_clip(p_y[j], lo, hi))
+        first = min(first, _first_bad_in_block(bad, o, i0, n_i, none))
+        if g is not None:
+            _cols_xent_probs_grad(x, g, None, wc, o, i0, keep_c, ls_cc, ls_cc, lo, hi, gw_c)
+            for j in range(nb):
+                gw_r = gw[o, i0 + j]
+                if y[j] == ignore:
+                    _fill_col(ga, o, i0 + j, 0.0)
+                else:
+                    a_y = (keep + ls_c) * w[y[j]]
+                    _put3(ga, o, y[j], i0 + j, gw_r * _xent_prob_grad(np.float64(p_y[j]), a_y, lo64, hi64))
+    return first if first < none else -1
+
+
+@_driver
+def _categorical_probs_rows(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, layout):
+    n_o, n_c, n_i = x.shape
+    n = n_o * n_i
+    first = n
+    keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
+    for r in prange(n):
+        o = r // n_i
+        i = r - o * n_i
+        xr = _rview(x, o, i, n_c, layout)
+        tr = _rview(t, o, i, n_c, layout)
+        total, bad = _xent_probs_row(xr, tr, wc, keep_c, ls_cc, lo, hi)
+        if bad != 0:
+            first = min(first, r)
+        loss[o, i] = total
+        if g is not None:
+            _xent_probs_grad_row(xr, g, o, i, layout, tr, wc, keep_c, ls_cc, one, lo, hi, _compute_scalar(x, gw[o, i]))
+    return first if first < n else -1
+
+
+@_driver
+def _categorical_probs_cols(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, block):
+    n_o, n_c, n_i = x.shape
+    n_blocks = (n_i + block - 1) // block
+    none = n_o * n_i
+    first = none
+    keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
+    for q in prange(n_o * n_blocks):
+        o, i0, nb = _block(q, n_blocks, block, n_i)
+        s = np.zeros((2, nb))
+        total, bad = s[0], s[1]
+        cs = _compute_zeros(x, 3, nb)
+        p_total, p_bad, gw_c = cs[0], cs[1], cs[2]
+        _cols_xent_probs(x, t, wc, o, i0, keep_c, ls_cc, lo, hi, total, bad, p_total, p_bad)
+        for j in range(nb):
+            loss[o, i0 + j] = total[j]
+            gw_c[j] = gw[o, i0 + j]
+        first = min(first, _first_bad_in_block(bad, o, i0, n_i, none))
+        if g is not None:
+            _cols_xent_probs_grad(x, g, t, wc, o, i0, keep_c, ls_cc, one, lo, hi, gw_c)
+    return first if first < none else -1
+
+
+@_driver
+def _binary_logits_rows(x, t, pw, keep, half_ls, gw, loss, g, layout):
+    n_o, n_c, n_i = x.shape
+    keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
+    for r in prange(n_o * n_i):
+        o = r // n_i
+        i = r - o * n_i
+        xr = _rview(x, o, i, n_c, layout)
+        tr = _rview(t, o, i, n_c, layout)
+        pwr = _pw_row(pw, i)
+        loss[o, i] = _bce_logits_row(xr, tr, pwr, keep_c, half_c) / n_c
+        if g is not None:
+            _bce_logits_grad_row(xr, g, o, i, layout, tr, pwr, keep_c, half_c, _compute_scalar(x, gw[o, i] / n_c))
+    return -1
+
+
+@_driver
+def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block):
+    n_o, n_c, n_i = x.shape
+    n_blocks = (n_i + block - 1) // block
+    keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
+    for q in prange(n_o * n_blocks):
+        o, i0, nb = _block(q, n_blocks, block, n_i)
+        total = np.zeros(nb)
+        cs = _compute_zeros(x, 2, nb)
+        p_total, gw_c = cs[0], cs[1]
+        _cols_bce_logits(x, t, pw, o, i0, keep_c, half_c, total, p_total)
+        for j in range(nb):
+            loss[o, i0 + j] = total[j] / n_c
+            gw_c[j] = gw[o, i0 + j] / n_c
+        if g is not None:
+            _cols_bce_logits_grad(x, g, t, pw, o, i0, keep_c, half_c, gw_c)
+    return -1
+
+
+@_driver
+def _binary_probs_rows(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, layout):
+    n_o, n_c, n_i = x.shape
+    n = n_o * n_i
+    first = n
+    keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
+    for r in prange(n):
+        o = r // n_i
+        i = r - o * n_i
+        xr = _rview(x, o, i, n_c, layout)
+        tr = _rview(t, o, i, n_c, layout)
+        pwr = _pw_row(pw, i)
+        total, bad = _bce_probs_row(xr, tr, pwr, keep_c, half_c, lo, hi)
+        if bad != 0:
+            first = min(first, r)
+        loss[o, i] = total / n_c
+        if g is not None:
+            _bce_probs_grad_row(xr, g, o, i, layout, tr, pwr, keep_c, half_c, lo, hi, _compute_scalar(x, gw[o, i] / n_c))
+    return first if first < n else -1
+
+
+@_driver
+def _binary_probs_cols(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, block):
+    n_o, n_c, n_i = x.shape
+    n_blocks = (n_i + block - 1) // block
+    none = n_o * n_i
+    first = none
+    keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
+    for q in prange(n_o * n_blocks):
+        o, i0, nb = _block(q, n_blocks, block, n_i)
+        s = np.zeros((2, nb))
+        total, bad = s[0], s[1]
+        cs = _compute_zeros(x, 3, nb)
+        p_total, p_bad, gw_c = cs[0], cs[1], cs[2]
+        _cols_bce_probs(x, t, pw, o, i0, keep_c, half_c, lo, hi, total, bad, p_total, p_bad)
+        for j in range(nb):
+            loss[o, i0 + j] = total[j] / n_c
+            gw_c[j] = gw[o, i0 + j] / n_c
+        first = min(first, _first_bad_in_block(bad, o, i0, n_i, none))
+        if g is not None:
+            _cols_bce_probs_grad(x, g, t, pw, o, i0, keep_c, half_c, lo, hi, gw_c)
+    return first if first < none else -1
+
+
+# --------------------------------------------------------------------------- Python wrappers
+
+#: float16 arrays reach numba as this one-field record view of their bits (no copy):
+#: numba cannot type float16 arrays on the CPU, and a record type cannot be
+#: confused with genuine uint16 targets.
+_HALF = np.dtype([("bits", np.uint16)])
+
+
+def _numba_view(a):
+    return a.view(_HALF) if a is not None and a.dtype == np.float16 else a
+
+
+def _same_memory(a, b) -> bool:
+    """b is a itself (same first element, strides and dtype): the in-place gradient."""
+    if a is b:
+        return True
+    return (a.dtype == b.dtype and a.shape == b.shape and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])  # fmt: skip
+
+
+def _flatten(a):
+    """(O, 1, I) -> (1, 1, O*I) or (O, I) -> (1, O*I) without a copy, or None."""
+    o, i = a.shape[0], a.shape[-1]
+    s_o, s_i = a.strides[0], a.strides[-1]
+    if i == 1:
+        s_i = s_o
+    elif o != 1 and s_o != i * s_i:
+        return None
+    shape = (1,) * (a.ndim - 1) + (o * i,)
+    return np.lib.stride_tricks.as_strided(a, shape, (0,) * (a.ndim - 1) + (s_i,))
+
+
+def _block_size(n_c: int, n_i: int) -> int:
+    """Rows per block of the column path: about 256K elements (1 MiB of float32; the
+    block's second pass then comes from L2/L3) and at least 64 rows, so that each
+    class contributes 256 contiguous bytes. Measured on (1, 1000, 65536) float32,
+    1 thread: 16 rows 400 ms, 32 226, 64 137, 256 101, 1024 93."""
+    return int(min(n_i, max(64, min(4096, (1 << 18) // max(n_c, 1)))))
+
+
+class _Layout:
+    """Canonical arguments of one call: float16 as records, the gradient mode, C == 1
+    rows flattened into one long row axis, and the path with its last argument."""
+
+    def __init__(self, x, grad_out, dense=None, flat=(), pos_weight=None):
+        in_place = grad_out is not None and _same_memory(x, grad_out)
+        grad = None if grad_out is None or in_place else grad_out
+        flat = list(flat)
+        if x.shape[1] == 1 and x.shape[0] > 1 and (pos_weight is None or pos_weight.strides[1] == 0 or x.shape[2] == 1):
+            views = [_flatten(a) for a in [x, dense, grad] + flat if a is not None]
+            if all(v is not None for v in views):
+                it = iter(views)
+                x = next(it)
+                dense = next(it) if dense is not None else None
+                grad = next(it) if grad is not None else None
+                flat = [next(it) for _ in flat]
+                if pos_weight is not None:
+                    pos_weight = np.broadcast_to(pos_weight[:, :1], (1, x.shape[2]))
+        walked = [a for a in (x, dense, grad) if a is not None]
+        n_c, n_i = x.shape[1], x.shape[2]
+        rows_ok = n_c == 1 or all(a.strides[1] == a.itemsize for a in walked)
+        cols_ok = n_i > 1 and all(a.strides[2] == a.itemsize for a in walked)
+        if cols_ok and (n_c == 1 or not rows_ok):
+            self.path, self.last = "cols", _block_size(n_c, n_i)
+        else:
+            self.path, self.last = ("rows", True) if rows_ok else ("generic", None)
+        self.x = _numba_view(x)
+        self.dense = _numba_view(dense)
+        self.g = True if in_place else grad
+        self.flat = flat
+        if pos_weight is not None:  # small (C,) or (C, I): in the compute dtype, contiguous
+            cdt = np.float64 if x.dtype == np.float64 else np.float32
+            if n_i == 1 or pos_weight.strides[1] == 0:
+                pos_weight = np.ascontiguousarray(pos_weight[:, 0], dtype=cdt)  # no per-row lookup
+            else:
+                pos_weight = np.ascontiguousarray(pos_weight, dtype=cdt)  # pw[c, i0:i0+n] contiguous
+        self.pos_weight = pos_weight
+
+    def driver(self, rows, cols):
+        return cols if self.path == "cols" else rows
+
+
+def _compute_weights(x, class_weight):
+    """class_weight in the compute dtype, for the element loops (O(C), no copy for float64)."""
+    return class_weight if x.dtype == np.float64 else class_weight.astype(np.float32)
+
+
+def _bounds(x, epsilon):
+    """(eps, 1 - eps) rounded to the compute dtype."""
+    dt = np.float64 if x.dtype == np.float64 else np.float32
+    return dt(epsilon), dt(1) - dt(epsilon)
+
+
+# Each _prepare_* takes a kernel's KERNELS.md arguments (without ``threads``) and
+# returns (driver, driver arguments): shared by the kernels and by is_ready().
+
+
+def _prepare_sparse_from_logits(x, labels, class_weight, label_smoothing, ignore_index,
+                                grad_weight, loss_out, grad_out):  # fmt: skip
+    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out))
+    labels, grad_weight, loss_out = p.flat
+    ls = float(label_smoothing)
+    w_sum = float(class_weight.sum()) if ls else 0.0
+    return p.driver(_sparse_logits_rows, _sparse_logits_cols), (
+        p.x, labels, class_weight, _compute_weights(x, class_weight), w_sum, 1.0 - ls, ls / x.shape[1],
+        int(ignore_index), grad_weight, loss_out, p.g, p.last)  # fmt: skip
+
+
+def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, ignore_index, epsilon,
+                               grad_weight, loss_out, grad_out):  # fmt: skip
+    n_c = x.shape[1]
+    lo, hi = _bounds(x, epsilon)
+    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out))
+    labels, grad_weight, loss_out = p.flat
+    ls = float(label_smoothing)
+    if not ls:  # the gather-log: one value per row; contiguous gradient rows when possible
+        layout = None if p.path == "generic" or (p.path == "cols" and n_c > 1) else True
+        if p.g is not None and p.g is not True and p.g.strides[1] != p.g.itemsize and n_c > 1:
+            layout = None
+        return _sparse_probs_gather, (p.x, labels, class_weight, int(ignore_index), lo, hi,
+                                      grad_weight, loss_out, p.g, layout)  # fmt: skip
+    return p.driver(_sparse_probs_rows, _sparse_probs_cols), (
+        p.x, labels, class_weight, _compute_weights(x, class_weight), 1.0 - ls, ls / n_c, int(ignore_index),
+        lo, hi, grad_weight, loss_out, p.g, p.last)  # fmt: skip
+
+
+def _prepare_categorical_from_logits(x, targets, class_weight, label_smoothing, grad_weight, loss_out, grad_out):
+    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out))
+    grad_weight, loss_out = p.flat
+    ls = float(label_smoothing)
+    return p.driver(_categorical_logits_rows, _categorical_logits_cols), (
+        p.x, p.dense, class_weight, _compute_weights(x, class_weight), 1.0 - ls, ls / x.shape[1],
+        grad_weight, loss_out, p.g, p.last)  # fmt: skip
+
+
+def _prepare_categorical_from_probs(x, targets, class_weight, label_smoothing, epsilon,
+                                    grad_weight, loss_out, grad_out):  # fmt: skip
+    lo, hi = _bounds(x, epsilon)
+    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out))
+    grad_weight, loss_out = p.flat
+    ls = float(label_smoothing)
+    return p.driver(_categorical_probs_rows, _categorical_probs_cols), (
+        p.x, p.dense, _compute_weights(x, class_weight), 1.0 - ls, ls / x.shape[1], lo, hi,
+        grad_weight, loss_out, p.g, p.last)  # fmt: skip
+
+
+def _prepare_binary_from_logits(x, targets, pos_weight, label_smoothing, grad_weight, loss_out, grad_out):
+    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), pos_weight=pos_weight)
+    grad_weight, loss_out = p.flat
+    ls = float(label_smoothing)
+    return p.driver(_binary_logits_rows, _binary_logits_cols), (
+        p.x, p.dense, p.pos_weight, 1.0 - ls, ls / 2, grad_weight, loss_out, p.g, p.last)
+
+
+def _prepare_binary_from_probs(x, targets, pos_weight, label_smoothing, epsilon, grad_weight, loss_out, grad_out):
+    lo, hi = _bounds(x, epsilon)
+    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), pos_weight=pos_weight)
+    grad_weight, loss_out = p.flat
+    ls = float(label_smoothing)
+    return p.driver(_binary_probs_rows, _binary_probs_cols), (
+        p.x, p.dense, p.pos_weight, 1.0 - ls, ls / 2, lo, hi, grad_weight, loss_out, p.g, p.last)
+
+
+_PREPARE = {
+    "sparse_from_logits": _prepare_sparse_from_logits,
+    "sparse_from_probs": _prepare_sparse_from_probs,
+    "categorical_from_logits": _prepare_categorical_from_logits,
+    "categorical_from_probs": _prepare_categorical_from_probs,
+    "binary_from_logits": _prepare_binary_from_logits,
+    "binary_from_probs": _prepare_binary_from_probs,
+}
+
+
+# --------------------------------------------------------------------------- running: threads, fork
+
+#: Calls are serialised. Numba's thread count is per calling thread, and its
+#: runtimes differ under concurrent launches: 'workqueue' aborts the process,
+#: 'omp' survives but 8 callers x N threads oversubscribe the cores and spin. One
+#: call at a time, each with all the threads it asked for, is both safe and as fast
+#: (these kernels are memory-bound). Uncontended, the lock costs ~0.1 us. The drivers
+#: release the GIL, so other Python threads still run while a kernel does.
+_CALL_LOCK = threading.Lock()
+
+def _after_fork_in_child() -> None:
+    global _CALL_LOCK
+    _CALL_LOCK = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _forked_child() -> bool:
+    """In a forked child the drivers' serial twins run: Numba's 'omp' layer terminates
+    a child whose parent launched it, and a child whose parent used GNU OpenMP through
+    any library (the Cython backend, torch, ...) hangs at its first parallel region;
+    no thread pool survives a fork anyway. (Measured: parent ran the Cython backend
+    with 2 threads, fork, the child's first 'omp' launch never returned.)"""
+    return forked_child()
+
+
+_SERIAL: dict = {}
+
+
+def _serial_twin(driver):
+    """The driver compiled without ``parallel`` (prange runs as range), for forked
+    children. A copy of the function under another qualname: numba's cache files
+    are named after it, and the two variants must not share one."""
+    twin = _SERIAL.get(driver)
+    if twin is None:
+        fn = driver.py_func
+        copy = FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        copy.__qualname__ = fn.__qualname__ + "_serial"
+        copy.__doc__ = fn.__doc__
+        twin = _SERIAL[driver] = _jit(copy, parallel=False)
+    return twin
+
+
+def _pick(driver):
+    return _serial_twin(driver) if _forked_child() else driver
+
+
+def _run(driver, args, threads) -> int:
+    with _CALL_LOCK:
+        driver = _pick(driver)
+        if driver in _DRIVER_SET:  # set_num_threads is per calling thread: set it every call
+            numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        compiled = len(driver.overloads)
+        try:
+            return int(driver(*args))
+        except OSError:  # the disk cache became unwritable after decoration
+            if not _CACHE:
+                raise
+            _disable_cache()
+            return int(driver(*args))
+        finally:
+            if len(driver.overloads) != compiled:  # a new kernel: backend="auto" may now take it
+                from .. import _dispatch
+
+                _dispatch.forget_choices()
+
+
+def _kernel(name):
+    prepare = _PREPARE[name]
+
+    def kernel(*args):
+        *call_args, threads = args
+        driver, driver_args = prepare(*call_args)
+        return _run(driver, driver_args, threads)
+
+    kernel.__name__ = kernel.__qualname__ = name
+    kernel.__doc__ = f"``{name}`` of KERNELS.md (arguments as documented there, ``threads`` last)."
+    return kernel
+
+
+KERNELS = {name: _kernel(name) for name in _PREPARE}
+
+
+# --------------------------------------------------------------------------- introspection
+
+
+def _problem_arguments(problem) -> list:
+    """The argument lists the public layer passes for ``problem`` (loss-only first
+    when it checks the probabilities before writing into the caller's grad_out).
+    Outputs are fresh ``np.empty`` arrays: never touched, so they cost no memory."""
+    from .. import _api, _reduce
+
+    layout = problem.layout
+    weights = problem.pos_weight if problem.kind == "binary" else problem.class_weight
+    if weights is None:
+        weights = _api._unit_weights(problem)
+    head = [problem.x, problem.aux, weights, problem.label_smoothing]
+    if problem.kind == "sparse":
+        head.append(-1 if problem.ignore_index is None else problem.ignore_index)
+    if not problem.from_logits:
+        head.append(problem.epsilon)
+    loss_out = np.empty((layout.outer, layout.inner))
+    no_grad = np.broadcast_to(np.float64(0.0), loss_out.shape)
+    calls = []
+    if problem.return_grad:
+        _, grad_view = _api._gradient_buffer(problem)
+        if problem.grad_out is not None and not problem.from_logits:
+            calls.append(head + [no_grad, loss_out, None])
+        calls.append(head + [_reduce.grad_weight(problem, 1.0), loss_out, grad_view])
+    else:
+        calls.append(head + [no_grad, loss_out, None])
+    return calls
+
+
+def is_ready(problem) -> bool:
+    """Whether every driver ``problem`` runs is compiled, in this process, for its
+    argument types (a signature only in the disk cache still costs a load)."""
+    prepare = _PREPARE[problem.kernel_name]
+    for args in _problem_arguments(problem):
+        driver, driver_args = prepare(*args)
+        driver = _pick(driver)
+        if tuple(driver.typeof_pyval(a) for a in driver_args) not in driver.overloads:
+            return False
+    return True
+
+
+def _threading_layer() -> str:
+    try:
+        return numba.threading_layer()
+    except ValueError:  # the parallel runtime has not started yet
+        pass
+    requested = numba.config.THREADING_LAYER
+    available = []
+    for layer in ("tbb", "omp", "workqueue"):
+        try:
+            importlib.import_module(f"numba.np.ufunc.{layer}pool" if layer != "workqueue" else "numba.np.ufunc.workqueue")
+            available.append(layer)
+        except ImportError:
+            pass
+    return f"not started yet (requested: {requested}; loadable: {', '.join(available) or 'none'})"
+
+
+def info() -> dict:
+    compiled = []
+    for name, driver in sorted(_DRIVER_NAMES.items()):
+        n = len(driver.overloads) + len(getattr(_SERIAL.get(driver), "overloads", {}))
+        if n:
+            compiled.append(f"{name} x{n}")
+    if _CACHE:
+        locator = _DRIVERS[0]._cache._cache_path if _DRIVERS else "?"
+        cache = f"{locator}" + (" (NUMBA_CACHE_DIR)" if numba.config.CACHE_DIR else "")
+    else:
+        cache = "off (no writable cache directory, or FASTXENT_NUMBA_CACHE=0)"
+    return {
+        "version": numba.__version__,
+        "threading layer": _threading_layer(),
+        "NUMBA_NUM_THREADS": numba.config.NUMBA_NUM_THREADS,
+        "cache dir": cache,
+        "compiled": ", ".join(compiled) or "none yet (each kernel compiles on first use)",
+        "forked child": "yes: kernels run serially" if _forked_child() else "no",
+    }
+
+
+_DRIVER_NAMES = {d.py_func.__name__: d for d in _DRIVERS}
+_DRIVER_SET = frozenset(_DRIVERS)

@@ -1,0 +1,364 @@
+"""Tests specific to the Numba backend: lazy import, readiness, the cache fallback,
+the layout paths (each one against the NumPy backend), float16, threads and fork.
+
+The shared matrix (every other test module) runs the public functions on numba too;
+these tests call the kernels directly, so that each layout provably takes its path.
+Compilation dominates a cold run (a few seconds per new signature; the on-disk
+cache makes later runs fast). The full dtype x layout x gradient product is marked
+slow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from fastxent import backends
+
+pytestmark = pytest.mark.skipif(backends.unavailable_reason("numba") is not None, reason="numba unavailable")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+F16, F32, F64 = np.float16, np.float32, np.float64
+KERNEL_NAMES = ("sparse_from_logits", "sparse_from_probs", "categorical_from_logits",
+                "categorical_from_probs", "binary_from_logits", "binary_from_probs")  # fmt: skip
+LAYOUTS = ("rows", "padded", "chlast", "cols", "nchw", "strided", "negcols")
+#: The path each layout must take (checked, so that a fast path cannot silently go away).
+PATHS = {"rows": "rows", "padded": "rows", "chlast": "rows", "cols": "cols", "nchw": "cols",
+         "strided": "generic", "negcols": "generic"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def nk():
+    from fastxent.backends import _numba_kernels
+
+    return _numba_kernels
+
+
+def _run_python(code: str, env=None, timeout=600) -> subprocess.CompletedProcess:
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- lazy import
+
+
+def test_import_fastxent_does_not_import_numba():
+    out = _run_python(
+        """
+        import sys, fastxent
+        from fastxent import backends
+        assert backends.unavailable_reason("numba") is None
+        mod = backends.module("numba")
+        assert "sparse_from_logits" in list(mod.KERNELS) and len(mod.KERNELS) == 6
+        mod.info(); fastxent.show_config()
+        assert "numba" not in sys.modules, "numba imported"
+        mod.KERNELS["sparse_from_logits"]
+        assert "numba" in sys.modules
+        """
+    )
+    assert out.returncode == 0, out.stderr
+
+
+# --------------------------------------------------------------------------- readiness and the cache
+
+READY_PROBE = """
+import sys, numpy as np, fastxent
+from fastxent import backends
+from fastxent._validate import build_problem
+y = np.array([0, 2, 1]); z = np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0], [2.0, 2.0, 2.0]])
+problem = build_problem("sparse", y, z, from_logits=True, label_smoothing=0.0, ignore_index=None,
+                        class_weight=None, sample_weight=None, axis=-1, reduction="mean", epsilon=1e-7,
+                        return_grad=False, grad_out=None, backend="numba", threads=None)
+mod = backends.module("numba")
+before = mod.is_ready(problem)
+imported = "numba" in sys.modules
+if {call!r}:
+    fastxent.sparse_categorical_crossentropy(y, z, from_logits=True, backend="numba")
+print("ready", before, mod.is_ready(problem), "imported-before-call", imported)
+"""
+
+
+def test_is_ready_before_and_after_compiling(tmp_path):
+    """Not ready, and numba not even imported to say so; after a call: ready. A new
+    process with that disk cache is still not ready before a call (loading costs the
+    numba import, which ``auto`` does not make a call wait for)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    first = _run_python(READY_PROBE.format(call=True), env)
+    assert first.returncode == 0, first.stderr
+    assert "ready False True imported-before-call False" in first.stdout
+    second = _run_python(READY_PROBE.format(call=False), env)
+    assert second.returncode == 0, second.stderr
+    assert "ready False False imported-before-call False" in second.stdout
+
+
+def test_auto_does_not_wait_for_a_compile(tmp_path):
+    out = _run_python(
+        """
+        import numpy as np, fastxent
+        y = np.array([0, 2]); z = np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]], np.float32)
+        plan = fastxent.explain(fastxent.sparse_categorical_crossentropy, y, z, from_logits=True)
+        print("auto", plan.backend)
+        """,
+        dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache")),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "auto numba" not in out.stdout
+
+
+CACHE_PROBE = """
+import numpy as np, fastxent
+from fastxent.backends import _numba_kernels as K
+{before}
+z = np.random.default_rng(0).standard_normal((50, 6))
+y = np.arange(50) % 6
+got = fastxent.sparse_categorical_crossentropy(y, z, from_logits=True, backend="numba")
+want = fastxent.sparse_categorical_crossentropy(y, z, from_logits=True, backend="numpy")
+assert abs(got - want) < 1e-12 * abs(want), (got, want)
+print("cache", K._CACHE)
+"""
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    """A copy of the fastxent package whose backends/__pycache__ cannot be created."""
+    import shutil
+
+    dst = tmp_path / "src"
+    shutil.copytree(os.path.join(ROOT, "fastxent"), dst / "fastxent",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c"))  # fmt: skip
+    (dst / "fastxent" / "backends" / "__pycache__").write_text("a file: no cache directory here")
+    return dst
+
+
+def _run_copy(package_copy, code, env):
+    env = dict(env, PYTHONPATH=str(package_copy), PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=str(package_copy),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_no_writable_cache_directory_falls_back(package_copy):
+    """No locator can write (NUMBA_CACHE_DIR, __pycache__ and ~/.cache impossible, even
+    for root): numba refuses cache=True; the kernels compile with cache=False."""
+    env = dict(os.environ, NUMBA_CACHE_DIR="/dev/null/numba", XDG_CACHE_HOME="/dev/null/xdg", HOME="/dev/null")
+    out = _run_copy(package_copy, CACHE_PROBE.format(before=""), env)
+    assert out.returncode == 0, out.stderr
+    assert "cache False" in out.stdout
+
+
+@pytest.mark.slow
+def test_cache_directory_lost_after_import_falls_back(package_copy, tmp_path):
+    """The cache directory is fine at import but gone at the first compile: numba
+    raises OSError from the call; the wrapper turns the cache off and retries."""
+    cache = tmp_path / "cache"
+    before = f"import shutil; shutil.rmtree({str(cache)!r}, True); open({str(cache)!r}, 'w').close()"
+    out = _run_copy(package_copy, CACHE_PROBE.format(before=before), dict(os.environ, NUMBA_CACHE_DIR=str(cache)))
+    assert out.returncode == 0, out.stderr
+    assert "cache False" in out.stdout
+
+
+# --------------------------------------------------------------------------- layouts against numpy
+
+
+def place(rows: np.ndarray, layout: str, dtype) -> np.ndarray:
+    """An (O, C, I) array of ``layout`` whose rows r = o * I + i are ``rows``."""
+    n, c = rows.shape
+    h = n // 2
+    if layout == "rows":
+        return np.ascontiguousarray(rows, dtype)[:, :, None]
+    if layout == "padded":  # contiguous rows, padded row stride
+        big = np.zeros((n, c + 3), dtype)
+        big[:, :c] = rows
+        return big[:, :c, None]
+    if layout == "chlast":  # class axis contiguous and I > 1
+        return np.ascontiguousarray(rows.reshape(2, h, c), dtype).transpose(0, 2, 1)
+    if layout == "cols":  # Fortran-ordered (N, C) -> (1, C, N)
+        return np.ascontiguousarray(rows.T, dtype)[None]
+    if layout == "nchw":  # (N, C, H*W)
+        return np.ascontiguousarray(rows.reshape(2, h, c).transpose(0, 2, 1), dtype)
+    if layout == "strided":  # negative, odd strides
+        big = np.zeros((2 * n, 2 * c), dtype)
+        view = big[::-2, ::-2]
+        view[...] = rows
+        return view[:, :, None]
+    if layout == "negcols":  # I > 1 with a negative inner stride
+        big = np.zeros((2, c, 2 * h), dtype)
+        view = big[:, :, ::-2]
+        view[...] = rows.reshape(2, h, c).transpose(0, 2, 1)
+        return view
+    raise ValueError(layout)
+
+
+def per_row(values: np.ndarray, x3: np.ndarray, layout: str) -> np.ndarray:
+    """An (O, I) array of per-row values, strided like ``layout``."""
+    o, _, i = x3.shape
+    if layout in ("strided", "negcols"):
+        big = np.zeros((o, 2 * i), values.dtype)
+        big[:, ::-2] = values.reshape(o, i)
+        return big[:, ::-2]
+    return np.ascontiguousarray(values.reshape(o, i))
+
+
+def make_case(kernel: str, dtype, layout: str, grad: str, rng, n=24, c=7, ls=0.1):
+    """KERNELS.md arguments (without loss_out, grad_out, threads) for one case."""
+    kind, _, source = kernel.split("_")
+    if source == "logits":
+        rows = rng.standard_normal((n, c)) * 3
+        rows[0, 1] = -np.inf  # a masked class
+    elif kind == "binary":
+        rows = rng.uniform(0, 1, (n, c))
+    else:
+        rows = rng.dirichlet(np.ones(c), n)
+    rows[1, 2] = 0.0 if source == "probs" else 40.0  # clipped / dominant
+    x = place(rows, layout, dtype)
+    gw = per_row(rng.uniform(0.5, 2, n), x, layout)
+    w = rng.uniform(0.5, 2, c)
+    if kind == "sparse":
+        labels = rng.integers(0, c, n)
+        labels[3] = -100
+        args = [x, per_row(labels, x, layout), w, ls, -100]
+    elif kind == "categorical":
+        args = [x, place(rng.dirichlet(np.ones(c), n), layout, F64), w, ls]
+    else:
+        pw = np.broadcast_to(rng.uniform(0.5, 2, (c, 1)), (c, x.shape[2]))
+        args = [x, place(rng.integers(0, 2, (n, c)).astype(F32), layout, F32), pw, ls]
+    if source == "probs":
+        args.append(1e-7)
+    return args + [gw]
+
+
+def run(module, kernel, args, grad, threads=1):
+    """(return value, loss_out, gradient) of one kernel call."""
+    x = args[0]
+    loss = np.full((x.shape[0], x.shape[2]), np.nan)
+    if grad == "none":
+        g = None
+    elif grad == "inplace":
+        x = args[0] = x.copy()
+        g = x
+    else:
+        g = np.full(x.shape, np.nan, F64 if x.dtype == F64 else F32)
+    r = module.KERNELS[kernel](*args, loss, g, threads)
+    return r, loss, g
+
+
+def check_against_numpy(nk, kernel, dtype, layout, grad, ls=0.1, seed=0):
+    args = make_case(kernel, dtype, layout, grad, np.random.default_rng(seed), ls=ls)
+    x, aux = args[0], args[1]
+    dense = aux if kernel.split("_")[0] != "sparse" else None
+    plan = nk._Layout(x, None, dense=dense)
+    assert plan.path == PATHS[layout]
+    want = run(backends.module("numpy"), kernel, list(args), grad)
+    got = run(nk, kernel, list(args), grad)
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == F64 else {"rtol": 2e-6, "atol": 1e-7}
+    assert got[0] == want[0]
+    np.testing.assert_allclose(got[1], want[1], **tol)
+    if grad != "none":
+        np.testing.assert_allclose(got[2], want[2], **tol)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_every_layout_path_agrees_with_numpy(nk, kernel, layout):
+    check_against_numpy(nk, kernel, F32, layout, "out")
+
+
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_float16_agrees_with_numpy(nk, kernel):
+    check_against_numpy(nk, kernel, F16, "rows", "out")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad", ["none", "out", "inplace"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [F64, F32, F16], ids=["f64", "f32", "f16"])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_full_product_agrees_with_numpy(nk, kernel, dtype, layout, grad):
+    if grad == "inplace" and dtype == F16:
+        pytest.skip("no float16 gradient")
+    check_against_numpy(nk, kernel, dtype, layout, grad)
+    check_against_numpy(nk, kernel, dtype, layout, grad, ls=0.0, seed=1)
+
+
+def test_float16_is_read_through_a_record_view_without_a_copy(nk):
+    x = np.linspace(-4, 4, 60, dtype=F16).reshape(10, 6, 1)
+    view = nk._numba_view(x)
+    assert view.dtype == nk._HALF and np.shares_memory(view, x)
+
+
+def test_gather_reads_one_value_per_row(nk):
+    """Sparse from probabilities, ls == 0: NaN everywhere but at the labels changes nothing."""
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(9), 40)
+    y = rng.integers(0, 9, 40)
+    poisoned = np.full_like(p, np.nan)
+    poisoned[np.arange(40), y] = p[np.arange(40), y]
+    out = [np.empty((40, 1)), np.empty((40, 1))]
+    for a, loss in zip((p, poisoned), out):
+        assert nk.KERNELS["sparse_from_probs"](a[:, :, None], y[:, None], np.ones(9), 0.0, -1, 1e-7,
+                                               np.ones((40, 1)), loss, None, 2) == -1  # fmt: skip
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_first_out_of_range_row_whatever_the_thread_count(nk):
+    p = np.full((500, 4), 0.25)
+    p[[137, 301], 1] = 1.5
+    for threads in (1, 2):
+        r = nk.KERNELS["categorical_from_probs"](p[:, :, None], np.full((500, 4, 1), 0.25), np.ones(4), 0.0, 1e-7,
+                                                 np.ones((500, 1)), np.empty((500, 1)), None, threads)  # fmt: skip
+        assert r == 137
+
+
+# --------------------------------------------------------------------------- threads and processes
+
+
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+def test_one_and_two_threads_give_the_same_bits(nk, layout):
+    args = make_case("sparse_from_logits", F32, layout, "out", np.random.default_rng(5), n=4000)
+    one = run(nk, "sparse_from_logits", list(args), "out", threads=1)
+    two = run(nk, "sparse_from_logits", list(args), "out", threads=2)
+    np.testing.assert_array_equal(one[1], two[1])
+    np.testing.assert_array_equal(one[2], two[2])
+
+
+def test_more_threads_than_numba_has_is_capped(nk):
+    import numba
+
+    args = make_case("sparse_from_logits", F32, "rows", "none", np.random.default_rng(6))
+    want = run(nk, "sparse_from_logits", list(args), "none", threads=1)
+    got = run(nk, "sparse_from_logits", list(args), "none", threads=numba.config.NUMBA_NUM_THREADS + 7)
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_is_detected_and_uses_serial_twins(nk):
+    """In a forked child the drivers are swapped for serial twins (no thread pool)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            ok = backends.forked_child() and nk._pick(nk._sparse_logits_rows) is not nk._sparse_logits_rows
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert not backends.forked_child()
+
+
+def test_info_reports_layer_threads_cache_and_compiled(nk):
+    args = make_case("sparse_from_logits", F32, "rows", "none", np.random.default_rng(7))
+    run(nk, "sparse_from_logits", list(args), "none", threads=2)
+    info = backends.module("numba").info()
+    for key in ("version", "threading layer", "NUMBA_NUM_THREADS", "cache dir", "compiled"):
+        assert key in info
+    assert info["threading layer"] in ("omp", "tbb", "workqueue")
+    assert "_sparse_logits_rows" in info["compiled"]
