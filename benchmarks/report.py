@@ -27,7 +27,7 @@ def _fmt(seconds: float) -> str:
 def load(path: str) -> tuple[dict, dict]:
     with open(path) as f:
         payload = json.load(f)
-    rows = defaultdict(lambda: {"fastxent": [], "read pass": [], "torch": [], "overhead": [], "chosen": None})
+    rows = defaultdict(lambda: {"fastxent": [], "read pass": [], "torch": [], "overhead": [], "reference": [], "chosen": None})
     for bench in payload["benchmarks"]:
         info = bench["extra_info"]
         rows[info["workload"]][info["role"]].append((info["backend"], info["threads"], bench["stats"]["median"]))
@@ -39,7 +39,7 @@ def load(path: str) -> tuple[dict, dict]:
 def render(machine: dict, rows: dict) -> str:
     cpu = machine.get("cpu", {}).get("brand_raw", "unknown CPU")
     lines = [
-        f"Medians from `pytest benchmarks` on {cpu}, {machine.get('cpu', {}).get('count', '?')} cores, "
+        f"Medians from `python -m pytest benchmarks -n0` on {cpu}, {machine.get('cpu', {}).get('count', '?')} cores, "
         f"Python {machine.get('python_version', '?')}.",
         "",
         "| workload | fastxent (backend, threads) | median | × read pass | torch (best) | speed-up vs torch |",
@@ -58,6 +58,9 @@ def render(machine: dict, rows: dict) -> str:
                          f"{_fmt(torch) if torch else '–'} | {vs_torch} |")  # fmt: skip
         if read:
             lines.append(f"| {workload} | *read pass* | {_fmt(read)} | 1.00 | | |")
+        for name, _, median in roles["reference"]:
+            ratio = f"{median / read:.2f}" if read else "–"
+            lines.append(f"| {workload} | *{name}* | {_fmt(median)} | {ratio} | | |")
     return "\n".join(lines + [""] + render_auto(rows) + [""] + render_overheads(rows))
 
 

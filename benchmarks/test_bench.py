@@ -1,6 +1,7 @@
 """The benchmark suite: every workload x backend x thread count, with same-run references.
 
-Run:   python -m pytest benchmarks --benchmark-json=benchmarks/results.json
+Run:   python -m pytest benchmarks -n0 --benchmark-json=benchmarks/results.json
+       (-n0: pytest-benchmark times nothing under xdist, which the test suite uses)
 Table: python benchmarks/report.py benchmarks/results.json
 
 Each benchmark's ``extra_info`` records its workload, role (fastxent / read pass /
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from workloads import WORKLOADS, Workload, fastxent_call, fastxent_plan, read_pass_calls, torch_call
+from workloads import WORKLOADS, Workload, fastxent_call, fastxent_plan, read_pass_calls, reference_call, torch_call
 
 from fastxent import backends
 
@@ -70,3 +71,15 @@ def test_torch(benchmark, w, threads):
         pytest.skip("torch is not installed")
     benchmark.group = w.name
     run(benchmark, fn, w, role="torch", backend="torch", threads=threads)
+
+
+@pytest.mark.parametrize("w", [w for w in SELECTED if w.kind == "sparse" and not w.from_logits], ids=lambda w: w.name)
+@pytest.mark.parametrize("reference", ["numpy gather", "one-hot categorical"])
+def test_sparse_references(benchmark, w, reference):
+    """What sparse labels save: NumPy's gather alone, and the categorical loss on
+    one-hot targets of the same data (built outside the timing)."""
+    fn = reference_call(w, reference)
+    if fn is None:
+        pytest.skip(f"{reference}: the one-hot matrix would take {w.rows * w.classes * 4 / 2**30:.0f} GiB")
+    benchmark.group = w.name
+    run(benchmark, fn, w, role="reference", backend=reference, threads=2)

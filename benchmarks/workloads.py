@@ -142,3 +142,17 @@ def read_pass_calls(w: Workload, threads: int) -> dict:
     except ImportError:
         pass
     return calls
+
+
+def reference_call(w: Workload, name: str):
+    """Sparse-label references: ``p[np.arange(N), y]`` alone, or the categorical loss
+    on one-hot targets (None when the one-hot matrix would exceed 2 GiB)."""
+    y_pred, y_true = data(w.rows, w.classes, w.dtype, w.from_logits, w.kind)
+    if name == "numpy gather":
+        rows = np.arange(w.rows)
+        return lambda: y_pred[rows, y_true]
+    if w.rows * w.classes * y_pred.itemsize > 2 << 30:
+        return None
+    one_hot = np.zeros_like(y_pred)
+    one_hot[np.arange(w.rows), y_true] = 1
+    return lambda: fastxent.categorical_crossentropy(one_hot, y_pred)

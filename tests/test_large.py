@@ -16,7 +16,8 @@ import fastxent
 
 N, C = 70_000, 32_000
 FIRST_ROW_PAST_2_31 = 2**31 // C + 1
-pytestmark = pytest.mark.slow
+# One worker runs these in turn: two 9 GB arrays at once would not fit in memory.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("large-arrays")]
 
 
 def structured_logits():

@@ -22,6 +22,9 @@ def budget(backend: str) -> int:
 
 
 def peak_of(fn) -> int:
+    """Peak traced allocation of a call, after one untraced call: the first call may
+    compile (Numba) or load code, which is not a per-call temporary."""
+    fn()
     tracemalloc.start()
     try:
         fn()

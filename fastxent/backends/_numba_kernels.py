@@ -1532,6 +1532,30 @@ def _numba_view(a):
     return a.view(_HALF) if a is not None and a.dtype == np.float16 else a
 
 
+# Numba compiles one machine-code version per argument *type*: dtype, layout (C or
+# any) and read-only flag of every array. The helpers below give the small
+# arguments one type each (int64 labels, float64 weights; all inputs read-only
+# views), so a call's type varies only with y_pred's dtype and layout and the
+# gradient mode: a few compilations serve every caller instead of dozens.
+
+
+def _input(a):
+    """A read-only view (no copy): inputs are typed alike whatever the caller's flags."""
+    if a is None or not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def _small_input(a, dtype):
+    """An O(rows) or O(classes) input in ``dtype``, read-only; contiguous unless it is
+    a broadcast scalar (zero strides, kept as is: no N-element copy of one value)."""
+    if a.size > 1 and not any(a.strides):
+        return _input(a.astype(dtype, copy=False) if a.dtype != dtype else a)
+    return _input(np.ascontiguousarray(a, dtype=dtype))
+
+
 def _same_memory(a, b) -> bool:
     """b is a itself (same first element, strides and dtype): the in-place gradient."""
     if a is b:
@@ -1586,8 +1610,8 @@ class _Layout:
             self.path, self.last = "cols", _block_size(n_c, n_i)
         else:
             self.path, self.last = ("rows", True) if rows_ok else ("generic", None)
-        self.x = _numba_view(x)
-        self.dense = _numba_view(dense)
+        self.x = _numba_view(x) if in_place else _input(_numba_view(x))  # in place: the kernel writes x
+        self.dense = _input(_numba_view(dense))
         self.g = True if in_place else grad
         self.flat = flat
         if pos_weight is not None:  # small (C,) or (C, I): in the compute dtype, contiguous
@@ -1596,15 +1620,15 @@ class _Layout:
                 pos_weight = np.ascontiguousarray(pos_weight[:, 0], dtype=cdt)  # no per-row lookup
             else:
                 pos_weight = np.ascontiguousarray(pos_weight, dtype=cdt)  # pw[c, i0:i0+n] contiguous
-        self.pos_weight = pos_weight
+        self.pos_weight = _input(pos_weight)
 
     def driver(self, rows, cols):
         return cols if self.path == "cols" else rows
 
 
 def _compute_weights(x, class_weight):
-    """class_weight in the compute dtype, for the element loops (O(C), no copy for float64)."""
-    return class_weight if x.dtype == np.float64 else class_weight.astype(np.float32)
+    """class_weight in the compute dtype, for the element loops (O(C))."""
+    return _small_input(class_weight, np.float64 if x.dtype == np.float64 else np.float32)
 
 
 def _bounds(x, epsilon):
@@ -1621,6 +1645,8 @@ def _prepare_sparse_from_logits(x, labels, class_weight, label_smoothing, ignore
                                 grad_weight, loss_out, grad_out):  # fmt: skip
     p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out))
     labels, grad_weight, loss_out = p.flat
+    labels, grad_weight = _small_input(labels, np.int64), _small_input(grad_weight, np.float64)
+    class_weight = _small_input(class_weight, np.float64)
     ls = float(label_smoothing)
     w_sum = float(class_weight.sum()) if ls else 0.0
     return p.driver(_sparse_logits_rows, _sparse_logits_cols), (
@@ -1634,6 +1660,8 @@ def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, ignore_
     lo, hi = _bounds(x, epsilon)
     p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out))
     labels, grad_weight, loss_out = p.flat
+    labels, grad_weight = _small_input(labels, np.int64), _small_input(grad_weight, np.float64)
+    class_weight = _small_input(class_weight, np.float64)
     ls = float(label_smoothing)
     if not ls:  # the gather-log: one value per row; contiguous gradient rows when possible
         layout = None if p.path == "generic" or (p.path == "cols" and n_c > 1) else True
@@ -1649,9 +1677,10 @@ def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, ignore_
 def _prepare_categorical_from_logits(x, targets, class_weight, label_smoothing, grad_weight, loss_out, grad_out):
     p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out))
     grad_weight, loss_out = p.flat
+    grad_weight = _small_input(grad_weight, np.float64)
     ls = float(label_smoothing)
     return p.driver(_categorical_logits_rows, _categorical_logits_cols), (
-        p.x, p.dense, class_weight, _compute_weights(x, class_weight), 1.0 - ls, ls / x.shape[1],
+        p.x, p.dense, _small_input(class_weight, np.float64), _compute_weights(x, class_weight), 1.0 - ls, ls / x.shape[1],
         grad_weight, loss_out, p.g, p.last)  # fmt: skip
 
 
@@ -1660,6 +1689,7 @@ def _prepare_categorical_from_probs(x, targets, class_weight, label_smoothing, e
     lo, hi = _bounds(x, epsilon)
     p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out))
     grad_weight, loss_out = p.flat
+    grad_weight = _small_input(grad_weight, np.float64)
     ls = float(label_smoothing)
     return p.driver(_categorical_probs_rows, _categorical_probs_cols), (
         p.x, p.dense, _compute_weights(x, class_weight), 1.0 - ls, ls / x.shape[1], lo, hi,
@@ -1669,6 +1699,7 @@ def _prepare_categorical_from_probs(x, targets, class_weight, label_smoothing, e
 def _prepare_binary_from_logits(x, targets, pos_weight, label_smoothing, grad_weight, loss_out, grad_out):
     p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), pos_weight=pos_weight)
     grad_weight, loss_out = p.flat
+    grad_weight = _small_input(grad_weight, np.float64)
     ls = float(label_smoothing)
     return p.driver(_binary_logits_rows, _binary_logits_cols), (
         p.x, p.dense, p.pos_weight, 1.0 - ls, ls / 2, grad_weight, loss_out, p.g, p.last)
@@ -1678,6 +1709,7 @@ def _prepare_binary_from_probs(x, targets, pos_weight, label_smoothing, epsilon,
     lo, hi = _bounds(x, epsilon)
     p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), pos_weight=pos_weight)
     grad_weight, loss_out = p.flat
+    grad_weight = _small_input(grad_weight, np.float64)
     ls = float(label_smoothing)
     return p.driver(_binary_probs_rows, _binary_probs_cols), (
         p.x, p.dense, p.pos_weight, 1.0 - ls, ls / 2, lo, hi, grad_weight, loss_out, p.g, p.last)
