@@ -68,7 +68,7 @@ def test_read_pass(benchmark, w, threads):
 def test_torch(benchmark, w, threads):
     fn = torch_call(w, threads)
     if fn is None:
-        pytest.skip("torch is not installed")
+        pytest.skip("torch is not installed, or its temporaries would not fit in memory")
     benchmark.group = w.name
     run(benchmark, fn, w, role="torch", backend="torch", threads=threads)
 

@@ -108,6 +108,8 @@ def torch_call(w: Workload, threads: int):
         import torch.nn.functional as F
     except ImportError:
         return None
+    if not w.from_logits and w.nbytes > 1 << 30:
+        return None  # clamp + log make two full-size temporaries: beyond this machine's memory
     torch.set_num_threads(threads)
     y_pred, y_true = data(w.rows, w.classes, w.dtype, w.from_logits, w.kind)
     x, t = torch.from_numpy(y_pred), torch.from_numpy(y_true)
