@@ -19,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytest.importorskip("Cython", reason="building the extension needs Cython (in the test extra)")
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source tree"),
