@@ -294,7 +294,7 @@ def _cases() -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel, dtype, layout, grad", _cases(), ids="-".join)
+@pytest.mark.parametrize("kernel, dtype, layout, grad", _cases(), ids=["-".join(c) for c in _cases()])
 def test_dtype_layout_gradient_cases_agree_with_numpy(nk, kernel, dtype, layout, grad):
     if grad == "inplace" and dtype == "f16":
         pytest.skip("no float16 gradient")
