@@ -70,9 +70,11 @@ def main(argv=None) -> int:
 
     def row(workload, reference, ref_name, calls, torch_call=None, inner=1):
         ref = timed(reference, inner) if reference else None
+        mine = [(name, timed(fn, inner)) for name, fn in calls]
+        # torch last: its OpenMP threads keep spinning after a call and would steal
+        # the cores from the next kernel timed
         torch_s = timed(torch_call, inner) if torch_call else None
-        for name, fn in calls:
-            s = timed(fn, inner)
+        for name, s in mine:
             ratio = f"{s / ref:.2f} × {ref_name}" if ref else "–"
             vs_torch = f"{torch_s / s:.1f}×" if torch_s else "–"
             shown = f"{s * 1e6:.2f} µs" if s < 1e-3 else f"{s * 1e3:.2f} ms"
