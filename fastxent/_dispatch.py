@@ -194,14 +194,16 @@ def _threads(backend: str, family: str, work: int, requested: int | None) -> tup
     most, source = resolve_threads(None)
     if most == 1:
         return 1, f"1 thread (from {source})"
+    # The rule of thumb (one thread below PARALLEL_MIN_WORK) holds unless the table
+    # measured the other choice SWITCH_MARGIN faster: a noisy point does not flip it.
     one = table().seconds(backend, family, 1, work)
     many = table().seconds(backend, family, most, work)
-    if one is not None and many is not None:
-        if one <= many:
-            return 1, f"1 thread: measured faster than {most} at this size"
-        return most, f"{most} threads (from {source}): measured faster than 1 at this size"
     if work < PARALLEL_MIN_WORK:
+        if one is not None and many is not None and many < SWITCH_MARGIN * one:
+            return most, f"{most} threads (from {source}): measured faster than 1 at this size"
         return 1, f"1 thread: work below {PARALLEL_MIN_WORK:,}"
+    if one is not None and many is not None and one < SWITCH_MARGIN * many:
+        return 1, f"1 thread: measured faster than {most} at this size"
     return most, f"{most} threads (from {source})"
 
 
