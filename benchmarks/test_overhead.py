@@ -7,7 +7,6 @@ subtracts the ``import numpy`` process from the ``import numpy, fastxent`` one.
 
 from __future__ import annotations
 
-import inspect
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ import pytest
 
 import fastxent
 from fastxent import _dispatch
+from fastxent._api import keyword_defaults
 from fastxent._validate import build_problem
 
 
@@ -27,11 +27,7 @@ def _overhead(benchmark, name: str, fn, rounds: int, iterations: int = 1):
 
 def test_decision(benchmark):
     """make_plan's remembered decision for a 1,000 x 100 call (what each call pays)."""
-    defaults = {
-        p.name: p.default
-        for p in inspect.signature(fastxent.sparse_categorical_crossentropy).parameters.values()
-        if p.kind is p.KEYWORD_ONLY
-    }
+    defaults = keyword_defaults(fastxent.sparse_categorical_crossentropy)
     x = np.zeros((1000, 100), dtype=np.float32)
     problem = build_problem("sparse", np.zeros(1000, dtype=np.int64), x, **{**defaults, "from_logits": True})
     _overhead(benchmark, "decision (dispatcher, per call)", lambda: _dispatch.choose(problem), 200, 1000)

@@ -7,6 +7,8 @@ validate (``_validate``) -> plan (``_dispatch``) -> kernel (``backends``) -> red
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from . import _reduce, backends
@@ -246,6 +248,12 @@ def row_losses(problem: Problem) -> np.ndarray:
     that chunked evaluation sums with ``_reduce.BlockSums``)."""
     loss_rows, _ = _execute(problem, 1.0)
     return loss_rows
+
+
+def keyword_defaults(fn) -> dict:
+    """The keyword-only options of a loss function and their defaults."""
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
 
 
 def kernel_runner(problem: Problem, backend: str, threads: int):

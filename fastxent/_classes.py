@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
-
-from ._api import binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy
+from ._api import binary_crossentropy, categorical_crossentropy, keyword_defaults, sparse_categorical_crossentropy
 
 
 class _Loss:
@@ -33,8 +31,7 @@ class _Loss:
 
 
 def _keyword_options(fn) -> set:
-    params = inspect.signature(fn).parameters.values()
-    return {p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "sample_weight"}
+    return set(keyword_defaults(fn)) - {"sample_weight"}
 
 
 class BinaryCrossentropy(_Loss):

@@ -209,5 +209,4 @@ def _threads(backend: str, family: str, work: int, requested: int | None) -> tup
 
 def _numba_ready(problem) -> bool:
     """Whether Numba has this kernel compiled in this process already."""
-    module = backends.module("numba")
-    return bool(getattr(module, "is_ready", lambda p: False)(problem))
+    return backends.module("numba").is_ready(problem)

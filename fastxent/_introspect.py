@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import platform
 import sys
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from . import __version__, backends
 from . import _api
-from ._api import LOSSES
+from ._api import LOSSES, keyword_defaults
 from ._config import resolve_backend, resolve_threads
 from ._dispatch import Plan, describe_thresholds, make_plan
 from ._validate import build_problem
@@ -40,8 +39,7 @@ def explain(fn, *args, **kwargs) -> Plan:
         )
     if len(args) != 2:
         raise TypeError(f"explain: expected y_true and y_pred after fn, got {len(args)} positional arguments")
-    params = inspect.signature(LOSSES[kind]).parameters.values()
-    options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    options = keyword_defaults(LOSSES[kind])
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
         raise TypeError(f"explain: {LOSSES[kind].__name__} has no option(s) {unknown}")

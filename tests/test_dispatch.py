@@ -6,7 +6,6 @@ Decisions are driven by a calibration table; these tests write their own tables
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 
@@ -15,6 +14,7 @@ import pytest
 
 import fastxent
 from fastxent import _calibration, _dispatch, backends
+from fastxent._api import keyword_defaults
 from fastxent._validate import build_problem
 
 sparse = fastxent.sparse_categorical_crossentropy
@@ -23,11 +23,9 @@ SIZES = list(_calibration.SIZES)
 
 def problem(rows=1000, classes=100, dtype=np.float32, **options):
     """A validated sparse-from-logits call (what the dispatcher sees)."""
-    defaults = {
-        p.name: p.default for p in inspect.signature(sparse).parameters.values() if p.kind is p.KEYWORD_ONLY
-    }
     x = np.zeros((rows, classes), dtype=dtype)
-    return build_problem("sparse", np.zeros(rows, dtype=np.int64), x, **{**defaults, "from_logits": True, **options})
+    options = {**keyword_defaults(sparse), "from_logits": True, **options}
+    return build_problem("sparse", np.zeros(rows, dtype=np.int64), x, **options)
 
 
 def table(times: dict, threads=(1, 4)) -> dict:
@@ -233,10 +231,7 @@ def test_numba_joins_once_it_has_compiled_the_kernel(calibration):
 
 
 def _options() -> dict:
-    defaults = {
-        p.name: p.default for p in inspect.signature(sparse).parameters.values() if p.kind is p.KEYWORD_ONLY
-    }
-    return {**defaults, "from_logits": True, "reduction": "none"}
+    return {**keyword_defaults(sparse), "from_logits": True, "reduction": "none"}
 
 
 # ------------------------------------------------------------------ measuring

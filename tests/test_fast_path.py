@@ -26,14 +26,7 @@ def general_path(y, x, **options):
 
 
 def served_by_fast_path(y, x, **options) -> bool:
-    return _api._fast_sparse(y, x, **{**_defaults(), **options}, plan_only=True) is True
-
-
-def _defaults() -> dict:
-    import inspect
-
-    params = inspect.signature(sparse).parameters.values()
-    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    return _api._fast_sparse(y, x, **{**_api.keyword_defaults(sparse), **options}, plan_only=True) is True
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

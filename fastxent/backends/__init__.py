@@ -36,6 +36,17 @@ def forked_child() -> bool:
     return _forked
 
 
+#: y_pred dtypes the compiled kernels read (float16 is computed in float32).
+COMPILED_X_DTYPES = ("float16", "float32", "float64")
+
+
+def compiled_dtype_reason(problem, backend_label: str) -> str | None:
+    """Why a compiled backend cannot read ``problem``'s y_pred dtype, or None."""
+    if problem.x.dtype.name not in COMPILED_X_DTYPES or not problem.x.dtype.isnative:
+        return f"y_pred dtype {problem.x.dtype} (the {backend_label} kernels read float16, float32 and float64)"
+    return None
+
+
 def module(name: str):
     """The backend's module (imported on first call; cheap afterwards)."""
     return importlib.import_module(f"{__name__}.{_MODULES[name]}")

@@ -10,7 +10,6 @@ layout and runs the rows or columns in an OpenMP ``prange``.
 
 from __future__ import annotations
 
-import numpy as np
 
 NAME = "cython"
 
@@ -20,7 +19,6 @@ except ImportError as exc:  # a source checkout that was never built
     _cython_ext = None
     _IMPORT_ERROR = str(exc)
 
-_X_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def unavailable_reason() -> str | None:
@@ -30,9 +28,9 @@ def unavailable_reason() -> str | None:
 
 
 def unsupported_reason(problem) -> str | None:
-    if problem.x.dtype not in _X_DTYPES:
-        return f"y_pred dtype {problem.x.dtype} (the Cython kernels read float16, float32 and float64)"
-    return None
+    from . import compiled_dtype_reason
+
+    return compiled_dtype_reason(problem, "Cython")
 
 
 def info() -> dict:

@@ -16,7 +16,6 @@ import os
 import sys
 from collections.abc import Mapping
 
-import numpy as np
 
 NAME = "numba"
 
@@ -29,7 +28,6 @@ KERNEL_NAMES = (
     "binary_from_probs",
 )
 
-_X_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _MIN_VERSION = (0, 60)
 
 
@@ -91,9 +89,9 @@ def _find_numba() -> str | None:
 
 
 def unsupported_reason(problem) -> str | None:
-    if problem.x.dtype not in _X_DTYPES:
-        return f"y_pred dtype {problem.x.dtype} (the Numba kernels read float16, float32 and float64)"
-    return None
+    from . import compiled_dtype_reason
+
+    return compiled_dtype_reason(problem, "Numba")
 
 
 def is_ready(problem) -> bool:
