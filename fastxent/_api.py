@@ -234,20 +234,29 @@ LOSSES = {
 def run(problem: Problem):
     """Plan, run the kernel, and reduce: the part of a call after validation."""
     count, weight = _reduce.denominator_parts(problem)
-    loss_rows, grad = _execute(problem, _reduce.denominator(problem.reduction, count, weight))
+    backend, threads = choose(problem)
+    summed = _kernel_sums(problem, backend)
+    out, grad = _execute(problem, backend, threads, _reduce.denominator(problem.reduction, count, weight), summed)
     if problem.reduction == "none":
-        loss = _reduce.per_sample(problem, loss_rows)
+        loss = _reduce.per_sample(problem, out)
     else:
-        part = _reduce.partial(problem, loss_rows, count, weight)
-        loss = _reduce.finish(part, problem.reduction, problem.result_dtype)
+        numerator = out if summed else _reduce.block_sums(out, problem.sample_weight)
+        loss = _reduce.finish(_reduce.Partial(numerator, count, weight), problem.reduction, problem.result_dtype)
     return (loss, grad) if problem.return_grad else loss
 
 
 def row_losses(problem: Problem) -> np.ndarray:
     """Per-row float64 losses of a loss-only call, before sample weights (the terms
     that chunked evaluation sums with ``_reduce.BlockSums``)."""
-    loss_rows, _ = _execute(problem, 1.0)
+    loss_rows, _ = _execute(problem, *choose(problem), 1.0, summed=False)
     return loss_rows
+
+
+def _kernel_sums(problem: Problem, backend: str) -> bool:
+    """Whether the kernel returns the block sums of the losses itself (Cython, a
+    reduced loss without sample weights): the per-row losses -- 8 bytes a row, 80 MB
+    for 10M binary outputs -- are then never written to memory nor read back."""
+    return backend == "cython" and problem.reduction != "none" and problem.sample_weight is None
 
 
 def keyword_defaults(fn) -> dict:
@@ -258,32 +267,41 @@ def keyword_defaults(fn) -> dict:
 
 def kernel_runner(problem: Problem, backend: str, threads: int):
     """A zero-argument function running ``problem``'s kernel on ``backend`` with
-    ``threads`` threads, loss only (what ``fastxent.calibrate()`` times)."""
+    ``threads`` threads, loss only, as a call runs it (what ``fastxent.calibrate()``
+    times)."""
     kernel = backends.module(backend).KERNELS[problem.kernel_name]
-    loss_rows = np.empty((problem.layout.outer, problem.layout.inner), dtype=np.float64)
-    return lambda: _call(kernel, problem, threads, None, loss_rows, None)
+    summed = _kernel_sums(problem, backend)
+    out = _loss_buffer(problem, summed)
+    return lambda: _call(kernel, problem, threads, None, out, None, summed)
 
 
-def _execute(problem: Problem, denom: float):
-    """Run the planned kernel: per-row float64 losses and, if asked, the gradient."""
-    backend, threads = choose(problem)
-    kernel = backends.module(backend).KERNELS[problem.kernel_name]
+def _loss_buffer(problem: Problem, summed: bool) -> np.ndarray:
+    """Per-row losses ``(O, I)``, or one sum per block of ``BLOCK_ROWS`` rows."""
     layout = problem.layout
-    loss_rows = np.empty((layout.outer, layout.inner), dtype=np.float64)
+    if summed:
+        return np.empty(-(-layout.n_rows // _reduce.BLOCK_ROWS), dtype=np.float64)
+    return np.empty((layout.outer, layout.inner), dtype=np.float64)
+
+
+def _execute(problem: Problem, backend: str, threads: int, denom: float, summed: bool):
+    """Run the kernel: per-row float64 losses (or their block sums) and, if asked,
+    the gradient."""
+    kernel = backends.module(backend).KERNELS[problem.kernel_name]
+    out = _loss_buffer(problem, summed)
     grad_full = grad_view = grad_weight = None
     if problem.return_grad:
         grad_full, grad_view = _gradient_buffer(problem)
         grad_weight = _reduce.grad_weight(problem, denom)
-    if layout.n_rows:  # an empty batch has nothing to compute
+    if problem.layout.n_rows:  # an empty batch has nothing to compute
         if problem.grad_out is not None and not problem.from_logits:
             # The caller's buffer (perhaps y_pred itself) must stay untouched when the
             # probabilities turn out to be out of range: check them first.
-            _check(problem, _call(kernel, problem, threads, None, loss_rows, None))
-        _check(problem, _call(kernel, problem, threads, grad_weight, loss_rows, grad_view))
-    return loss_rows, grad_full
+            _check(problem, _call(kernel, problem, threads, None, out, None, summed))
+        _check(problem, _call(kernel, problem, threads, grad_weight, out, grad_view, summed))
+    return out, grad_full
 
 
-def _call(kernel, p: Problem, threads: int, grad_weight, loss_rows, grad_view) -> int:
+def _call(kernel, p: Problem, threads: int, grad_weight, out, grad_view, summed: bool) -> int:
     weights = p.pos_weight if p.kind == "binary" else p.class_weight
     if weights is None:
         weights = _unit_weights(p)
@@ -293,9 +311,9 @@ def _call(kernel, p: Problem, threads: int, grad_weight, loss_rows, grad_view) -
     if not p.from_logits:
         args.append(p.epsilon)
     if grad_weight is None:
-        grad_weight = np.broadcast_to(np.float64(0.0), loss_rows.shape)
-    args += [grad_weight, loss_rows, grad_view, threads]
-    return kernel(*args)
+        grad_weight = np.broadcast_to(np.float64(0.0), (p.layout.outer, p.layout.inner))
+    args += [grad_weight, out, grad_view, threads]
+    return kernel(*args, block_sums=True) if summed else kernel(*args)
 
 
 def _unit_weights(p: Problem) -> np.ndarray:

@@ -164,10 +164,6 @@ def per_sample(problem, loss_rows: np.ndarray) -> np.ndarray:
     return out.astype(problem.result_dtype).reshape(problem.layout.sample_shape)
 
 
-def partial(problem, loss_rows: np.ndarray, count: int, weight) -> Partial:
-    return Partial(block_sums(loss_rows, problem.sample_weight), count, weight)
-
-
 class BlockSums:
     """Float64 block sums of a stream of per-row values, cut as one call cuts them.
 

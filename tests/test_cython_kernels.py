@@ -31,6 +31,9 @@ from scipy.special import expit, logsumexp
 
 ext = pytest.importorskip("fastxent.backends._cython_ext")
 
+from fastxent import _reduce  # noqa: E402
+from fastxent._reduce import BLOCK_ROWS  # noqa: E402
+
 mpmath.mp.dps = 50
 RNG = np.random.default_rng(20240611)
 ISAS = ext.simd_info()["cpu_supports"]
@@ -225,27 +228,28 @@ negative_view_check()
 
 
 def call(kernel, x3, *, labels=None, targets=None, cw=None, pw=None, ls=0.0, ignore=-1,
-         eps=1e-7, gw=None, grad=False, grad_out=None, threads=1, layout="rows"):
-    """Run a kernel; returns (status, loss rows, grad rows or None)."""
+         eps=1e-7, gw=None, grad=False, grad_out=None, threads=1, layout="rows", block_sums=False):
+    """Run a kernel; returns (status, loss rows -- or with block_sums the sums of
+    their blocks of BLOCK_ROWS rows --, grad rows or None)."""
     O, C, I = x3.shape
-    loss = np.full((O, I), -12345.0)
+    loss = np.full(-(-O * I // BLOCK_ROWS) if block_sums else (O, I), -12345.0)
     if gw is None:
         gw = np.ones((O, I))
     if grad and grad_out is None:
         gdt = np.float64 if x3.dtype == np.float64 else np.float32
         grad_out = materialise(np.full(x3.shape, np.nan, gdt), layout if layout != "unaligned" else "odd")
     if kernel == "sparse_from_logits":
-        r = ext.sparse_from_logits(x3, labels, cw, ls, ignore, gw, loss, grad_out, threads)
+        r = ext.sparse_from_logits(x3, labels, cw, ls, ignore, gw, loss, grad_out, threads, block_sums=block_sums)
     elif kernel == "sparse_from_probs":
-        r = ext.sparse_from_probs(x3, labels, cw, ls, ignore, eps, gw, loss, grad_out, threads)
+        r = ext.sparse_from_probs(x3, labels, cw, ls, ignore, eps, gw, loss, grad_out, threads, block_sums=block_sums)
     elif kernel == "categorical_from_logits":
-        r = ext.categorical_from_logits(x3, targets, cw, ls, gw, loss, grad_out, threads)
+        r = ext.categorical_from_logits(x3, targets, cw, ls, gw, loss, grad_out, threads, block_sums=block_sums)
     elif kernel == "categorical_from_probs":
-        r = ext.categorical_from_probs(x3, targets, cw, ls, eps, gw, loss, grad_out, threads)
+        r = ext.categorical_from_probs(x3, targets, cw, ls, eps, gw, loss, grad_out, threads, block_sums=block_sums)
     elif kernel == "binary_from_logits":
-        r = ext.binary_from_logits(x3, targets, pw, ls, gw, loss, grad_out, threads)
+        r = ext.binary_from_logits(x3, targets, pw, ls, gw, loss, grad_out, threads, block_sums=block_sums)
     elif kernel == "binary_from_probs":
-        r = ext.binary_from_probs(x3, targets, pw, ls, eps, gw, loss, grad_out, threads)
+        r = ext.binary_from_probs(x3, targets, pw, ls, eps, gw, loss, grad_out, threads, block_sums=block_sums)
     else:
         raise ValueError(kernel)
     g = None if grad_out is None else rows_of(grad_out).astype(np.float64)
@@ -562,10 +566,12 @@ def test_probability_clipping(isa, dtype, layout):
         assert r == -1 and np.isnan(loss[0]) and np.isnan(g[0, 1])
 
 
+@pytest.mark.parametrize("block_sums", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("layout", ["rows", "cols", "odd"])
-def test_first_bad_row(isa, threads, layout):
-    """The lowest bad row, whatever the thread count (rows split across chunks)."""
+def test_first_bad_row(isa, threads, layout, block_sums):
+    """The lowest bad row, whatever the thread count (rows split across chunks, or
+    blocks of BLOCK_ROWS rows when the kernel sums the losses)."""
     N, C = 40_000, 5  # 200k elements: two threads engage
     p = RNG.dirichlet(np.ones(C), N)
     cases = [
@@ -598,7 +604,8 @@ def test_first_bad_row(isa, threads, layout):
                 kk["pw"] = np.ones((C, N))
             gw = np.ones((1, N)) if layout == "cols" else np.ones((N, 1))
             for grad in (False, True):
-                r, _, _ = call(kernel, x3, cw=np.ones(C), gw=gw, threads=threads, grad=grad, layout=layout, **kk)
+                r, _, _ = call(kernel, x3, cw=np.ones(C), gw=gw, threads=threads, grad=grad, layout=layout,
+                               block_sums=block_sums, **kk)
                 assert r == min(bad_rows), (kernel, bad_rows, r, grad)
 
 
@@ -758,6 +765,47 @@ def test_threads_bitwise_equal(isa, kernel, layout):
     r2, l2, g2 = call(kernel, x3, grad=True, threads=2, **kw)
     assert r1 == r2
     assert np.array_equal(l1, l2) and np.array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("layout", ["rows", "cols", "nchw"])
+@pytest.mark.parametrize("N", [1_000, 3 * BLOCK_ROWS + 4, 9 * BLOCK_ROWS + 4])
+def test_block_sums_are_numpy_sums_of_the_rows(isa, kernel, layout, N):
+    """block_sums=True returns, for every block of BLOCK_ROWS rows, exactly what
+    ``_reduce.block_sums`` (NumPy's pairwise sum) gives for the per-row losses: with
+    one thread (block by block), with two (whole blocks per thread, or split rows
+    when blocks are few), loss only and with the gradient, which is unchanged."""
+    x3, kw, _ = make_problem(kernel, np.float32, layout, {"ls": 0.1}, N=N, C=12)
+    for grad in (False, True):
+        _, rows, g_rows = call(kernel, x3, grad=grad, threads=1, **kw)
+        want = _reduce.block_sums(rows)
+        assert want.size == -(-N // BLOCK_ROWS)
+        for threads in (1, 2):
+            _, sums, g = call(kernel, x3, grad=grad, threads=threads, block_sums=True, **kw)
+            assert np.array_equal(sums, want), (threads, grad)
+            assert np.array_equal(g, g_rows) if grad else g is None
+
+
+def test_block_sums_when_blocks_would_cut_column_tasks():
+    """An inner axis of 20 rows: blocks of BLOCK_ROWS rows would cut column tasks
+    mid-vector, so the kernel sums through a temporary -- still the same bits."""
+    O, C, I = 8_000, 12, 20  # 160,000 rows in 10 blocks
+    x3 = RNG.standard_normal((O, C, I)).astype(np.float32)
+    labels, gw = RNG.integers(0, C, (O, I)), np.ones((O, I))
+    per_row = np.empty((O, I))
+    ext.sparse_from_logits(x3, labels, np.ones(C), 0.0, -1, gw, per_row, None, 1)
+    for threads in (1, 2):
+        sums = np.empty(-(-O * I // BLOCK_ROWS))
+        ext.sparse_from_logits(x3, labels, np.ones(C), 0.0, -1, gw, sums, None, threads, block_sums=True)
+        assert np.array_equal(sums, _reduce.block_sums(per_row))
+
+
+def test_block_sums_output_size_is_checked():
+    x3 = np.zeros((BLOCK_ROWS + 1, 3, 1))
+    labels, gw = np.zeros((BLOCK_ROWS + 1, 1), np.int64), np.ones((BLOCK_ROWS + 1, 1))
+    with pytest.raises(ValueError, match="array of 2 block sums"):
+        ext.sparse_from_logits(x3, labels, np.ones(3), 0.0, -1, gw, np.empty(BLOCK_ROWS + 1), None, 1,
+                               block_sums=True)
 
 
 def test_isa_tables_agree():

@@ -25,7 +25,7 @@ How a call runs:
   with fused label/value types: one read per row, whatever C is.
 """
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.math cimport log, isnan
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
@@ -69,6 +69,7 @@ cdef extern from "_csrc/fx_common.h":
         const char *gw
         fx_ssize gw_so, gw_si
         double *loss
+        fx_ssize loss_r0
         const double *cw
         int cw_uniform
         double cw0, cw_sum
@@ -246,9 +247,12 @@ cdef inline int _arr2(cnp.ndarray a, fx_ssize O, fx_ssize I, const char **data,
 
 cdef int _setup(fx_call *k, cnp.ndarray x, object targets, object labels, object class_weight,
                 object pos_weight, cnp.ndarray grad_weight, cnp.ndarray loss_out, object grad_out,
-                double ls, double eps, int64_t ignore) except -1:
-    """Fill ``k`` from the arguments (cheap: pointers, strides and type numbers)."""
-    cdef fx_ssize O, C, I, c
+                double ls, double eps, int64_t ignore, bint block_sums=False) except -1:
+    """Fill ``k`` from the arguments (cheap: pointers, strides and type numbers).
+
+    ``loss_out`` holds O*I per-row losses, or with ``block_sums`` one float64 sum
+    per block of BLOCK_ROWS consecutive rows (see ``_run``)."""
+    cdef fx_ssize O, C, I, c, n_out
     cdef cnp.ndarray a
     cdef const double *w
     if cnp.PyArray_NDIM(x) != 3:
@@ -281,9 +285,11 @@ cdef int _setup(fx_call *k, cnp.ndarray x, object targets, object labels, object
     _arr2(grad_weight, O, I, &k.gw, &k.gw_so, &k.gw_si)
     if cnp.PyArray_TYPE(grad_weight) != cnp.NPY_DOUBLE:
         raise TypeError("grad_weight must be float64")
+    n_out = (O * I + BLOCK_ROWS - 1) // BLOCK_ROWS if block_sums else O * I
     if (cnp.PyArray_TYPE(loss_out) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(loss_out)
-            or cnp.PyArray_SIZE(loss_out) != O * I or not cnp.PyArray_ISWRITEABLE(loss_out)):
-        raise ValueError("loss_out must be a writeable C-contiguous float64 array of O*I values")
+            or cnp.PyArray_SIZE(loss_out) != n_out or not cnp.PyArray_ISWRITEABLE(loss_out)):
+        what = "block sums" if block_sums else "per-row losses"
+        raise ValueError(f"loss_out must be a writeable C-contiguous float64 array of {n_out} {what}")
     k.loss = <double *>cnp.PyArray_DATA(loss_out)
     k.stream_loss = O * I * 8 > STREAM_LOSS_BYTES
     if class_weight is not None:
@@ -463,18 +469,26 @@ cdef fx_ssize _rows(const fx_call *k, fx_row_fn fn, fx_ssize r0, fx_ssize r1) no
     return _rows_sparse(k, fn, <const uint8_t *>k.lab, r0, r1)
 
 
-cdef fx_ssize _cols(const fx_call *k, fx_cols_fn fn, fx_ssize w, fx_ssize t0, fx_ssize t1) noexcept nogil:
-    """Column tasks t0..t1-1 (task = (o, block of w rows)); returns the first bad row or -1."""
-    cdef fx_ssize nb = (k.n_i + w - 1) // w
-    cdef fx_ssize t, o, i0, n, b
-    for t in range(t0, t1):
-        o = t // nb
-        i0 = (t - o * nb) * w
-        n = k.n_i - i0 if k.n_i - i0 < w else w
-        b = fn(k, o, i0, n)
+cdef fx_ssize _cols(const fx_call *k, fx_cols_fn fn, fx_ssize w, fx_ssize r0, fx_ssize r1) noexcept nogil:
+    """Rows r0..r1-1 as column tasks: the pieces of (o, w-aligned run of w rows) that
+    lie in the range. Returns the first bad row or -1."""
+    cdef fx_ssize r = r0, o, i, n, b
+    while r < r1:
+        o = r // k.n_i
+        i = r - o * k.n_i
+        n = min(w - i % w, k.n_i - i, r1 - r)
+        b = fn(k, o, i, n)
         if b >= 0:
             return o * k.n_i + b
+        r += n
     return -1
+
+
+cdef inline fx_ssize _task_row(const fx_call *k, fx_ssize w, fx_ssize t) noexcept nogil:
+    """First row of column task t (w-aligned runs within each o)."""
+    cdef fx_ssize nb = (k.n_i + w - 1) // w
+    cdef fx_ssize o = t // nb
+    return o * k.n_i + min((t - o * nb) * w, k.n_i)
 
 
 cdef int _threads_for(fx_ssize work, fx_ssize tasks, int threads) noexcept nogil:
@@ -490,44 +504,180 @@ cdef int _threads_for(fx_ssize work, fx_ssize tasks, int threads) noexcept nogil
     return <int>nt if nt > 1 else 1
 
 
-cdef fx_ssize _first_bad(fx_ssize *bad, int nt) noexcept nogil:
+cdef fx_ssize _first_bad(fx_ssize *bad, fx_ssize n) noexcept nogil:
     """Chunks hold increasing rows: the first chunk with a bad row has the lowest."""
-    cdef int c
-    for c in range(nt):
+    cdef fx_ssize c
+    for c in range(n):
         if bad[c] >= 0:
             return bad[c]
     return -1
 
 
-cdef fx_ssize _run(fx_call *k, fx_row_fn row_fn, fx_cols_fn col_fn, int threads) except -2 nogil:
-    """Run a C kernel over every row: columns or rows, split into `threads` chunks."""
-    cdef fx_ssize n_rows = k.n_o * k.n_i, w = 0, tasks, ch
-    cdef int nt, columns = _use_columns(k)
+cdef enum:
+    FORM_ROWS = 0    # one row kernel call per row
+    FORM_COLS = 1    # column kernels: one vector lane per row
+    FORM_GATHER = 2  # the sparse gather-log: one value read per row
+    #: Rows per fixed block of the float64 sums (fastxent._reduce.BLOCK_ROWS).
+    BLOCK_ROWS = 1 << 14
+
+
+ctypedef struct _runner:
+    int form
+    fx_row_fn row_fn
+    fx_cols_fn col_fn
+    fx_ssize w  # rows per column task
+
+
+cdef fx_ssize _range(const fx_call *k, const _runner *ru, fx_ssize r0, fx_ssize r1) noexcept nogil:
+    """Rows r0..r1-1 in the runner's form; the first bad row or -1."""
+    if ru.form == FORM_GATHER:
+        return _gather(k, r0, r1)
+    if ru.form == FORM_COLS:
+        return _cols(k, ru.col_fn, ru.w, r0, r1)
+    return _rows(k, ru.row_fn, r0, r1)
+
+
+cdef fx_ssize _split(const fx_call *k, const _runner *ru, fx_ssize tasks, int nt) except -2 nogil:
+    """Every row, in nt contiguous chunks (one per thread) of whole tasks: a column
+    task is never cut, so its rows see the same vector steps whatever nt is."""
+    cdef fx_ssize n_rows = k.n_o * k.n_i, ch, result, r0, r1
     cdef fx_ssize *bad
-    cdef fx_ssize result
-    if n_rows == 0:
-        return -1
-    if columns:
-        w = _lanes(k)
-        tasks = k.n_o * ((k.n_i + w - 1) // w)
-    else:
-        tasks = n_rows
-    nt = _threads_for(n_rows * k.n_c, tasks, threads)
     if nt == 1:
-        return _cols(k, col_fn, w, 0, tasks) if columns else _rows(k, row_fn, 0, n_rows)
+        return _range(k, ru, 0, n_rows)
     bad = <fx_ssize *>malloc(nt * sizeof(fx_ssize))
     if bad == NULL:
         with gil:
             raise MemoryError()
     fx_note_parallel_use()
     for ch in prange(nt, schedule="static", num_threads=nt):
-        if columns:
-            bad[ch] = _cols(k, col_fn, w, ch * tasks // nt, (ch + 1) * tasks // nt)
-        else:
-            bad[ch] = _rows(k, row_fn, ch * tasks // nt, (ch + 1) * tasks // nt)
+        r0 = ch * tasks // nt
+        r1 = (ch + 1) * tasks // nt
+        if ru.form == FORM_COLS:
+            r0 = _task_row(k, ru.w, r0)
+            r1 = _task_row(k, ru.w, r1)
+        bad[ch] = _range(k, ru, r0, r1)
     result = _first_bad(bad, nt)
     free(bad)
     return result
+
+
+cdef inline fx_ssize _block(const fx_call *k, const _runner *ru, fx_ssize b, double *buf,
+                            double *sums) noexcept nogil:
+    """Block b's rows with their losses in buf, and their pairwise sum in sums[b]."""
+    cdef fx_ssize r0 = b * BLOCK_ROWS, r1 = min(r0 + BLOCK_ROWS, k.n_o * k.n_i)
+    cdef fx_call kc = k[0]
+    kc.loss = buf
+    kc.loss_r0 = r0
+    kc.stream_loss = 0
+    cdef fx_ssize bad = _range(&kc, ru, r0, r1)
+    sums[b] = _pairwise_sum(buf, r1 - r0)
+    return bad
+
+
+cdef fx_ssize _blocks(const fx_call *k, const _runner *ru, int nt, double *sums) except -2 nogil:
+    """Every row, block by block, each thread with one block-sized loss buffer (in
+    cache): only the block sums reach memory."""
+    cdef fx_ssize n_blocks = (k.n_o * k.n_i + BLOCK_ROWS - 1) // BLOCK_ROWS, b, result
+    cdef fx_ssize *bad = <fx_ssize *>malloc(n_blocks * sizeof(fx_ssize))
+    cdef double *buf = NULL
+    cdef int failed = 0
+    if bad == NULL:
+        with gil:
+            raise MemoryError()
+    if nt == 1:
+        buf = <double *>malloc(BLOCK_ROWS * sizeof(double))
+        failed = buf == NULL
+        if not failed:
+            for b in range(n_blocks):
+                bad[b] = _block(k, ru, b, buf, sums)
+        free(buf)
+    else:
+        fx_note_parallel_use()
+        with parallel(num_threads=nt):
+            buf = <double *>malloc(BLOCK_ROWS * sizeof(double))
+            # dynamic: blocks are few (16,384 rows each), a static split would leave
+            # one thread idle for up to a block; the sums land in place either way
+            for b in prange(n_blocks, schedule="dynamic"):
+                if buf == NULL:
+                    failed += 1  # a reduction (an assignment would be lastprivate)
+                else:
+                    bad[b] = _block(k, ru, b, buf, sums)
+            free(buf)
+    result = _first_bad(bad, n_blocks)
+    free(bad)
+    if failed:
+        with gil:
+            raise MemoryError()
+    return result
+
+
+cdef inline bint _blocks_keep_vectors(const fx_call *k, const _runner *ru) noexcept nogil:
+    """Whether cutting the rows at multiples of BLOCK_ROWS leaves every column task
+    piece a multiple of 16 rows (but at the end of the inner axis). Lanes compute
+    alike, but a loop's scalar tail may round differently from its vector steps:
+    pieces of whole vectors keep each row's bits those of the uncut tasks."""
+    return ru.form != FORM_COLS or k.n_o == 1 or k.n_i % 16 == 0 or BLOCK_ROWS % k.n_i == 0
+
+
+cdef fx_ssize _run(fx_call *k, _runner *ru, fx_ssize work, int threads, double *sums) except -2 nogil:
+    """Run a kernel over every row; returns the first bad row or -1.
+
+    sums == NULL: per-row losses go to k.loss. Otherwise sums receives the float64
+    sum of every block of BLOCK_ROWS consecutive rows -- NumPy's pairwise sum, so
+    the same bits as ``_reduce.block_sums`` of the per-row losses -- and the
+    per-row losses never reach memory: with many rows each thread works through
+    whole blocks; with few, the rows are split as usual into a temporary.
+    """
+    cdef fx_ssize n_rows = k.n_o * k.n_i, tasks, n_blocks, b, result
+    cdef int nt
+    cdef double *tmp
+    if n_rows == 0:
+        return -1
+    tasks = n_rows
+    if ru.form == FORM_COLS:
+        ru.w = _lanes(k)
+        tasks = k.n_o * ((k.n_i + ru.w - 1) // ru.w)
+    nt = _threads_for(work, tasks, threads)
+    if sums == NULL:
+        return _split(k, ru, tasks, nt)
+    n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    if (nt == 1 or n_blocks >= 4 * nt) and _blocks_keep_vectors(k, ru):
+        return _blocks(k, ru, nt, sums)
+    # fewer blocks than would keep every thread busy (at most 4 * nt * BLOCK_ROWS
+    # rows), or an inner axis that blocks would cut mid-vector: the losses of
+    # every row into a temporary, then the sums of its blocks
+    tmp = <double *>malloc(n_rows * sizeof(double))
+    if tmp == NULL:
+        with gil:
+            raise MemoryError()
+    k.loss = tmp
+    k.loss_r0 = 0
+    result = _split(k, ru, tasks, nt)
+    for b in range(n_blocks):
+        sums[b] = _pairwise_sum(tmp + b * BLOCK_ROWS, min(BLOCK_ROWS, n_rows - b * BLOCK_ROWS))
+    free(tmp)
+    return result
+
+
+cdef inline _runner _rows_or_cols(fx_row_fn row_fn, fx_cols_fn col_fn, const fx_call *k) noexcept nogil:
+    cdef _runner ru
+    ru.form = FORM_COLS if _use_columns(k) else FORM_ROWS
+    ru.row_fn = row_fn
+    ru.col_fn = col_fn
+    ru.w = 0
+    return ru
+
+
+cdef fx_ssize _run_kernel(fx_call *k, fx_row_fn row_fn, fx_cols_fn col_fn, int threads,
+                          double *sums) except -2 nogil:
+    """A C kernel (rows or columns by layout) over every row."""
+    cdef _runner ru = _rows_or_cols(row_fn, col_fn, k)
+    return _run(k, &ru, k.n_o * k.n_i * k.n_c, threads, sums)
+
+
+cdef inline double *_sums(fx_call *k, bint block_sums) noexcept nogil:
+    """Where a kernel's block sums go (loss_out), or NULL for per-row losses."""
+    return k.loss if block_sums else NULL
 
 
 cdef inline int _ct(const fx_call *k) noexcept nogil:
@@ -539,86 +689,86 @@ cdef inline int _ct(const fx_call *k) noexcept nogil:
 
 def sparse_from_logits(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weight,
                        double label_smoothing, int64_t ignore_index, cnp.ndarray grad_weight,
-                       cnp.ndarray loss_out, grad_out, int threads):
+                       cnp.ndarray loss_out, grad_out, int threads, bint block_sums=False):
     cdef fx_call k
     _setup(&k, x, None, labels, class_weight, None, grad_weight, loss_out, grad_out,
-           label_smoothing, 0.0, ignore_index)
+           label_smoothing, 0.0, ignore_index, block_sums)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
     with nogil:
-        _run(&k, tb.logits_row[ct], tb.logits_cols[ct], threads)
+        _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], threads, _sums(&k, block_sums))
     return -1
 
 
 def categorical_from_logits(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray class_weight,
                             double label_smoothing, cnp.ndarray grad_weight, cnp.ndarray loss_out,
-                            grad_out, int threads):
+                            grad_out, int threads, bint block_sums=False):
     cdef fx_call k
     _setup(&k, x, targets, None, class_weight, None, grad_weight, loss_out, grad_out,
-           label_smoothing, 0.0, -1)
+           label_smoothing, 0.0, -1, block_sums)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
     with nogil:
-        _run(&k, tb.logits_row[ct], tb.logits_cols[ct], threads)
+        _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], threads, _sums(&k, block_sums))
     return -1
 
 
 def categorical_from_probs(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray class_weight,
                            double label_smoothing, double epsilon, cnp.ndarray grad_weight,
-                           cnp.ndarray loss_out, grad_out, int threads):
+                           cnp.ndarray loss_out, grad_out, int threads, bint block_sums=False):
     cdef fx_call k
     cdef fx_ssize r
     _setup(&k, x, targets, None, class_weight, None, grad_weight, loss_out, grad_out,
-           label_smoothing, epsilon, -1)
+           label_smoothing, epsilon, -1, block_sums)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
     with nogil:
-        r = _run(&k, tb.probs_row[ct], tb.probs_cols[ct], threads)
+        r = _run_kernel(&k, tb.probs_row[ct], tb.probs_cols[ct], threads, _sums(&k, block_sums))
     return r
 
 
 def binary_from_logits(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weight,
                        double label_smoothing, cnp.ndarray grad_weight, cnp.ndarray loss_out,
-                       grad_out, int threads):
+                       grad_out, int threads, bint block_sums=False):
     cdef fx_call k
     _setup(&k, x, targets, None, None, pos_weight, grad_weight, loss_out, grad_out,
-           label_smoothing, 0.0, -1)
+           label_smoothing, 0.0, -1, block_sums)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
     with nogil:
-        _run(&k, tb.bce_logits_row[ct], tb.bce_logits_cols[ct], threads)
+        _run_kernel(&k, tb.bce_logits_row[ct], tb.bce_logits_cols[ct], threads, _sums(&k, block_sums))
     return -1
 
 
 def binary_from_probs(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weight,
                       double label_smoothing, double epsilon, cnp.ndarray grad_weight,
-                      cnp.ndarray loss_out, grad_out, int threads):
+                      cnp.ndarray loss_out, grad_out, int threads, bint block_sums=False):
     cdef fx_call k
     cdef fx_ssize r
     _setup(&k, x, targets, None, None, pos_weight, grad_weight, loss_out, grad_out,
-           label_smoothing, epsilon, -1)
+           label_smoothing, epsilon, -1, block_sums)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
     with nogil:
-        r = _run(&k, tb.bce_probs_row[ct], tb.bce_probs_cols[ct], threads)
+        r = _run_kernel(&k, tb.bce_probs_row[ct], tb.bce_probs_cols[ct], threads, _sums(&k, block_sums))
     return r
 
 
 def sparse_from_probs(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weight,
                       double label_smoothing, int64_t ignore_index, double epsilon,
-                      cnp.ndarray grad_weight, cnp.ndarray loss_out, grad_out, int threads):
+                      cnp.ndarray grad_weight, cnp.ndarray loss_out, grad_out, int threads, bint block_sums=False):
     cdef fx_call k
     cdef fx_ssize r
     _setup(&k, x, None, labels, class_weight, None, grad_weight, loss_out, grad_out,
-           label_smoothing, epsilon, ignore_index)
+           label_smoothing, epsilon, ignore_index, block_sums)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
     if label_smoothing != 0:  # every class carries weight: whole rows, C kernel
         with nogil:
-            r = _run(&k, tb.probs_row[ct], tb.probs_cols[ct], threads)
+            r = _run_kernel(&k, tb.probs_row[ct], tb.probs_cols[ct], threads, _sums(&k, block_sums))
         return r
     with nogil:
-        r = _gather_log_run(&k, threads)
+        r = _gather_log_run(&k, threads, _sums(&k, block_sums))
     return r
 
 
@@ -668,7 +818,7 @@ cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *
         v = (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
         grow = k.g.data + o * k.g.so + i * k.g.si if k.g.data != NULL else NULL
         if <int64_t>v == k.ignore:
-            k.loss[o * k.n_i + i] = 0.0
+            k.loss[o * k.n_i + i - k.loss_r0] = 0.0
             if grow != NULL:
                 _zero_row(k, grow)
             continue
@@ -680,7 +830,7 @@ cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *
         clipped = p < lo or p > hi
         pc = lo if p < lo else (hi if p > hi else p)
         wy = k.cw[y]
-        k.loss[o * k.n_i + i] = -wy * log(pc)
+        k.loss[o * k.n_i + i - k.loss_r0] = -wy * log(pc)
         if grow != NULL:
             _zero_row(k, grow)
             gw = (<const double *>(k.gw + o * k.gw_so + i * k.gw_si))[0]
@@ -733,26 +883,11 @@ cdef fx_ssize _gather(const fx_call *k, fx_ssize r0, fx_ssize r1) noexcept nogil
     return _gather_typed(k, <const uint8_t *>k.lab, r0, r1)
 
 
-cdef fx_ssize _gather_log_run(fx_call *k, int threads) except -2 nogil:
-    cdef fx_ssize n_rows = k.n_o * k.n_i, ch
-    cdef fx_ssize work = n_rows * (k.n_c if k.g.data != NULL else 8)  # the gradient writes rows
-    cdef int nt = _threads_for(work, n_rows, threads)
-    cdef fx_ssize *bad
-    cdef fx_ssize result
-    if n_rows == 0:
-        return -1
-    if nt == 1:
-        return _gather(k, 0, n_rows)
-    bad = <fx_ssize *>malloc(nt * sizeof(fx_ssize))
-    if bad == NULL:
-        with gil:
-            raise MemoryError()
-    fx_note_parallel_use()
-    for ch in prange(nt, schedule="static", num_threads=nt):
-        bad[ch] = _gather(k, ch * n_rows // nt, (ch + 1) * n_rows // nt)
-    result = _first_bad(bad, nt)
-    free(bad)
-    return result
+cdef fx_ssize _gather_log_run(fx_call *k, int threads, double *sums) except -2 nogil:
+    cdef _runner ru
+    ru.form = FORM_GATHER
+    # the gather reads a cache line per row; with the gradient it writes whole rows
+    return _run(k, &ru, k.n_o * k.n_i * (k.n_c if k.g.data != NULL else 8), threads, sums)
 
 
 # -------------------------------------------------------------------------- the small-call fast path
@@ -920,9 +1055,9 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     logits = from_logits is True
     with nogil:
         if logits:
-            bad = _run(&k, tb.logits_row[ct], tb.logits_cols[ct], 1)
+            bad = _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], 1, NULL)
         else:
-            bad = _gather_log_run(&k, 1)
+            bad = _gather_log_run(&k, 1, NULL)
         total = _pairwise_sum(losses, n)
     if bad >= 0:
         return None  # a probability out of range: the general path raises

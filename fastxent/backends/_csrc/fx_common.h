@@ -29,7 +29,8 @@ typedef struct {
     int dense;                 /* 1: targets t; 0: sparse labels */
     const char *gw;            /* grad_weight (O, I) float64 */
     fx_ssize gw_so, gw_si;
-    double *loss;              /* loss_out (O, I) float64, C-contiguous */
+    double *loss;              /* per-row losses: row r = o*I + i at loss[r - loss_r0] */
+    fx_ssize loss_r0;          /* first row loss holds (0, or a block's first row) */
     const double *cw;          /* class_weight (C,) contiguous */
     int cw_uniform;            /* every class weight equals cw0 */
     double cw0, cw_sum;

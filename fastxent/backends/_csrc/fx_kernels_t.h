@@ -366,7 +366,7 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
     const char *xrow = k->x.data + o * k->x.so + i * k->x.si;
     const char *trow = k->dense ? k->t.data + o * k->t.so + i * k->t.si : NULL;
     char *grow = k->g.data ? k->g.data + o * k->g.so + i * k->g.si : NULL;
-    double *loss = &k->loss[o * k->n_i + i];
+    double *loss = &k->loss[o * k->n_i + i - k->loss_r0];
     const fx_ssize xs = k->x.sc, gs = k->g.sc;
     const char *xnext = i + 1 < k->n_i ? xrow + k->x.si : xrow + k->x.so - i * k->x.si;
 
@@ -583,7 +583,7 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
         R[j] += (double)(ties[j] - 1);
         loss[j] = fx_softmax_row_loss(l, A[j], R[j]);
     }
-    fx_store_losses(&k->loss[o * k->n_i + i0], loss, n, k->stream_loss);
+    fx_store_losses(&k->loss[o * k->n_i + i0 - k->loss_r0], loss, n, k->stream_loss);
     if (!go) return -1;
     /* pass 3: gradient gw (A e / S - u); exact values at y and k; special rows */
     T alpha[FX_LANES], gwt[FX_LANES], beta[FX_LANES];
@@ -654,7 +654,7 @@ static int FXN(probs_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
     const char *xrow = k->x.data + o * k->x.so + i * k->x.si;
     const char *trow = k->dense ? k->t.data + o * k->t.so + i * k->t.si : NULL;
     char *grow = k->g.data ? k->g.data + o * k->g.so + i * k->g.si : NULL;
-    double *loss = &k->loss[o * k->n_i + i];
+    double *loss = &k->loss[o * k->n_i + i - k->loss_r0];
     const fx_ssize xs = k->x.sc, gs = k->g.sc;
     if (!k->dense && y < 0) {
         *loss = 0.0;
@@ -763,7 +763,7 @@ static fx_ssize FXN(probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ss
         }
         if (out[j] && first_bad < 0) first_bad = i0 + j;
     }
-    fx_store_losses(&k->loss[o * k->n_i + i0], s, n, k->stream_loss);
+    fx_store_losses(&k->loss[o * k->n_i + i0 - k->loss_r0], s, n, k->stream_loss);
     return first_bad;
 }
 
@@ -852,21 +852,27 @@ FX_INLINE int FXN(bce_row)(int probs, const fx_call *k, fx_ssize o, fx_ssize i)
         s += FXN(bce_block)(probs, xv, tv, pv, (T)k->pw0, n, keep, half_ls, lo, hi, &bad, gd, gscale);
         if (gd) FXN(gflush)(grow + c0 * k->g.sc, k->g.sc, n, gd);
     }
-    k->loss[o * k->n_i + i] = s / (double)C;
+    k->loss[o * k->n_i + i - k->loss_r0] = s / (double)C;
     return bad;
 }
 
 /* Columns: lanes are rows, so the sum over labels is a lane-wise add (no
  * reduction across lanes); for C = 1 (axis=None) it is a flat element loop. */
-/* One class of a column task: lane-wise loss sums (pw == NULL: pw0 for all). */
-FX_INLINE void FXN(bce_lanes)(int probs, int first, const T *x, const T *t, const T *pw, T pw0,
-                              fx_ssize n, T keep, T half_ls, T lo, T hi, double *s, int32_t *out)
+/* One class of a column task: lane-wise loss sums (pw == NULL: pw0 for all) and,
+ * with `grad`, the gradient times gsc in the same pass: the logits loss and
+ * gradient then share one exp per element (GCC merges the two inlined
+ * fx_exp_neg), and x, t are read once. g may be x itself (in place): x[j] is read
+ * before g[j] is written. */
+FX_INLINE void FXN(bce_lanes)(int probs, int first, int grad, const T *x, const T *t, const T *pw,
+                              T pw0, fx_ssize n, T keep, T half_ls, T lo, T hi, double *s,
+                              int32_t *out, const T *gsc, T *g)
 {
     for (fx_ssize j = 0; j < n; j++) {
-        T v = x[j], y = t[j] * keep + half_ls;
-        double l = (double)FXN(bce_loss)(probs, v, y, pw ? pw[j] : pw0, lo, hi);
+        T v = x[j], y = t[j] * keep + half_ls, w = pw ? pw[j] : pw0;
+        double l = (double)FXN(bce_loss)(probs, v, y, w, lo, hi);
         s[j] = first ? l : s[j] + l;
         if (probs) out[j] = (first ? 0 : out[j]) | (v < 0) | (v > 1);
+        if (grad) g[j] = gsc[j] * FXN(bce_grad)(probs, v, y, w, lo, hi);
     }
 }
 
@@ -887,28 +893,25 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
         const T *x = FXN(load)(xo + c * k->x.sc, k->x.si, k->x.dtype, n, xbuf);
         const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
         const T *pw = FXN(pw_block)(k, k->pw + c * k->pw_sc + i0 * k->pw_si, k->pw_si, n, pbuf);
-        /* four specialisations: first class or not (assign, no zeroing pass), pos_weight
-         * per element or one value */
+        T *g = go ? (T *)(go + c * k->g.sc) : NULL;
+        /* eight specialisations: first class or not (assign, no zeroing pass), pos_weight
+         * per element or one value (`pw ? pw[j] : pw0` in one loop becomes a masked load,
+         * which from pw == NULL takes a microcode assist on every vector), gradient or not */
+#define FX_BCE_LANES(first, grad)                                                                 \
+        if (pw) FXN(bce_lanes)(probs, first, grad, x, t, pw, 0, n, keep, half_ls, lo, hi, s, out, gsc, g); \
+        else FXN(bce_lanes)(probs, first, grad, x, t, NULL, pw0, n, keep, half_ls, lo, hi, s, out, gsc, g);
         if (c == 0) {
-            if (pw) FXN(bce_lanes)(probs, 1, x, t, pw, 0, n, keep, half_ls, lo, hi, s, out);
-            else FXN(bce_lanes)(probs, 1, x, t, NULL, pw0, n, keep, half_ls, lo, hi, s, out);
+            if (g) { FX_BCE_LANES(1, 1) } else { FX_BCE_LANES(1, 0) }
         } else {
-            if (pw) FXN(bce_lanes)(probs, 0, x, t, pw, 0, n, keep, half_ls, lo, hi, s, out);
-            else FXN(bce_lanes)(probs, 0, x, t, NULL, pw0, n, keep, half_ls, lo, hi, s, out);
+            if (g) { FX_BCE_LANES(0, 1) } else { FX_BCE_LANES(0, 0) }
         }
-        if (go) {
-            T *g = (T *)(go + c * k->g.sc);
-            for (fx_ssize j = 0; j < n; j++) {
-                T v = x[j], y = t[j] * keep + half_ls;
-                g[j] = gsc[j] * FXN(bce_grad)(probs, v, y, pw ? pw[j] : pw0, lo, hi);
-            }
-        }
+#undef FX_BCE_LANES
     }
     if (C != 1) { /* row mean (vectorised; a divide per row in a scalar loop costs more than the loss) */
         const double Cd = (double)C;
         for (fx_ssize j = 0; j < n; j++) s[j] = s[j] / Cd;
     }
-    fx_store_losses(&k->loss[o * k->n_i + i0], s, n, k->stream_loss);
+    fx_store_losses(&k->loss[o * k->n_i + i0 - k->loss_r0], s, n, k->stream_loss);
     if (probs)
         for (fx_ssize j = 0; j < n; j++)
             if (out[j]) return i0 + j;
