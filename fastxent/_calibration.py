@@ -20,8 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-#: Work sizes measured: elements of y_pred read (rows for the gather family).
-SIZES = tuple(4 ** k for k in range(4, 13))  # 256 .. 16,777,216
+#: Work sizes measured: elements of y_pred read (rows for the gather family). Larger
+#: calls take the largest size's choice: past a few million elements every kernel
+#: streams memory, and measuring there would cost seconds per point.
+SIZES = tuple(4 ** k for k in range(4, 12))  # 256 .. 4,194,304
+#: Samples per point (at least; more while the point's time budget lasts).
+MIN_SAMPLES = 7
 #: Classes per row while measuring the row families.
 CALIBRATION_CLASSES = 256
 #: Classes per row for the gather family: one 64-byte cache line per float32 row, as
@@ -97,22 +101,28 @@ def _problem_for(family: str, work: int, backend: str):
     )  # fmt: skip
 
 
-def _median_time(fn, budget: float) -> float:
-    fn()  # warm-up (and JIT compilation)
-    times = []
+def _median_times(runners: list, budget: float) -> list[float]:
+    """Median seconds of each zero-argument function, timed in interleaved rounds
+    (one call of each per round), so that a load spike on a shared machine falls on
+    every candidate of the point rather than on one of them."""
+    for fn in runners:
+        fn()  # warm-up (and JIT compilation)
+    times: list[list[float]] = [[] for _ in runners]
     deadline = time.perf_counter() + budget
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 50):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    while len(times[0]) < MIN_SAMPLES or (time.perf_counter() < deadline and len(times[0]) < 50):
+        for fn, samples in zip(runners, times):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return [float(np.median(samples)) for samples in times]
 
 
 def measure(backends_: list[str] | None = None, progress=None) -> dict:
     """Measure every (backend, family, threads, size): the calibration table.
 
-    The NumPy backend is left out when a compiled one is available (``auto`` only
-    falls back to it when none is).
+    The thread counts of a point are timed against each other in interleaved
+    rounds. The NumPy backend is left out when a compiled one is available
+    (``auto`` only falls back to it when none is).
     """
     from . import backends
     from ._api import kernel_runner
@@ -124,15 +134,16 @@ def measure(backends_: list[str] | None = None, progress=None) -> dict:
     cores = available_cores()
     thread_counts = sorted({1, cores})
     times: dict = {}
-    steps = [(b, f, t, s) for b in names for f in FAMILIES for t in thread_counts for s in SIZES]
-    for step, (backend, family, threads, size) in enumerate(steps):
+    steps = [(b, f, s) for b in names for f in FAMILIES for s in SIZES]
+    for step, (backend, family, size) in enumerate(steps):
         if progress:
-            progress(step, len(steps), f"{backend} {family} {threads} thread(s) {size:,}")
+            progress(step, len(steps), f"{backend} {family} {size:,}")
         problem = _problem_for(family, size, backend)
         if backends.unsupported_reason(backend, problem) is not None:
             continue
-        seconds = _median_time(kernel_runner(problem, backend, threads), budget=0.05)
-        times.setdefault(backend, {}).setdefault(family, {}).setdefault(str(threads), []).append(seconds)
+        runners = [kernel_runner(problem, backend, threads) for threads in thread_counts]
+        for threads, seconds in zip(thread_counts, _median_times(runners, budget=0.25)):
+            times.setdefault(backend, {}).setdefault(family, {}).setdefault(str(threads), []).append(seconds)
     if progress:
         progress(len(steps), len(steps), "done")
     return {

@@ -1,8 +1,9 @@
 """The compiled small-call fast path for sparse losses (``_cython_ext.fast_sparse``).
 
-It must be invisible: the same bits and dtype as the general path, the same errors
-(it hands every doubtful call back), and off whenever the user asked for something
-it does not do (another backend, threads, weights, gradients...).
+It must be invisible: the same bits and dtype as the general path (loss and
+gradient), the same errors (it hands every doubtful call back), and off whenever
+the user asked for something it does not do (another backend, threads, weights,
+a gradient buffer that overlaps an input...).
 """
 
 from __future__ import annotations
@@ -83,7 +84,6 @@ def test_extremes_same_as_general_path():
         {"backend": "numpy"},
         {"class_weight": np.ones(4)},
         {"sample_weight": np.ones(6)},
-        {"return_grad": True},
         {"label_smoothing": 0.1},
         {"reduction": "none"},
         {"axis": 0},
@@ -98,6 +98,50 @@ def test_declines_what_it_does_not_do(rng, options):
     assert not served_by_fast_path(y, x, from_logits=True, **options)
     plan = fastxent.explain(sparse, y, x, from_logits=True, **options)
     assert "fast path" not in plan.reason
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("where", ["new", "in_place", "separate"])
+def test_gradient_same_bits_as_general_path(rng, dtype, from_logits, reduction, where):
+    n, c = 40, 6
+    y = rng.integers(0, c, size=n)
+    y[::7] = -100
+    x = (rng.standard_normal((n, c)) * 4).astype(dtype) if from_logits else rng.dirichlet(np.ones(c), n).astype(dtype)
+    options = dict(from_logits=from_logits, reduction=reduction, ignore_index=-100, return_grad=True)
+    want_loss, want_grad = general_path(y, x, **options)
+    buffer = {"new": None, "in_place": x.copy(), "separate": np.full_like(x, np.nan)}[where]
+    inputs = buffer if where == "in_place" else x
+    assert served_by_fast_path(y, inputs, **options, grad_out=buffer)
+    loss, grad = sparse(y, inputs, **options, grad_out=buffer)
+    assert loss.tobytes() == want_loss.tobytes()
+    assert grad.dtype == want_grad.dtype and grad.tobytes() == want_grad.tobytes()
+    assert buffer is None or grad is buffer
+
+
+def test_gradient_declines_overlapping_or_odd_buffers(rng):
+    y = rng.integers(0, 4, size=6)
+    memory = rng.standard_normal((7, 4))
+    x = memory[:-1]
+    overlapping = memory[1:]
+    for bad in (overlapping, x.astype(np.float32), np.zeros((6, 4), order="F"), np.zeros((6, 4))[:, ::-1]):
+        assert not served_by_fast_path(y, x, from_logits=True, return_grad=True, grad_out=bad)
+    with pytest.raises(ValueError, match="grad_out"):
+        sparse(y, x, from_logits=True, return_grad=True, grad_out=overlapping)
+    with pytest.raises(ValueError, match="grad_out"):
+        sparse(y, x, from_logits=True, return_grad=True, grad_out=x[::-1])  # y_pred's memory, reversed
+    assert not served_by_fast_path(y, x, from_logits=True, grad_out=np.zeros_like(x))  # grad_out without return_grad
+
+
+def test_gradient_in_place_probabilities_out_of_range_leave_the_buffer(rng):
+    y = np.array([0, 1, 2])
+    p = np.full((3, 3), 1 / 3)
+    p[2, 2] = 1.5
+    before = p.copy()
+    with pytest.raises(ValueError, match="y_pred"):
+        sparse(y, p, return_grad=True, grad_out=p)
+    np.testing.assert_array_equal(p, before)
 
 
 def test_declines_large_strided_and_other_dtypes(rng):

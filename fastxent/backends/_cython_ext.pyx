@@ -577,7 +577,9 @@ cdef inline fx_ssize _block(const fx_call *k, const _runner *ru, fx_ssize b, dou
 cdef fx_ssize _blocks(const fx_call *k, const _runner *ru, int nt, double *sums) except -2 nogil:
     """Every row, block by block, each thread with one block-sized loss buffer (in
     cache): only the block sums reach memory."""
-    cdef fx_ssize n_blocks = (k.n_o * k.n_i + BLOCK_ROWS - 1) // BLOCK_ROWS, b, result
+    cdef fx_ssize n_rows = k.n_o * k.n_i, b, result
+    cdef fx_ssize n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    cdef size_t buf_bytes = min(n_rows, BLOCK_ROWS) * sizeof(double)  # small: no mmap
     cdef fx_ssize *bad = <fx_ssize *>malloc(n_blocks * sizeof(fx_ssize))
     cdef double *buf = NULL
     cdef int failed = 0
@@ -585,7 +587,7 @@ cdef fx_ssize _blocks(const fx_call *k, const _runner *ru, int nt, double *sums)
         with gil:
             raise MemoryError()
     if nt == 1:
-        buf = <double *>malloc(BLOCK_ROWS * sizeof(double))
+        buf = <double *>malloc(buf_bytes)
         failed = buf == NULL
         if not failed:
             for b in range(n_blocks):
@@ -594,7 +596,7 @@ cdef fx_ssize _blocks(const fx_call *k, const _runner *ru, int nt, double *sums)
     else:
         fx_note_parallel_use()
         with parallel(num_threads=nt):
-            buf = <double *>malloc(BLOCK_ROWS * sizeof(double))
+            buf = <double *>malloc(buf_bytes)
             # dynamic: blocks are few (16,384 rows each), a static split would leave
             # one thread idle for up to a block; the sums land in place either way
             for b in prange(n_blocks, schedule="dynamic"):
@@ -967,10 +969,12 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
 
     Serves: C-contiguous 2-D float32/float64 ``y_pred`` of at most 32,768 elements
     (4,096 rows), 1-D int32/int64 labels, class axis last, no weights, no label
-    smoothing, no gradient, ``reduction`` mean/sum, default backend and one thread.
-    Anything else -- including any invalid input, whose error the general path
-    raises -- returns None. The result has the bits the general path would give:
-    the same kernel, and NumPy's pairwise summation of the per-row losses.
+    smoothing, ``reduction`` mean/sum, default backend and one thread; with
+    ``return_grad``, a new gradient array, ``y_pred`` itself (in place) or a plain
+    ``grad_out`` that overlaps neither input. Anything else -- including any invalid
+    input, whose error the general path raises -- returns None. The result has the
+    bits the general path would give: the same kernel with the same gradient scale,
+    and NumPy's pairwise summation of the per-row losses.
     With ``plan_only`` it returns True instead of running (for ``fastxent.explain``).
     """
     cdef cnp.ndarray x, lab
@@ -985,9 +989,13 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     cdef fx_call k
     cdef fx_ssize bad
     cdef const fx_table *tb
+    cdef cnp.ndarray g = None
+    cdef double grad_scale
     if not (_plain_array(y_pred, 2) and _plain_array(y_true, 1)):
         return None
-    if class_weight is not None or sample_weight is not None or grad_out is not None or return_grad is not False:
+    if class_weight is not None or sample_weight is not None:
+        return None
+    if not (return_grad is False or return_grad is True) or (grad_out is not None and return_grad is False):
         return None
     if not (from_logits is True or from_logits is False):
         return None
@@ -1022,6 +1030,8 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
         return None
     if n * c > FAST_MAX_ELEMENTS or lab.shape[0] != n:
         return None
+    if grad_out is not None and grad_out is not y_pred and not _separate_grad_out(grad_out, x, lab):
+        return None
     lsz = cnp.PyArray_ITEMSIZE(lab)
     if not ((lt == cnp.NPY_LONG or lt == cnp.NPY_LONGLONG or lt == cnp.NPY_INT) and (lsz == 8 or lsz == 4)):
         return None
@@ -1053,6 +1063,21 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     tb = fx_active()
     ct = _ct(&k)
     logits = from_logits is True
+    if return_grad is True and not logits:
+        # probabilities are range-checked by a loss-only pass before any gradient
+        # is written: the caller's buffer (perhaps y_pred) stays untouched on error
+        with nogil:
+            bad = _gather_log_run(&k, 1, NULL)
+        if bad >= 0:
+            return None  # the general path raises
+    if return_grad is True:
+        g = <cnp.ndarray>(grad_out if grad_out is not None else np.empty((n, c), dtype=x.dtype))
+        # the gradient of the returned loss: 1/count for the mean (as _reduce.grad_weight)
+        grad_scale = (0.0 if count == 0 else 1.0 / <double>count) if mean else 1.0
+        k.gw = <const char *>&grad_scale
+        k.g.data = <char *>cnp.PyArray_DATA(g)
+        k.g.dtype = k.x.dtype
+        k.g.so, k.g.sc, k.g.si = k.x.so, k.x.sc, k.x.si  # g is laid out as x
     with nogil:
         if logits:
             bad = _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], 1, NULL)
@@ -1064,9 +1089,29 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     if mean:
         total = 0.0 if count == 0 else total / <double>count
     if xt == cnp.NPY_DOUBLE:
-        return PyArray_Scalar(&total, _dtype_f64, None)
-    f = <float>total
-    return PyArray_Scalar(&f, _dtype_f32, None)
+        loss = PyArray_Scalar(&total, _dtype_f64, None)
+    else:
+        f = <float>total
+        loss = PyArray_Scalar(&f, _dtype_f32, None)
+    return (loss, g) if return_grad is True else loss
+
+
+cdef bint _separate_grad_out(object grad_out, cnp.ndarray x, cnp.ndarray lab):
+    """grad_out is a plain writeable array of y_pred's shape and dtype whose memory
+    overlaps neither y_pred nor the labels."""
+    if not (_plain_array(grad_out, 2) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>grad_out)):
+        return False
+    cdef cnp.ndarray g = <cnp.ndarray>grad_out
+    if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(x) or g.shape[0] != x.shape[0] or g.shape[1] != x.shape[1]:
+        return False
+    return not (_overlap(g, x) or _overlap(g, lab))
+
+
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    """Whether two contiguous arrays share a byte."""
+    cdef char *pa = <char *>cnp.PyArray_DATA(a)
+    cdef char *pb = <char *>cnp.PyArray_DATA(b)
+    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
 
 
 # -------------------------------------------------------------------------- test and bench hooks
