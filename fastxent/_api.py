@@ -311,7 +311,7 @@ def _call(kernel, p: Problem, threads: int, grad_weight, out, grad_view, summed:
     if not p.from_logits:
         args.append(p.epsilon)
     if grad_weight is None:
-        grad_weight = np.broadcast_to(np.float64(0.0), (p.layout.outer, p.layout.inner))
+        grad_weight = _reduce.constant(0.0, (p.layout.outer, p.layout.inner))
     args += [grad_weight, out, grad_view, threads]
     return kernel(*args, block_sums=True) if summed else kernel(*args)
 
@@ -319,7 +319,7 @@ def _call(kernel, p: Problem, threads: int, grad_weight, out, grad_view, summed:
 def _unit_weights(p: Problem) -> np.ndarray:
     c = p.n_classes
     if p.kind == "binary":
-        return np.broadcast_to(np.float64(1.0), (c, p.layout.inner))
+        return _reduce.constant(1.0, (c, p.layout.inner))
     return np.ones(c)
 
 
