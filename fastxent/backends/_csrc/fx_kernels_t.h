@@ -12,7 +12,8 @@
  * Vectorisation notes: sums over a row are float64 and are written with eight
  * independent lane accumulators (FX_LANESUM), because GCC does not reassociate a
  * single float accumulator without -ffast-math; each lane adds in a fixed
- * order, so results do not depend on the thread count.
+ * order, so results do not depend on the thread count. The softmax exp sums
+ * (FX_RUNSUM) add float32 exps in float32 lanes over short runs first.
  */
 
 #define FX_CAT_(a, b) a##_##b
@@ -69,6 +70,70 @@
         RESULT = s_;                                                                       \
     } while (0)
 #endif
+
+/* RESULT = sum_{c < N} (double)F(c0, j), c = c0 + j, for the exp sums: T lanes (8,
+ * or 16 with FX_LANES16) add FX_RUN elements at a time (16 or 8 terms a lane), and
+ * only each run's lane sums are converted and added into float64 lanes. Summing
+ * float32 exps straight into float64 costs a conversion, an extract and a float64
+ * add per 4 elements, more than a third of the exp's own operations; a run's
+ * float32 lane sum of at most 16 positive terms is off by < 1e-6 relative (the
+ * float32 tolerance is 1e-5), and the sum over runs, hence over a 128k-class
+ * row, stays float64. FM(c0, j) is F with the element at j == skr left out: the
+ * one run holding it (skr = SKIP - c0 in [0, run length)) uses FM, every other
+ * run F, so the other vector steps carry no mask. PRE(c0) runs once per run.
+ * Each lane adds in a fixed order: no dependence on the thread count. */
+#define FX_RUN 128
+#define FX_RUN8_(F, j_) \
+    f0_ += F(c0_, j_);     f1_ += F(c0_, j_ + 1); f2_ += F(c0_, j_ + 2); \
+    f3_ += F(c0_, j_ + 3); f4_ += F(c0_, j_ + 4); f5_ += F(c0_, j_ + 5); \
+    f6_ += F(c0_, j_ + 6); f7_ += F(c0_, j_ + 7);
+#ifdef FX_LANES16
+#define FX_RUNW 16
+#define FX_RUNSTEP_(F, j_) FX_RUN8_(F, j_) \
+    g0_ += F(c0_, j_ + 8);  g1_ += F(c0_, j_ + 9);  g2_ += F(c0_, j_ + 10); \
+    g3_ += F(c0_, j_ + 11); g4_ += F(c0_, j_ + 12); g5_ += F(c0_, j_ + 13); \
+    g6_ += F(c0_, j_ + 14); g7_ += F(c0_, j_ + 15);
+#define FX_RUNG_DECL T g0_ = 0, g1_ = 0, g2_ = 0, g3_ = 0, g4_ = 0, g5_ = 0, g6_ = 0, g7_ = 0;
+#define FX_RUNG_ADD                                                                        \
+    b0_ += (double)g0_; b1_ += (double)g1_; b2_ += (double)g2_; b3_ += (double)g3_;       \
+    b4_ += (double)g4_; b5_ += (double)g5_; b6_ += (double)g6_; b7_ += (double)g7_;
+#else
+#define FX_RUNW 8
+#define FX_RUNSTEP_(F, j_) FX_RUN8_(F, j_)
+#define FX_RUNG_DECL
+#define FX_RUNG_ADD
+#endif
+#define FX_RUNSUM(RESULT, N, F, FM, SKIP, PRE)                                                \
+    do {                                                                                   \
+        double a0_ = 0, a1_ = 0, a2_ = 0, a3_ = 0, a4_ = 0, a5_ = 0, a6_ = 0, a7_ = 0;     \
+        double b0_ = 0, b1_ = 0, b2_ = 0, b3_ = 0, b4_ = 0, b5_ = 0, b6_ = 0, b7_ = 0;     \
+        const fx_ssize nv_ = (N) - (N) % FX_RUNW; /* end of the vector steps */          \
+        fx_ssize c0_ = 0;                                                                  \
+        for (; c0_ < nv_; c0_ += FX_RUN) {                                                 \
+            const int len_ = (int)(nv_ - c0_ < FX_RUN ? nv_ - c0_ : FX_RUN);               \
+            const fx_ssize skr_ = (SKIP) - c0_;                                            \
+            PRE(c0_);                                                                      \
+            T f0_ = 0, f1_ = 0, f2_ = 0, f3_ = 0, f4_ = 0, f5_ = 0, f6_ = 0, f7_ = 0;      \
+            FX_RUNG_DECL                                                                   \
+            if (skr_ >= 0 && skr_ < len_) {                                                \
+                const int skr = (int)skr_;                                                 \
+                for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(FM, j_) }        \
+            } else {                                                                       \
+                for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(F, j_) }         \
+            }                                                                              \
+            a0_ += (double)f0_; a1_ += (double)f1_; a2_ += (double)f2_; a3_ += (double)f3_; \
+            a4_ += (double)f4_; a5_ += (double)f5_; a6_ += (double)f6_; a7_ += (double)f7_; \
+            FX_RUNG_ADD                                                                    \
+        }                                                                                  \
+        a0_ += b0_; a1_ += b1_; a2_ += b2_; a3_ += b3_;                                    \
+        a4_ += b4_; a5_ += b5_; a6_ += b6_; a7_ += b7_;                                    \
+        double s_ = ((a0_ + a1_) + (a2_ + a3_)) + ((a4_ + a5_) + (a6_ + a7_));             \
+        for (c0_ = nv_; c0_ < (N); c0_++) {                                                \
+            const fx_ssize skr = (SKIP) - c0_;                                             \
+            s_ += (double)FM(c0_, 0);                                                      \
+        }                                                                                  \
+        RESULT = s_;                                                                       \
+    } while (0)
 #endif
 
 /* ------------------------------------------------------------------ loads and stores */
@@ -172,31 +237,52 @@ static inline double FXN(grad_weight)(const fx_call *k, fx_ssize o, fx_ssize i)
 
 /* ------------------------------------------------------------------ row reductions */
 
-/* Row max (NaN ignored) and whether a NaN is present. An integer max over
- * order-preserving keys vectorises on every ISA (a float max needs finite-math). */
-static T FXN(block_max)(const T *x, fx_ssize n, int *has_nan)
+/* Block max, for the exp pass: the largest value when the block holds no NaN.
+ * As signed integers, the bits of non-negative floats order like the floats and
+ * those of negative ones in reverse, so the max is the largest bits when they are
+ * >= 0, else the smallest bits: two integer reductions (one operation each a
+ * vector), no key transform, no NaN test. A positive NaN lies above +inf and a
+ * negative one below -inf in these orders: NaN is returned when the block holds a
+ * positive NaN or nothing but negative ones; other negative NaNs are not seen
+ * here -- the exp pass turns them into a NaN sum (the caller checks it), and a
+ * block of -inf skips that pass, so the caller looks for them there
+ * (has_nan). */
+static T FXN(block_max)(const T *x, fx_ssize n)
 {
-    FX_K mk = (FX_K)1 << (sizeof(FX_K) * 8 - 1); /* most negative key: below -inf */
-    int nan = 0;
+    FX_K hi = (FX_K)1 << (sizeof(FX_K) * 8 - 1); /* INT_MIN */
+    FX_K lo = ~hi;                                /* INT_MAX */
     for (fx_ssize c = 0; c < n; c++) {
-        FX_K key = FXM(fx_key)(x[c]);
-        mk = key > mk ? key : mk;
-        nan |= x[c] != x[c];
+        FX_K b;
+        memcpy(&b, &x[c], sizeof b);
+        hi = b > hi ? b : hi;
+        lo = b < lo ? b : lo;
     }
-    *has_nan = nan;
-    T m = FXM(fx_unkey)(mk);
-    /* a negative-signed NaN keys below -inf: report -inf for an all-NaN block */
-    return m != m ? (T)-INFINITY : m;
+    const FX_K mb = hi >= 0 ? hi : lo;
+    T m;
+    memcpy(&m, &mb, sizeof m);
+    return m;
 }
 
-/* First index holding v (present): whole blocks are tested with a vectorised
- * any-equal before the scalar scan. */
+static int FXN(has_nan)(const T *x, fx_ssize n)
+{
+    int nan = 0;
+    for (fx_ssize c = 0; c < n; c++) nan |= x[c] != x[c];
+    return nan;
+}
+
+/* First index holding v (present): whole blocks of 64, then of 8, are tested
+ * with a vectorised any-equal before the scalar scan of at most 8. */
 static fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
 {
     fx_ssize c = 0;
     for (; c + 64 <= n; c += 64) {
         int hit = 0;
         for (int j = 0; j < 64; j++) hit |= x[c + j] == v;
+        if (hit) break;
+    }
+    for (; c + 8 <= n; c += 8) {
+        int hit = 0;
+        for (int j = 0; j < 8; j++) hit |= x[c + j] == v;
         if (hit) break;
     }
     for (; c < n; c++)
@@ -213,6 +299,15 @@ static fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
 #define FX_PREFETCH_L2(p) ((void)(p))
 #endif
 
+#define FX_IOTA8_(b) b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
+#define FX_IOTA32_(b) FX_IOTA8_(b), FX_IOTA8_(b + 8), FX_IOTA8_(b + 16), FX_IOTA8_(b + 24)
+/* 0, 1, ..., FX_RUN - 1 (the index of each element of a run), for masks */
+static const T FXN(run_iota)[FX_RUN] = {
+    FX_IOTA32_(0), FX_IOTA32_(32), FX_IOTA32_(64), FX_IOTA32_(96)
+};
+#undef FX_IOTA8_
+#undef FX_IOTA32_
+
 /* sum_{c in [0, n), c != skip} exp(x_c - m) in float64 (skip: the row's first
  * argmax when it lies in this block, else -1). Leaving the argmax's exp(0) = 1 out
  * of the sum keeps R = S - 1 exact when one class dominates; other classes equal
@@ -220,7 +315,7 @@ static fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
  * exp(x_c - m) (the gradient pass reuses them). pf: the block read next. */
 static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, T *e, const char *pf)
 {
-    double s1 = 0, s2 = 0;
+    double s1 = 0;
     if (n <= 64) {
         /* short rows: a padded copy (the argmax and the padding set to -inf, whose
          * exp is 0) keeps every exp in vector steps instead of scalar tails */
@@ -238,39 +333,43 @@ static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, T *e, con
         }
         return s1;
     }
-    const fx_ssize cut = skip >= 0 ? skip : n;
-    /* all at once: a prefetch inside the loop would stop its vectorisation */
-    for (fx_ssize b = 0; b < n * (fx_ssize)sizeof(T); b += 64) FX_PREFETCH_L2(pf + b);
-#define FX_EXP(c) FXM(fx_exp_neg)(x[c] - m)
-#define FX_EXP_ST(c) (e[c] = FXM(fx_exp_neg)(x[c] - m))
-#define FX_EXP_IP(c) (e[c] = FXM(fx_exp_neg)(e[c] - m))
+    /* the next block into cache while this one computes, a run's worth (FX_RUN
+     * elements) per run: spread over the pass, the prefetches overlap the exps
+     * and never queue up on the outstanding-miss limit (all at once up front, the
+     * 63 lines of a 1000-class float32 row were slower: ~0.9 vs ~0.67 ns/element
+     * streaming 2 threads). Prefetches stay out of the vector loop (they would stop
+     * its vectorisation). */
+#define FX_PF_RUN(c0)                                                              \
+    for (int b_ = 0; b_ < FX_RUN * (int)sizeof(T); b_ += 64)                       \
+        FX_PREFETCH_L2(pf + (c0) * (fx_ssize)sizeof(T) + b_)
+    /* one sweep: the argmax is left out by the masked run (FX_RUNSUM); its stored
+     * exp is exp(0) = 1 either way */
+#define FX_EXP(c0, j) FXM(fx_exp_neg)(x[(c0) + (j)] - m)
+#define FX_EXP_ST(c0, j) (e[(c0) + (j)] = FXM(fx_exp_neg)(x[(c0) + (j)] - m))
+#define FX_EXP_IP(c0, j) (e[(c0) + (j)] = FXM(fx_exp_neg)(e[(c0) + (j)] - m))
+    /* the mask compares a table of indices (a vector load): GCC does not build
+     * the vector {j, j+1, ...} from the scalar index and would leave the run scalar */
+#define FX_EXP_M(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_EXP(c0, j))
+#define FX_EXP_STM(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_EXP_ST(c0, j))
+#define FX_EXP_IPM(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_EXP_IP(c0, j))
     if (e && (const T *)e == x) {
         /* in place (grad_out is x): one pointer, or GCC's overlap check sends the
          * loop to its scalar version */
-        FX_LANESUM(s1, cut, FX_EXP_IP, FX_NOPRE);
-        if (skip >= 0) {
-            e[skip] = (T)1;
-            e += skip + 1;
-            FX_LANESUM(s2, n - skip - 1, FX_EXP_IP, FX_NOPRE);
-        }
+        FX_RUNSUM(s1, n, FX_EXP_IP, FX_EXP_IPM, skip, FX_PF_RUN);
     } else if (e) {
-        FX_LANESUM(s1, cut, FX_EXP_ST, FX_NOPRE);
-        if (skip >= 0) {
-            e[skip] = (T)1;
-            x += skip + 1; e += skip + 1;
-            FX_LANESUM(s2, n - skip - 1, FX_EXP_ST, FX_NOPRE);
-        }
+        FX_RUNSUM(s1, n, FX_EXP_ST, FX_EXP_STM, skip, FX_PF_RUN);
     } else {
-        FX_LANESUM(s1, cut, FX_EXP, FX_NOPRE);
-        if (skip >= 0) {
-            x += skip + 1;
-            FX_LANESUM(s2, n - skip - 1, FX_EXP, FX_NOPRE);
-        }
+        FX_RUNSUM(s1, n, FX_EXP, FX_EXP_M, skip, FX_PF_RUN);
     }
 #undef FX_EXP
 #undef FX_EXP_ST
 #undef FX_EXP_IP
-    return s1 + s2;
+#undef FX_EXP_M
+#undef FX_EXP_STM
+#undef FX_EXP_IPM
+#undef FX_PF_RUN
+    if (e && skip >= 0) e[skip] = (T)1;
+    return s1;
 }
 
 /* sum_{u_c != 0} u_c (m - x_c): a zero weight contributes exactly 0 even where
@@ -391,9 +490,8 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
         const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
         const T *xv = FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
         const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
-        int has_nan;
-        T bmax = FXN(block_max)(xv, n, &has_nan);
-        if (has_nan || bmax == (T)INFINITY) { bad = 1; break; } /* NaN / +inf: NaN row */
+        T bmax = FXN(block_max)(xv, n);
+        if (bmax != bmax || bmax == (T)INFINITY) { bad = 1; break; } /* NaN / +inf: NaN row */
         fx_ssize skip = -1; /* the first argmax, when this block holds it */
         if (bmax > m) {
             if (m > (T)-INFINITY) {
@@ -409,6 +507,7 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
             kmax = c0 + skip;
         }
         if (m == (T)-INFINITY) { /* everything so far is -inf: only weights count */
+            if (FXN(has_nan)(xv, n)) { bad = 1; break; } /* negative NaNs (block_max) */
             usum += w.kind == U_VEC ? FXN(sum)(uv, n) : (w.kind == U_CONST ? (double)w.u0 * (double)n : 0.0);
             continue;
         }
@@ -422,12 +521,15 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
         }
         /* the block read next: the rest of this row, or the next row's start */
         const char *pf = c0 + n < C ? xrow + (c0 + n) * xs : xnext;
+        double r;
         if (grow && single) {
             ework = FXN(gdst)(grow, gs, ebuf);
-            R += FXN(exp_sum)(xv, n, m, skip, ework, pf);
+            r = FXN(exp_sum)(xv, n, m, skip, ework, pf);
         } else {
-            R += FXN(exp_sum)(xv, n, m, skip, NULL, pf);
+            r = FXN(exp_sum)(xv, n, m, skip, NULL, pf);
         }
+        if (r != r) { bad = 1; break; } /* a negative NaN (block_max): exp(NaN - m) */
+        R += r;
     }
 
     const double A = k->dense ? usum : w.A;

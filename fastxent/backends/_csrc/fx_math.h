@@ -81,29 +81,40 @@ FX_INLINE float fx_half_to_f32(uint16_t h)
 
 /* ------------------------------------------------------------------ exp */
 
+/* e^r for |r| <= ln2/2: 1 + r + r^2 q(r), degree 6, Horner to the end (max
+ * 0.94 ulp with FMA, 1.24 without, over every float in [-87.3, 0]). Six
+ * multiply-adds where Estrin took eight (r^2, r^4 and a final add): the exp loops
+ * are bound by the FMA ports, not by latency (their iterations are independent),
+ * so the longer chain costs nothing (AVX2 exp loop ~0.265 vs ~0.29 ns/element). */
+FX_INLINE float fx_exp_poly_f32(float r)
+{
+    float q = 0x1.6d10fcp-10f * r + 0x1.120b62p-7f;
+    q = q * r + 0x1.55551ap-5f;
+    q = q * r + 0x1.5554dep-3f;
+    q = q * r + 0x1.0p-1f;
+    q = q * r + 1.0f;
+    return q * r + 1.0f;
+}
+
 /* exp for x <= 0 (or NaN) -- every exponential the kernels take is of that form
  * (x - rowmax, -|x|), so the hot loops skip overflow handling.
- * Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial for
- * e^r (Estrin, ~1 ulp), 2^n from the exponent bits. exp(-inf) = 0, NaN -> NaN,
- * results below FLT_MIN/2 underflow to 0 (the clamp makes n = -127, a zero scale). */
+ * Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, fx_exp_poly_f32 for e^r, 2^n
+ * from the exponent bits. exp(-inf) = 0, NaN -> NaN, results below FLT_MIN/2
+ * underflow to 0. */
 FX_INLINE float fx_exp_neg_f32(float x)
 {
     /* No clamp in front (it would lengthen the dependency chain every element
      * waits on): x < -88 (and -inf) is replaced by 0 at the end instead; NaN fails
-     * that comparison and propagates through the arithmetic. */
-    float t = x * 1.44269504088896341f + 12582912.0f;       /* 1.5*2^23: round n */
-    float n = t - 12582912.0f;
-    int32_t ni = (int32_t)(fx_f2u(t) - 0x4B400000u);
+     * that comparison and propagates through the arithmetic.
+     * The rounding constant 1.5*2^23 + 127 leaves n + 127 in the low bits of t, so
+     * t's bits shifted left by 23 are the scale 2^n itself (n + 127 in [0, 255]
+     * for x >= -88; n = -127 gives a zero scale): one shift, no integer add. */
+    float t = x * 1.44269504088896341f + 12583039.0f;       /* 1.5*2^23 + 127 */
+    float n = t - 12583039.0f;
     float r = x - n * 0.693359375f;                           /* ln2 hi: n*hi exact */
     r = r - n * -2.12194440e-4f;                              /* ln2 lo */
-    float r2 = r * r;
-    float a = 0x1.5554dep-3f * r + 0x1.0p-1f;
-    float b = 0x1.120b62p-7f * r + 0x1.55551ap-5f;
-    float q = b * r2 + a;
-    q = 0x1.6d10fcp-10f * (r2 * r2) + q;
-    float p = (q * r2 + r) + 1.0f;
-    /* n = -127 gives a zero scale: results below ~1e-38 underflow to 0 */
-    return fx_sel_f32(x < -88.0f, 0.0f, p * fx_u2f((uint32_t)(ni + 127) << 23));
+    float p = fx_exp_poly_f32(r);
+    return fx_sel_f32(x < -88.0f, 0.0f, p * fx_u2f(fx_f2u(t) << 23));
 }
 
 FX_INLINE double fx_exp_neg_f64(double x)
@@ -143,12 +154,7 @@ FX_INLINE float fx_exp_f32(float x)
     int32_t ni = (int32_t)(fx_f2u(t) - 0x4B400000u);
     float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
-    float r2 = r * r;
-    float a = 0x1.5554dep-3f * r + 0x1.0p-1f;
-    float b = 0x1.120b62p-7f * r + 0x1.55551ap-5f;
-    float q = b * r2 + a;
-    q = 0x1.6d10fcp-10f * (r2 * r2) + q;
-    float p = (q * r2 + r) + 1.0f;
+    float p = fx_exp_poly_f32(r);
     int32_t n1 = ni >> 1, n2 = ni - n1;
     return p * fx_u2f((uint32_t)(n1 + 127) << 23) * fx_u2f((uint32_t)(n2 + 127) << 23);
 }
