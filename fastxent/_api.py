@@ -13,13 +13,13 @@ import numpy as np
 
 from . import _reduce, backends
 from ._dispatch import choose
-from ._config import _backend_var
+from ._config import _backend_var, _threads_var
 from ._validate import Problem, build_problem
 
 try:  # the compiled small-call fast path (see _cython_ext.fast_sparse)
     from .backends._cython_ext import _fast_configure, fast_sparse as _fast_sparse
 
-    _fast_configure(_backend_var)
+    _fast_configure(_backend_var, _threads_var)
 except ImportError:  # a source tree without the extension: the general path only
     _fast_sparse = None
 

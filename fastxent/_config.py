@@ -90,17 +90,20 @@ def resolve_threads(threads: int | None) -> tuple[int, str]:
 
 
 try:
-    from .backends._cython_ext import settings_state as _compiled_settings_state
+    from .backends._cython_ext import settings_key as _compiled_settings_key
 except ImportError:  # a source tree without the extension
-    _compiled_settings_state = None
+    _compiled_settings_key = None
 
 
-def settings_state() -> tuple:
-    """The environment the defaults depend on, as a hashable value (cheap: in C)."""
-    if _compiled_settings_state is not None:
-        return _compiled_settings_state()
+def settings_key():
+    """Everything the default backend and thread count depend on besides the call's
+    arguments (``config()`` and the environment) as a hashable value, cheap to get
+    and to hash: a small int from the compiled extension, else a tuple."""
+    if _compiled_settings_key is not None:
+        return _compiled_settings_key()
     env = os.environ
-    return (env.get("FASTXENT_BACKEND"), env.get("FASTXENT_NUM_THREADS"), env.get("OMP_NUM_THREADS"), None)
+    return (_backend_var.get(), _threads_var.get(), env.get("FASTXENT_BACKEND"), env.get("FASTXENT_NUM_THREADS"),
+            env.get("OMP_NUM_THREADS"))
 
 
 def available_cores() -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import backends
 from ._calibration import family_of, load, work_of
-from ._config import _backend_var, _threads_var, resolve_backend, resolve_threads, settings_state
+from ._config import resolve_backend, resolve_threads, settings_key
 
 _AUTO_ORDER = ("cython", "numba", "numpy")
 
@@ -115,13 +115,13 @@ def choose(problem) -> tuple[str, int]:
 
     A loop calling the same shapes pays for the decision once; afterwards it costs a
     tuple and a dict lookup. The key holds everything the decision reads: the call's
-    arguments, ``config()`` blocks, the environment and OpenMP limit
-    (``settings_state``), the kernel family, shape and dtype. Events that change
+    arguments, ``config()`` blocks, the environment and OpenMP limit (one int,
+    ``settings_key``), the kernel family, shape and dtype. Events that change
     decisions for every key -- a new calibration, Numba compiling a kernel -- call
     :func:`forget_choices`.
     """
     key = (
-        problem.backend, problem.threads, _backend_var.get(), _threads_var.get(), settings_state(),
+        problem.backend, problem.threads, settings_key(),
         problem.kind, problem.from_logits, problem.label_smoothing == 0, problem.return_grad,
         problem.x.shape, problem.x.dtype,
     )
