@@ -322,6 +322,32 @@ def test_gather_reads_one_value_per_row(nk):
     np.testing.assert_array_equal(out[0], out[1])
 
 
+@pytest.mark.parametrize("shape", [(3 * 512 + 37, 5, 1), (3, 5, 1300)], ids=["rows", "inner"])
+def test_gather_across_work_items_agrees_with_numpy(nk, shape):
+    """The gather works on blocks of 512 rows (along the outer axis, or the inner one
+    when I > 1): blocks, partial blocks, ignored rows and gradients match NumPy, and
+    the first out-of-range row is found in whichever block holds it."""
+    rng = np.random.default_rng(8)
+    o, c, i = shape
+    rows = rng.dirichlet(np.ones(c), o * i)  # row r of the flat row order (o, i)
+    x = rows.reshape(o, i, c).transpose(0, 2, 1)
+    labels = rng.integers(0, c, (o, i))
+    labels.reshape(-1)[::7] = -100
+    args = [x, labels, rng.uniform(0.5, 2, c), 0.0, -100, 1e-7, rng.uniform(0.5, 2, (o, i))]
+    want = run(backends.module("numpy"), "sparse_from_probs", list(args), "out")
+    for threads in (1, 2):
+        got = run(nk, "sparse_from_probs", list(args), "out", threads=threads)
+        assert got[0] == want[0] == -1
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-12)
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-12)
+    flat_labels = labels.reshape(-1)
+    for r in (1500, 1100):  # the later row first: the answer must move to 1100
+        rows[r, flat_labels[r] if flat_labels[r] >= 0 else 0] = 1.5
+        flat_labels[r] = max(flat_labels[r], 0)
+        for threads in (1, 2):
+            assert run(nk, "sparse_from_probs", list(args), "none", threads=threads)[0] == r
+
+
 def test_first_out_of_range_row_whatever_the_thread_count(nk):
     p = np.full((500, 4), 0.25)
     p[[137, 301], 1] = 1.5

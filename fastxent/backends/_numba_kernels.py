@@ -1298,32 +1298,66 @@ def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, block):
     return -1
 
 
+#: Rows per work item of the gather-log.
+_GATHER_ROWS = 512
+
+
+@_helper
+def _gather_log(xb, lb, w, ignore, lo, hi, lossb, p):
+    """-w_y log(clip(p_y)) of one block of rows: xb (rows, C), labels lb, losses lossb;
+    the probabilities are kept in p. Returns the block's first row with p_y outside
+    [0, 1], or -1.
+
+    The probabilities are fetched first, in a loop that does nothing else, so that
+    dozens of cache misses are in flight at once (with the log in the same loop only
+    a few were: 4x slower on 200,000 x 1,000); the logs then vectorise."""
+    nb = lb.shape[0]
+    for j in range(nb):  # an ignored row reads class 0 and never uses it
+        y = np.int64(lb[j])
+        p[j] = _x_value(xb[j, y if y != ignore else 0])
+    for j in range(nb):
+        y = np.int64(lb[j])
+        kept = y != ignore
+        lossb[j] = w[y if kept else 0] * np.float64(_neg_log_clip(p[j], lo, hi)) if kept else 0.0
+    for j in range(nb):
+        if np.int64(lb[j]) != ignore and _out_of_range(p[j]):
+            return j
+    return -1
+
+
 @_driver
 def _sparse_probs_gather(x, labels, w, ignore, lo, hi, gw, loss, g, layout):
-    """ls == 0: one probability per row is read (and range-checked)."""
+    """ls == 0: one probability per row is read (and range-checked). Work items are
+    blocks of rows along the outer axis (class axis last) or the inner axis."""
     n_o, n_c, n_i = x.shape
     n = n_o * n_i
     first = n
     ga = _grad_array(x, g)
     lo64, hi64 = np.float64(lo), np.float64(hi)
-    for r in prange(n):
-        o = r // n_i
-        i = r - o * n_i
-        y = np.int64(labels[o, i])
-        if y == ignore:
-            loss[o, i] = 0.0
-            if g is not None:
-                _fill(_rview(ga, o, i, n_c, layout), 0.0)
-        else:
-            p = _x_value(x[o, y, i])
-            if _out_of_range(p):
-                first = min(first, r)
-            w_y = w[y]
-            loss[o, i] = w_y * np.float64(_neg_log_clip(p, lo, hi))
-            if g is not None:
+    per_o = (n_i + _GATHER_ROWS - 1) // _GATHER_ROWS  # work items per outer index
+    n_items = (n_o + _GATHER_ROWS - 1) // _GATHER_ROWS if n_i == 1 else n_o * per_o
+    for q in prange(n_items):
+        if n_i == 1:  # rows (o0 + j, 0)
+            o0, i0 = q * _GATHER_ROWS, 0
+            nb = min(_GATHER_ROWS, n_o - o0)
+            xb, lb, lossb = x[o0 : o0 + nb, :, 0], labels[o0 : o0 + nb, 0], loss[o0 : o0 + nb, 0]
+        else:  # rows (o0, i0 + j)
+            o0 = q // per_o
+            i0 = (q - o0 * per_o) * _GATHER_ROWS
+            nb = min(_GATHER_ROWS, n_i - i0)
+            xb, lb, lossb = x[o0, :, i0 : i0 + nb].T, labels[o0, i0 : i0 + nb], loss[o0, i0 : i0 + nb]
+        p = _compute_zeros(x, 1, nb)[0]
+        bad = _gather_log(xb, lb, w, ignore, lo, hi, lossb, p)
+        if bad >= 0:
+            first = min(first, o0 * n_i + i0 + bad)
+        if g is not None:
+            for j in range(nb):
+                o, i = (o0 + j, 0) if n_i == 1 else (o0, i0 + j)
+                y = np.int64(lb[j])
                 gr = _rview(ga, o, i, n_c, layout)
                 _fill(gr, 0.0)
-                _put(gr, y, gw[o, i] * _xent_prob_grad(np.float64(p), w_y, lo64, hi64))
+                if y != ignore:
+                    _put(gr, y, gw[o, i] * _xent_prob_grad(np.float64(p[j]), w[y], lo64, hi64))
     return first if first < n else -1
 
 
