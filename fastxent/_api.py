@@ -253,10 +253,11 @@ def row_losses(problem: Problem) -> np.ndarray:
 
 
 def _kernel_sums(problem: Problem, backend: str) -> bool:
-    """Whether the kernel returns the block sums of the losses itself (Cython, a
-    reduced loss without sample weights): the per-row losses -- 8 bytes a row, 80 MB
-    for 10M binary outputs -- are then never written to memory nor read back."""
-    return backend == "cython" and problem.reduction != "none" and problem.sample_weight is None
+    """Whether the kernel returns the block sums of the losses itself (a compiled
+    backend, a reduced loss without sample weights): the per-row losses -- 8 bytes a
+    row, 80 MB for 10M binary outputs -- are then never written to memory nor read
+    back (Cython always; Numba where its work items are the blocks)."""
+    return backend in ("cython", "numba") and problem.reduction != "none" and problem.sample_weight is None
 
 
 def keyword_defaults(fn) -> dict:

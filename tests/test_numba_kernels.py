@@ -348,6 +348,59 @@ def test_gather_across_work_items_agrees_with_numpy(nk, shape):
             assert run(nk, "sparse_from_probs", list(args), "none", threads=threads)[0] == r
 
 
+def _block_sum_case(kernel, shape, rng):
+    """KERNELS.md arguments up to grad_weight (inclusive) for a float32 case."""
+    o, c, i = shape
+    gw = rng.uniform(0.5, 2, (o, i))
+    if kernel == "sparse_from_probs":
+        x = rng.dirichlet(np.ones(c), o * i).astype(F32).reshape(o, i, c).transpose(0, 2, 1)
+        labels = rng.integers(0, c, (o, i))
+        labels.reshape(-1)[::5] = -100
+        return [x, labels, rng.uniform(0.5, 2, c), 0.0, -100, 1e-7, gw]
+    if kernel == "sparse_from_logits":
+        return [rng.standard_normal(shape).astype(F32), rng.integers(0, c, (o, i)), np.ones(c), 0.0, -100, gw]
+    probs = kernel == "binary_from_probs"
+    x = (rng.uniform(0, 1, shape) if probs else rng.standard_normal(shape) * 4).astype(F32)
+    args = [x, rng.integers(0, 2, shape).astype(F32), rng.uniform(0.5, 2, (c, i)), 0.1]
+    return args + ([1e-7] if probs else []) + [gw]
+
+
+@pytest.mark.parametrize("kernel, shape, in_kernel", [
+    ("binary_from_logits", (1, 1, 2 * 16384 + 123), True),  # binary (N,): flat
+    ("binary_from_logits", (1, 3, 2 * 16384 + 123), True),  # Fortran-ordered (N, 3)
+    ("binary_from_probs", (1, 1, 2 * 16384 + 123), True),
+    ("sparse_from_probs", (2 * 16384 + 123, 7, 1), True),  # the gather along rows
+    ("sparse_from_probs", (1, 7, 2 * 16384 + 123), True),  # along the inner axis
+    ("sparse_from_probs", (3, 7, 16384 + 5), False),  # blocks would cut work items
+    ("sparse_from_logits", (2 * 16384 + 123, 5, 1), False),
+])  # fmt: skip
+def test_block_sums_are_numpy_sums_of_the_rows(nk, kernel, shape, in_kernel):
+    """block_sums=True gives, for every block of BLOCK_ROWS rows, exactly what
+    ``_reduce.block_sums`` (NumPy's pairwise sum) gives for the per-row losses --
+    summed by the driver itself where its work items can be the blocks, else
+    afterwards -- and the same gradient."""
+    from fastxent import _reduce
+
+    args = _block_sum_case(kernel, shape, np.random.default_rng(4))
+    o, _, i = shape
+    rows = np.empty((o, i))
+    assert nk.KERNELS[kernel](*args, rows, None, 1) == -1
+    want = _reduce.block_sums(rows)
+    sums = np.full(want.shape, np.nan)
+    _, _, after = nk._prepared(nk._PREPARE[kernel], args + [sums, None], True)
+    assert (after is None) == in_kernel
+    grads = [None, np.empty(shape, F32)] if kernel == "binary_from_logits" and shape[1] == 1 else [None]
+    for g in grads:
+        for threads in (1, 2):
+            sums[:] = np.nan
+            assert nk.KERNELS[kernel](*args, sums, g, threads, block_sums=True) == -1
+            assert np.array_equal(sums, want)
+            if g is not None:
+                g_rows = np.empty_like(g)
+                nk.KERNELS[kernel](*args, rows, g_rows, threads)
+                assert np.array_equal(g, g_rows)
+
+
 def test_first_out_of_range_row_whatever_the_thread_count(nk):
     p = np.full((500, 4), 0.25)
     p[[137, 301], 1] = 1.5

@@ -39,6 +39,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
+from .. import _reduce
 from . import forked_child
 
 # --------------------------------------------------------------------------- jit setup
@@ -341,26 +342,36 @@ def _exp(x):
     exp(+inf) = inf, subnormal results are produced (not flushed)."""
 
 
-def _exp32(x):
-    xc = _minnum(_maxnum(x, _E32_LO), _E32_HI)  # maps NaN (fixed below) and -inf into range
+@njit(**_POLY_OPTS)
+def _exp32_in_range(xc):
+    """exp of xc in [_E32_LO, _E32_HI]."""
     t = xc * _E32_LOG2E + _E32_MAGIC
     n = t - _E32_MAGIC
     r = (xc - n * _E32_LN2_HI) - n * _E32_LN2_LO
     poly = (((((_E32_P0 * r + _E32_P1) * r + _E32_P2) * r + _E32_P3) * r + _E32_P4) * r + _E32_P5) * (r * r)
     poly = poly + r + _F32_ONE
-    y = _scale_pow2(poly, t)
+    return _scale_pow2(poly, t)
+
+
+def _exp32(x):
+    y = _exp32_in_range(_minnum(_maxnum(x, _E32_LO), _E32_HI))  # NaN (fixed below) and -inf into range
     return x if x != x else y
 
 
-def _exp64(x):
-    xc = _minnum(_maxnum(x, _E64_LO), _E64_HI)
+@njit(**_POLY_OPTS)
+def _exp64_in_range(xc):
+    """exp of xc in [_E64_LO, _E64_HI]."""
     t = xc * _E64_LOG2E + _E64_MAGIC
     n = t - _E64_MAGIC
     r = (xc - n * _E64_LN2_HI) - n * _E64_LN2_LO
     poly = ((((((_E64_P13 * r + _E64_P12) * r + _E64_P11) * r + _E64_P10) * r + _E64_P9) * r + _E64_P8) * r
             + _E64_P7) * r + _E64_P6  # fmt: skip
     poly = ((((poly * r + _E64_P5) * r + _E64_P4) * r + _E64_P3) * r + _E64_P2) * (r * r) + r + 1.0
-    y = _scale_pow2(poly, t)
+    return _scale_pow2(poly, t)
+
+
+def _exp64(x):
+    y = _exp64_in_range(_minnum(_maxnum(x, _E64_LO), _E64_HI))
     return x if x != x else y
 
 
@@ -370,6 +381,19 @@ def _exp_ol(x):
         return _exp32
     if x == types.float64:
         return _exp64
+
+
+def _exp_neg(x):
+    """exp of x <= 0 or -inf (not NaN): _exp without the overflow clamp and the NaN
+    fix-up, three operations fewer per element in the softmax sums."""
+
+
+@overload(_exp_neg, jit_options=_POLY_OPTS)
+def _exp_neg_ol(x):
+    if x == types.float32:
+        return lambda x: _exp32_in_range(_maxnum(x, _E32_LO))
+    if x == types.float64:
+        return lambda x: _exp64_in_range(_maxnum(x, _E64_LO))
 
 
 def _log(x):
@@ -774,7 +798,7 @@ def _row_exp_sum(xr, m):
         count = zero
         for c in range(b0, min(n, b0 + _BLOCK)):
             v = _x_value(xr[c])
-            e = _exp(v - m)
+            e = _exp_neg(v - m)  # v <= m, no NaN: the max pass stopped at one
             part = _acc(part, e if v != m else zero)
             count = _acc(count, one if v == m else zero)
         rest += np.float64(part)
@@ -1151,6 +1175,85 @@ def _first_bad_in_block(bad, o, i0, n_i, none):
     return none
 
 
+@_helper
+def _pairwise_leaf(a, lo, n):
+    """NumPy's pairwise summation of a[lo:lo+n] for n <= 128: eight running sums."""
+    if n < 8:
+        res = 0.0
+        for k in range(lo, lo + n):
+            res += a[k]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    k = 8
+    while k < n - n % 8:
+        r0 += a[lo + k]
+        r1 += a[lo + k + 1]
+        r2 += a[lo + k + 2]
+        r3 += a[lo + k + 3]
+        r4 += a[lo + k + 4]
+        r5 += a[lo + k + 5]
+        r6 += a[lo + k + 6]
+        r7 += a[lo + k + 7]
+        k += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while k < n:
+        res += a[lo + k]
+        k += 1
+    return res
+
+
+def _pairwise_level(half):
+    """The pairwise sum one level of halving above ``half``. (Numba's recursion
+    crashed inside a parallel driver, so each level is its own function.)"""
+
+    @_helper
+    def pairwise(a, lo, n):
+        if n <= 128:
+            return _pairwise_leaf(a, lo, n)
+        n2 = n // 2
+        n2 -= n2 % 8
+        return half(a, lo, n2) + half(a, lo + n2, n - n2)
+
+    return pairwise
+
+
+#: NumPy's pairwise summation of a[lo:lo+n], step for step: the same bits as
+#: ``np.sum`` of a contiguous float64 array (what ``_reduce.block_sums`` takes).
+#: Ten levels of halving cover n up to about 128 * 2**10, BLOCK_ROWS with room.
+_pairwise_sum = _pairwise_leaf
+for _ in range(10):
+    _pairwise_sum = _pairwise_level(_pairwise_sum)
+assert _reduce.BLOCK_ROWS <= 128 << 9
+
+
+def _store_losses(loss, q, o, i, di, rows, n_c):
+    """The losses ``rows[j] / n_c`` of work item q: into the per-row ``loss`` (2-D)
+    at rows (o + j, i) when di == 0, else (o, i + j); or, when ``loss`` is 1-D, as
+    their pairwise sum into ``loss[q]`` (block-sums mode: work item q is then block
+    q of BLOCK_ROWS rows)."""
+
+
+@overload(_store_losses, jit_options=_OPTS)
+def _store_losses_ol(loss, q, o, i, di, rows, n_c):
+    if loss.ndim == 1:
+        def block_sum(loss, q, o, i, di, rows, n_c):
+            if n_c != 1:  # (x / 1 is x: no pass for binary outputs of one column)
+                for j in range(rows.shape[0]):
+                    rows[j] = rows[j] / n_c
+            loss[q] = _pairwise_sum(rows, 0, rows.shape[0])
+        return block_sum
+
+    def per_row(loss, q, o, i, di, rows, n_c):
+        if di == 0:
+            for j in range(rows.shape[0]):
+                loss[o + j, i] = rows[j] / n_c
+        else:
+            for j in range(rows.shape[0]):
+                loss[o, i + j] = rows[j] / n_c
+    return per_row
+
+
 # --------------------------------------------------------------------------- drivers
 # One prange loop each: over rows (``*_rows``: contiguous views when layout is True,
 # strided views when it is None) or over blocks of rows (``*_cols``). Each returns
@@ -1298,15 +1401,15 @@ def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, block):
     return -1
 
 
-#: Rows per work item of the gather-log.
+#: Rows per work item of the gather-log (block-sums mode: BLOCK_ROWS).
 _GATHER_ROWS = 512
 
 
 @_helper
-def _gather_log(xb, lb, w, ignore, lo, hi, lossb, p):
-    """-w_y log(clip(p_y)) of one block of rows: xb (rows, C), labels lb, losses lossb;
-    the probabilities are kept in p. Returns the block's first row with p_y outside
-    [0, 1], or -1.
+def _gather_log(xb, lb, w, ignore, lo, hi, losses, p):
+    """-w_y log(clip(p_y)) of one block of rows: xb (rows, C), labels lb, into
+    losses; the probabilities are kept in p. Returns the block's first row with p_y
+    outside [0, 1], or -1.
 
     The probabilities are fetched first, in a loop that does nothing else, so that
     dozens of cache misses are in flight at once (with the log in the same loop only
@@ -1318,7 +1421,7 @@ def _gather_log(xb, lb, w, ignore, lo, hi, lossb, p):
     for j in range(nb):
         y = np.int64(lb[j])
         kept = y != ignore
-        lossb[j] = w[y if kept else 0] * np.float64(_neg_log_clip(p[j], lo, hi)) if kept else 0.0
+        losses[j] = w[y if kept else 0] * np.float64(_neg_log_clip(p[j], lo, hi)) if kept else 0.0
     for j in range(nb):
         if np.int64(lb[j]) != ignore and _out_of_range(p[j]):
             return j
@@ -1326,28 +1429,29 @@ def _gather_log(xb, lb, w, ignore, lo, hi, lossb, p):
 
 
 @_driver
-def _sparse_probs_gather(x, labels, w, ignore, lo, hi, gw, loss, g, layout):
+def _sparse_probs_gather(x, labels, w, ignore, lo, hi, gw, layout, loss, g, block):
     """ls == 0: one probability per row is read (and range-checked). Work items are
-    blocks of rows along the outer axis (class axis last) or the inner axis."""
+    blocks of rows along the outer axis (I == 1) or the inner axis."""
     n_o, n_c, n_i = x.shape
     n = n_o * n_i
     first = n
     ga = _grad_array(x, g)
     lo64, hi64 = np.float64(lo), np.float64(hi)
-    per_o = (n_i + _GATHER_ROWS - 1) // _GATHER_ROWS  # work items per outer index
-    n_items = (n_o + _GATHER_ROWS - 1) // _GATHER_ROWS if n_i == 1 else n_o * per_o
-    for q in prange(n_items):
+    per_o = (n_i + block - 1) // block  # work items per outer index
+    n_items = (n_o + block - 1) // block if n_i == 1 else n_o * per_o
+    for q in prange(n_items):  # (prange of a conditional expression runs serially)
         if n_i == 1:  # rows (o0 + j, 0)
-            o0, i0 = q * _GATHER_ROWS, 0
-            nb = min(_GATHER_ROWS, n_o - o0)
-            xb, lb, lossb = x[o0 : o0 + nb, :, 0], labels[o0 : o0 + nb, 0], loss[o0 : o0 + nb, 0]
+            o0, i0 = q * block, 0
+            nb = min(block, n_o - o0)
+            xb, lb = x[o0 : o0 + nb, :, 0], labels[o0 : o0 + nb, 0]
         else:  # rows (o0, i0 + j)
             o0 = q // per_o
-            i0 = (q - o0 * per_o) * _GATHER_ROWS
-            nb = min(_GATHER_ROWS, n_i - i0)
-            xb, lb, lossb = x[o0, :, i0 : i0 + nb].T, labels[o0, i0 : i0 + nb], loss[o0, i0 : i0 + nb]
+            i0 = (q - o0 * per_o) * block
+            nb = min(block, n_i - i0)
+            xb, lb = x[o0, :, i0 : i0 + nb].T, labels[o0, i0 : i0 + nb]
         p = _compute_zeros(x, 1, nb)[0]
-        bad = _gather_log(xb, lb, w, ignore, lo, hi, lossb, p)
+        losses = np.empty(nb)
+        bad = _gather_log(xb, lb, w, ignore, lo, hi, losses, p)
         if bad >= 0:
             first = min(first, o0 * n_i + i0 + bad)
         if g is not None:
@@ -1358,6 +1462,7 @@ def _sparse_probs_gather(x, labels, w, ignore, lo, hi, gw, loss, g, layout):
                 _fill(gr, 0.0)
                 if y != ignore:
                     _put(gr, y, gw[o, i] * _xent_prob_grad(np.float64(p[j]), w[y], lo64, hi64))
+        _store_losses(loss, q, o0, i0, 0 if n_i == 1 else 1, losses, 1)
     return first if first < n else -1
 
 
@@ -1502,10 +1607,10 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block):
         cs = _compute_zeros(x, 2, nb)
         p_total, gw_c = cs[0], cs[1]
         _cols_bce_logits(x, t, pw, o, i0, keep_c, half_c, total, p_total)
-        for j in range(nb):
-            loss[o, i0 + j] = total[j] / n_c
-            gw_c[j] = gw[o, i0 + j] / n_c
+        _store_losses(loss, q, o, i0, 1, total, n_c)
         if g is not None:
+            for j in range(nb):
+                gw_c[j] = gw[o, i0 + j] / n_c
             _cols_bce_logits_grad(x, g, t, pw, o, i0, keep_c, half_c, gw_c)
     return -1
 
@@ -1545,11 +1650,11 @@ def _binary_probs_cols(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, block):
         cs = _compute_zeros(x, 3, nb)
         p_total, p_bad, gw_c = cs[0], cs[1], cs[2]
         _cols_bce_probs(x, t, pw, o, i0, keep_c, half_c, lo, hi, total, bad, p_total, p_bad)
-        for j in range(nb):
-            loss[o, i0 + j] = total[j] / n_c
-            gw_c[j] = gw[o, i0 + j] / n_c
+        _store_losses(loss, q, o, i0, 1, total, n_c)
         first = min(first, _first_bad_in_block(bad, o, i0, n_i, none))
         if g is not None:
+            for j in range(nb):
+                gw_c[j] = gw[o, i0 + j] / n_c
             _cols_bce_probs_grad(x, g, t, pw, o, i0, keep_c, half_c, lo, hi, gw_c)
     return first if first < none else -1
 
@@ -1702,7 +1807,7 @@ def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, ignore_
         if p.g is not None and p.g is not True and p.g.strides[1] != p.g.itemsize and n_c > 1:
             layout = None
         return _sparse_probs_gather, (p.x, labels, class_weight, int(ignore_index), lo, hi,
-                                      grad_weight, loss_out, p.g, layout)  # fmt: skip
+                                      grad_weight, layout, loss_out, p.g, _GATHER_ROWS)  # fmt: skip
     return p.driver(_sparse_probs_rows, _sparse_probs_cols), (
         p.x, labels, class_weight, _compute_weights(x, class_weight), 1.0 - ls, ls / n_c, int(ignore_index),
         lo, hi, grad_weight, loss_out, p.g, p.last)  # fmt: skip
@@ -1827,16 +1932,50 @@ def _run(driver, args, threads) -> int:
                 _dispatch.forget_choices()
 
 
+#: Drivers whose work items can be the blocks of ``BLOCK_ROWS`` rows that block-sums
+#: mode sums (its ``loss`` argument third from last, ``block`` last), and whether a
+#: call's x (after the layout step) allows it: one work item per block needs the
+#: rows along one axis, and few enough classes for a block to stay in cache.
+_SUMMABLE = {
+    _sparse_probs_gather: lambda x: x.shape[0] == 1 or x.shape[2] == 1,
+    _binary_logits_cols: lambda x: x.shape[0] == 1 and x.shape[1] <= 16,
+    _binary_probs_cols: lambda x: x.shape[0] == 1 and x.shape[1] <= 16,
+}
+
+
+def _prepared(prepare, call_args, block_sums: bool):
+    """(driver, its arguments, per-row losses to block-sum after the run or None).
+
+    With ``block_sums``, ``loss_out`` (``call_args[-2]``) receives the float64 sum of
+    every block of ``BLOCK_ROWS`` rows (``_reduce.block_sums``' bits): summed by the
+    driver itself where its work items are those blocks -- 10M binary losses then
+    never reach memory -- else from per-row losses afterwards."""
+    if not block_sums:
+        return (*prepare(*call_args), None)
+    call_args = list(call_args)
+    x, sums = call_args[0], call_args[-2]
+    rows = call_args[-2] = np.empty((x.shape[0], x.shape[2]))  # pages untouched unless used
+    driver, driver_args = prepare(*call_args)
+    allowed = _SUMMABLE.get(driver)
+    if allowed is not None and allowed(driver_args[0]):
+        return driver, (*driver_args[:-3], sums, driver_args[-2], _reduce.BLOCK_ROWS), None
+    return driver, driver_args, rows
+
+
 def _kernel(name):
     prepare = _PREPARE[name]
 
-    def kernel(*args):
+    def kernel(*args, block_sums=False):
         *call_args, threads = args
-        driver, driver_args = prepare(*call_args)
-        return _run(driver, driver_args, threads)
+        driver, driver_args, rows = _prepared(prepare, call_args, block_sums)
+        first_bad = _run(driver, driver_args, threads)
+        if rows is not None and first_bad == -1:
+            call_args[-2][:] = _reduce.block_sums(rows)
+        return first_bad
 
     kernel.__name__ = kernel.__qualname__ = name
-    kernel.__doc__ = f"``{name}`` of KERNELS.md (arguments as documented there, ``threads`` last)."
+    kernel.__doc__ = (f"``{name}`` of KERNELS.md (arguments as documented there, ``threads`` last; "
+                      "``block_sums=True``: loss_out gets one sum per block of BLOCK_ROWS rows).")
     return kernel
 
 
@@ -1850,7 +1989,7 @@ def _problem_arguments(problem) -> list:
     """The argument lists the public layer passes for ``problem`` (loss-only first
     when it checks the probabilities before writing into the caller's grad_out).
     Outputs are fresh ``np.empty`` arrays: never touched, so they cost no memory."""
-    from .. import _api, _reduce
+    from .. import _api
 
     layout = problem.layout
     weights = problem.pos_weight if problem.kind == "binary" else problem.class_weight
@@ -1861,8 +2000,8 @@ def _problem_arguments(problem) -> list:
         head.append(-1 if problem.ignore_index is None else problem.ignore_index)
     if not problem.from_logits:
         head.append(problem.epsilon)
-    loss_out = np.empty((layout.outer, layout.inner))
-    no_grad = np.broadcast_to(np.float64(0.0), loss_out.shape)
+    loss_out = _api._loss_buffer(problem, _api._kernel_sums(problem, "numba"))
+    no_grad = _reduce.constant(0.0, (layout.outer, layout.inner))
     calls = []
     if problem.return_grad:
         _, grad_view = _api._gradient_buffer(problem)
@@ -1877,9 +2016,12 @@ def _problem_arguments(problem) -> list:
 def is_ready(problem) -> bool:
     """Whether every driver ``problem`` runs is compiled, in this process, for its
     argument types (a signature only in the disk cache still costs a load)."""
+    from .. import _api
+
     prepare = _PREPARE[problem.kernel_name]
+    summed = _api._kernel_sums(problem, "numba")
     for args in _problem_arguments(problem):
-        driver, driver_args = prepare(*args)
+        driver, driver_args, _ = _prepared(prepare, args, summed)
         driver = _pick(driver)
         if tuple(driver.typeof_pyval(a) for a in driver_args) not in driver.overloads:
             return False
