@@ -51,8 +51,9 @@ def paired_rounds(calls: dict, torch_calls: dict, rounds: int, inner: int) -> di
 
     The machine's speed drifts (a noisy neighbour can halve it for seconds), so a
     ratio is taken between timings of the same round and the median of the
-    per-round ratios reported; torch goes last in a round and is followed by a pause,
-    because its OpenMP threads keep spinning after a call and would steal the cores.
+    per-round ratios reported. Each timing is followed by a pause, because OpenMP
+    threads keep spinning after a parallel call and would steal the next one's cores
+    (torch's, which go last in a round, for longest).
     """
     def once(fn):
         start = time.perf_counter()
@@ -66,6 +67,7 @@ def paired_rounds(calls: dict, torch_calls: dict, rounds: int, inner: int) -> di
     for _ in range(rounds):
         for name, fn in calls.items():
             times[name].append(once(fn))
+            time.sleep(0.01)  # OpenMP threads spin briefly after a parallel call
         for k, fn in torch_calls.items():
             import torch
 
