@@ -270,24 +270,32 @@ static int FXN(has_nan)(const T *x, fx_ssize n)
     return nan;
 }
 
-/* First index holding v (present): whole blocks of 64, then of 8, are tested
- * with a vectorised any-equal before the scalar scan of at most 8. */
+/* Index of the first element equal to v among x[0 .. n) (n < 2^31), or n: the
+ * smallest index of a match, as a min-reduction that vectorises (no early exit;
+ * the 8-element any-equal blocks it replaces stayed scalar compares). */
+static fx_ssize FXN(first_in)(const T *x, fx_ssize n, T v)
+{
+    const FX_K none = (FX_K)n;
+    FX_K best = none;
+    for (FX_K c = 0; c < none; c++) {
+        const FX_K hit = x[c] == v ? c : none;
+        best = hit < best ? hit : best;
+    }
+    return (fx_ssize)best;
+}
+
+/* First index holding v, or -1: whole blocks of 64 are tested with a vectorised
+ * any-equal; the block with the match, or the rest of the row, by first_in. */
 static fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
 {
     fx_ssize c = 0;
     for (; c + 64 <= n; c += 64) {
         int hit = 0;
         for (int j = 0; j < 64; j++) hit |= x[c + j] == v;
-        if (hit) break;
+        if (hit) return c + FXN(first_in)(x + c, 64, v);
     }
-    for (; c + 8 <= n; c += 8) {
-        int hit = 0;
-        for (int j = 0; j < 8; j++) hit |= x[c + j] == v;
-        if (hit) break;
-    }
-    for (; c < n; c++)
-        if (x[c] == v) return c;
-    return -1;
+    const fx_ssize r = FXN(first_in)(x + c, n - c, v);
+    return r < n - c ? c + r : -1;
 }
 
 /* Memory is read by the max pass, then the exp pass computes on data in L1: the
@@ -316,17 +324,20 @@ static const T FXN(run_iota)[FX_RUN] = {
 static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, T *e, const char *pf)
 {
     double s1 = 0;
-    if (n <= 64) {
+    if (n <= FX_RUN) {
         /* short rows: a padded copy (the argmax and the padding set to -inf, whose
-         * exp is 0) keeps every exp in vector steps instead of scalar tails */
-        T xb[72], eb[72];
-        const fx_ssize np = (n + 7) & ~(fx_ssize)7;
+         * exp is 0) keeps every exp in vector steps instead of scalar tails; the
+         * exps add in T lanes as one run (FX_RUNSUM) */
+        T xb[FX_RUN + FX_RUNW], eb[FX_RUN + FX_RUNW];
+        const fx_ssize np = (n + FX_RUNW - 1) / FX_RUNW * FX_RUNW;
         for (fx_ssize c = 0; c < np; c++) xb[c] = c < n ? x[c] : (T)-INFINITY;
         if (skip >= 0) xb[skip] = (T)-INFINITY;
         for (fx_ssize c = 0; c < np; c++) eb[c] = FXM(fx_exp_neg)(xb[c] - m);
-#define FX_EB(c) eb[c]
-        FX_LANESUM(s1, np, FX_EB, FX_NOPRE);
+#define FX_EB(c0, j) eb[(c0) + (j)]
+#define FX_EB_M(c0, j) ((void)skr, eb[(c0) + (j)]) /* nothing masked: skip is -1 */
+        FX_RUNSUM(s1, np, FX_EB, FX_EB_M, -1, FX_NOPRE);
 #undef FX_EB
+#undef FX_EB_M
         if (e) {
             for (fx_ssize c = 0; c < n; c++) e[c] = eb[c];
             if (skip >= 0) e[skip] = (T)1;
