@@ -7,6 +7,7 @@ validate (``_validate``) -> plan (``_dispatch``) -> kernel (``backends``) -> red
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import numpy as np
@@ -321,7 +322,16 @@ def _unit_weights(p: Problem) -> np.ndarray:
     c = p.n_classes
     if p.kind == "binary":
         return _reduce.constant(1.0, (c, p.layout.inner))
-    return np.ones(c)
+    return _unit_class_weights(c)
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_class_weights(c: int) -> np.ndarray:
+    """``np.ones(c)``, read-only and made once per class count (the kernels read
+    class weights through a contiguous pointer, so not a stride-0 constant)."""
+    ones = np.ones(c)
+    ones.flags.writeable = False
+    return ones
 
 
 def _gradient_buffer(p: Problem):

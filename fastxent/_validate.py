@@ -112,6 +112,8 @@ def check_options(
 
 
 def _real(name: str, value) -> float:
+    if type(value) is float or type(value) is int:  # the usual case, without the ABC check
+        return float(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
     return float(value)
@@ -215,10 +217,7 @@ def _check_integral(labels: np.ndarray) -> None:
 
 
 def _check_label_range(labels: np.ndarray, n_classes: int, ignore_index, axis: int) -> None:
-    if labels.size == 0:
-        return
-    lo, hi = labels.min(), labels.max()
-    if lo >= 0 and hi < n_classes:
+    if labels.size == 0 or _all_in_range(labels, n_classes):
         return
     bad = (labels < 0) | (labels >= n_classes)
     if ignore_index is not None:
@@ -233,6 +232,14 @@ def _check_label_range(labels: np.ndarray, n_classes: int, ignore_index, axis: i
         f"y_true: expected labels in {allowed} ({n_classes} classes along y_pred's axis {axis}), "
         f"got {labels[pos]} at position {pos}"
     )
+
+
+def _all_in_range(labels: np.ndarray, n_classes: int) -> bool:
+    """Whether every label lies in [0, n_classes). Integers take one reduction: as
+    unsigned integers of the same width, negative labels are the largest values."""
+    if labels.dtype.kind in "iu":
+        return int(labels.view(labels.dtype.str.replace("i", "u")).max()) < n_classes
+    return labels.min() >= 0 and labels.max() < n_classes
 
 
 def _first(mask: np.ndarray) -> tuple:

@@ -47,9 +47,15 @@ def compiled_dtype_reason(problem, backend_label: str) -> str | None:
     return None
 
 
+_imported: dict = {}
+
+
 def module(name: str):
-    """The backend's module (imported on first call; cheap afterwards)."""
-    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+    """The backend's module (imported on first call; a dict lookup afterwards)."""
+    mod = _imported.get(name)
+    if mod is None:
+        mod = _imported[name] = importlib.import_module(f"{__name__}.{_MODULES[name]}")
+    return mod
 
 
 def unavailable_reason(name: str) -> str | None:
