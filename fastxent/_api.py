@@ -12,15 +12,15 @@ import inspect
 
 import numpy as np
 
-from . import _reduce, backends
+from . import _dispatch, _reduce, backends
 from ._dispatch import choose
 from ._config import _backend_var, _threads_var
 from ._validate import Problem, build_problem
 
-try:  # the compiled small-call fast path (see _cython_ext.fast_sparse)
+try:  # the compiled fast path for plain sparse calls (see _cython_ext.fast_sparse)
     from .backends._cython_ext import _fast_configure, fast_sparse as _fast_sparse
 
-    _fast_configure(_backend_var, _threads_var)
+    _fast_configure(_backend_var, _threads_var, _dispatch._choices)
 except ImportError:  # a source tree without the extension: the general path only
     _fast_sparse = None
 
@@ -124,7 +124,7 @@ def sparse_categorical_crossentropy(
     [[-0.1   0.05  0.05]
      [ 0.1   0.1  -0.2 ]]
     """
-    if _fast_sparse is not None:  # small, plain calls: the whole call in C
+    if _fast_sparse is not None:  # plain calls: the whole call in C
         result = _fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, class_weight,
                               sample_weight, axis, reduction, epsilon, return_grad, grad_out, backend, threads)
         if result is not None:

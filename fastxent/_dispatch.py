@@ -105,7 +105,8 @@ def reload_calibration() -> None:
     forget_choices()
 
 
-#: (backend, threads) per call signature; see :func:`choose`.
+#: (backend, threads) per call signature; see :func:`choose`. The compiled fast path
+#: reads this very dict (``_cython_ext.fast_sparse``): clear it, never rebind it.
 _choices: dict[tuple, tuple[str, int]] = {}
 _MAX_CHOICES = 4096
 

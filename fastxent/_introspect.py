@@ -44,9 +44,11 @@ def explain(fn, *args, **kwargs) -> Plan:
     if unknown:
         raise TypeError(f"explain: {LOSSES[kind].__name__} has no option(s) {unknown}")
     options.update(kwargs)
-    if kind == "sparse" and _api._fast_sparse is not None and _api._fast_sparse(*args, **options, plan_only=True):
-        return Plan("cython", "sparse_from_logits" if options["from_logits"] else "sparse_from_probs", 1,
-                    "small-call fast path (the whole call in compiled code, one thread)")
+    fast_threads = kind == "sparse" and _api._fast_sparse is not None and _api._fast_sparse(
+        *args, **options, plan_only=True)
+    if fast_threads:
+        return Plan("cython", "sparse_from_logits" if options["from_logits"] else "sparse_from_probs",
+                    fast_threads, f"fast path (the whole call in compiled code, {fast_threads} thread(s))")
     return make_plan(build_problem(kind, *args, **options))
 
 

@@ -1,9 +1,10 @@
-"""The compiled small-call fast path for sparse losses (``_cython_ext.fast_sparse``).
+"""The compiled fast path for plain sparse losses (``_cython_ext.fast_sparse``).
 
 It must be invisible: the same bits and dtype as the general path (loss and
 gradient), the same errors (it hands every doubtful call back), and off whenever
-the user asked for something it does not do (another backend, threads, weights,
-a gradient buffer that overlaps an input...).
+the user asked for something it does not do (another backend, weights, a gradient
+buffer that overlaps an input...). Small calls run on one thread; larger ones only
+once the dispatcher has chosen Cython for their signature, with its threads.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastxent
-from fastxent import _api
+from fastxent import _api, _dispatch
 
 pytestmark = pytest.mark.skipif(_api._fast_sparse is None, reason="compiled extension not built")
 
@@ -27,7 +28,21 @@ def general_path(y, x, **options):
 
 
 def served_by_fast_path(y, x, **options) -> bool:
-    return _api._fast_sparse(y, x, **{**_api.keyword_defaults(sparse), **options}, plan_only=True) is True
+    return fast_threads(y, x, **options) is not None
+
+
+def fast_threads(y, x, **options):
+    """The threads the fast path would run ``sparse(y, x, **options)`` on, or None."""
+    return _api._fast_sparse(y, x, **{**_api.keyword_defaults(sparse), **options}, plan_only=True)
+
+
+@pytest.fixture(autouse=True)
+def no_remembered_decisions():
+    """Each test starts with the dispatcher's memo empty (larger calls are served only
+    after it decided), and leaves it so."""
+    _dispatch.forget_choices()
+    yield
+    _dispatch.forget_choices()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -146,8 +161,12 @@ def test_gradient_in_place_probabilities_out_of_range_leave_the_buffer(rng):
 
 def test_declines_large_strided_and_other_dtypes(rng):
     y = rng.integers(0, 10, size=4097)
+    # larger calls before the dispatcher decided for them
     assert not served_by_fast_path(y, rng.standard_normal((4097, 10)), from_logits=True)  # rows
     assert not served_by_fast_path(y[:100], rng.standard_normal((100, 400)), from_logits=True)  # elements
+    huge = np.zeros((1, (1 << 22) + 1), dtype=np.float32)  # above the 4M-element limit, even decided
+    sparse(np.array([0]), huge, from_logits=True)
+    assert not served_by_fast_path(np.array([0]), huge, from_logits=True)
     x = rng.standard_normal((100, 20))
     assert not served_by_fast_path(y[:100], x[:, ::2], from_logits=True)  # strided
     assert not served_by_fast_path(y[:100], x.astype(np.float16), from_logits=True)
@@ -201,3 +220,53 @@ def test_inputs_not_modified(rng):
     sparse(y, x, from_logits=True)
     np.testing.assert_array_equal(y, y0)
     np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("threads", [None, 1, 2])
+@pytest.mark.parametrize("shape", [(64, 1000), (5000, 12), (40000, 3)])  # 1 block; 1; 3 blocks of rows
+def test_larger_calls_after_the_dispatcher_decided(rng, dtype, from_logits, threads, shape):
+    n, c = shape
+    y = rng.integers(0, c, size=n)
+    y[::9] = -100
+    if from_logits:
+        x = (rng.standard_normal(shape) * 4).astype(dtype)
+    else:
+        x = rng.dirichlet(np.ones(c), size=n).astype(dtype)
+    for return_grad in (False, True):
+        options = dict(from_logits=from_logits, threads=threads, ignore_index=-100, return_grad=return_grad)
+        assert not served_by_fast_path(y, x, **options)
+        results = [sparse(y, x, **options)]  # the general path: the dispatcher decides and remembers
+        (key, (backend, decided)), = _dispatch._choices.items()
+        if backend != "cython":  # Numba, once compiled in this process, may win: take Cython
+            _dispatch._choices[key] = ("cython", threads or 2)
+            results = []
+        assert fast_threads(y, x, **options) == _dispatch._choices[key][1]
+        results.append(sparse(y, x, **options))  # the fast path
+        want = general_path(y, x, **options)
+        for got in results:
+            if return_grad:
+                assert got[0].tobytes() == want[0].tobytes()
+                assert got[1].dtype == want[1].dtype and got[1].tobytes() == want[1].tobytes()
+            else:
+                assert type(got) is type(want) and got.tobytes() == want.tobytes(), (got, want)
+        _dispatch.forget_choices()
+
+
+def test_larger_calls_follow_the_dispatchers_choice(rng):
+    y = rng.integers(0, 100, size=1000)
+    x = rng.standard_normal((1000, 100)).astype(np.float32)
+    sparse(y, x, from_logits=True)
+    (key, _), = _dispatch._choices.items()
+    _dispatch._choices[key] = ("cython", 1)
+    assert fast_threads(y, x, from_logits=True) == 1
+    plan = fastxent.explain(sparse, y, x, from_logits=True)
+    assert "fast path" in plan.reason and plan.threads == 1
+    _dispatch._choices[key] = ("numpy", 1)  # another backend chosen: the general path runs it
+    assert not served_by_fast_path(y, x, from_logits=True)
+    _dispatch._choices[key] = ("cython", 2)
+    assert fast_threads(y, x, from_logits=True) == 2
+    assert fast_threads(y, x.astype(np.float64), from_logits=True) is None  # another signature
+    with fastxent.config(threads=1):  # the settings are part of the signature
+        assert not served_by_fast_path(y, x, from_logits=True)

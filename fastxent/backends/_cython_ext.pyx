@@ -913,13 +913,20 @@ cdef fx_ssize _gather_log_run(fx_call *k, int threads, double *sums) except -2 n
     return _run(k, &ru, k.n_o * k.n_i * (k.n_c if k.g.data != NULL else 8), threads, sums)
 
 
-# -------------------------------------------------------------------------- the small-call fast path
+# -------------------------------------------------------------------------- the fast path
 
-#: The fast path serves sparse calls whose y_pred holds at most this many elements
-#: (one thread runs those anyway) and at most FAST_MAX_ROWS rows (a stack buffer).
+#: The fast path serves plain sparse calls in two sizes. Small ones -- at most
+#: FAST_MAX_ELEMENTS elements and FAST_MAX_ROWS rows (a stack buffer of losses) --
+#: run on one thread without asking the dispatcher (one thread is what it would
+#: choose). Larger ones, up to REMEMBERED_MAX_ELEMENTS, run when the dispatcher has
+#: already decided for the call's signature (its memo, ``_dispatch._choices``) and
+#: chose Cython: its thread count, without the ~20-40 µs of Python around a call.
 cdef enum:
     FAST_MAX_ROWS = 4096
+    FAST_MAX_BLOCKS = 256  # block sums on the stack: REMEMBERED_MAX_ELEMENTS rows at most
 cdef fx_ssize FAST_MAX_ELEMENTS = 1 << 15
+cdef fx_ssize REMEMBERED_MAX_ELEMENTS = FAST_MAX_BLOCKS * BLOCK_ROWS
+cdef object _choices = None  # fastxent._dispatch's memo: signature -> (backend, threads)
 cdef double *_unit_weights = NULL  # FAST_MAX_ELEMENTS ones: class_weight=None
 cdef double _zero_grad_weight = 0.0
 cdef object _backend_config = None  # fastxent._config's context variable
@@ -927,13 +934,15 @@ cdef object _dtype_f32 = np.dtype(np.float32)
 cdef object _dtype_f64 = np.dtype(np.float64)
 
 
-def _fast_configure(backend_var, threads_var):
-    """Give the compiled code the context variables of ``fastxent.config()``: the
-    fast path reads the backend, ``settings_key`` both."""
-    global _backend_config, _unit_weights, _context_vars
+def _fast_configure(backend_var, threads_var, choices):
+    """Give the compiled code the context variables of ``fastxent.config()`` (the
+    fast path reads the backend, ``settings_key`` both) and the dispatcher's memo
+    of decisions (a dict the fast path only reads)."""
+    global _backend_config, _unit_weights, _context_vars, _choices
     cdef fx_ssize c
     _backend_config = backend_var
     _context_vars = (backend_var, threads_var)
+    _choices = choices
     if _unit_weights == NULL:
         _unit_weights = <double *>malloc(FAST_MAX_ELEMENTS * sizeof(double))
         if _unit_weights == NULL:
@@ -985,20 +994,40 @@ cdef inline bint _default_backend(object backend) noexcept:
     return env == NULL or env[0] == 0 or strcmp(env, "auto") == 0 or strcmp(env, "cython") == 0
 
 
+cdef int _remembered_threads(object backend, object threads, object from_logits, object return_grad,
+                             cnp.ndarray x, fx_ssize n, fx_ssize c) except -1:
+    """The threads the dispatcher chose for this call's signature if it chose Cython,
+    else 0. The key is ``_dispatch.choose``'s, built from the raw arguments: the
+    general path keys on the validated ones, which are these same objects for the
+    calls that reach here (exact bools and ints, a C-ordered 2-D y_pred as (n, c, 1))."""
+    if _choices is None:
+        return 0
+    key = (backend, threads, settings_key(), "sparse", from_logits, True, return_grad, (n, c, 1),
+           (<object>x).dtype)
+    choice = (<dict>_choices).get(key)
+    if choice is None or choice[0] != "cython":
+        return 0
+    return <int>choice[1]
+
+
 def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, class_weight,
                 sample_weight, axis, reduction, epsilon, return_grad, grad_out, backend, threads,
                 bint plan_only=False):
-    """The whole of a small, plain sparse call, or None when it needs the general path.
+    """The whole of a plain sparse call, or None when it needs the general path.
 
-    Serves: C-contiguous 2-D float32/float64 ``y_pred`` of at most 32,768 elements
-    (4,096 rows), 1-D int32/int64 labels, class axis last, no weights, no label
-    smoothing, ``reduction`` mean/sum, default backend and one thread; with
-    ``return_grad``, a new gradient array, ``y_pred`` itself (in place) or a plain
-    ``grad_out`` that overlaps neither input. Anything else -- including any invalid
-    input, whose error the general path raises -- returns None. The result has the
-    bits the general path would give: the same kernel with the same gradient scale,
-    and NumPy's pairwise summation of the per-row losses.
-    With ``plan_only`` it returns True instead of running (for ``fastxent.explain``).
+    Serves: C-contiguous 2-D float32/float64 ``y_pred``, 1-D int32/int64 labels,
+    class axis last, no weights, no label smoothing, ``reduction`` mean/sum, default
+    backend; with ``return_grad``, a new gradient array, ``y_pred`` itself (in place)
+    or a plain ``grad_out`` that overlaps neither input. Sizes: at most 32,768
+    elements and 4,096 rows on one thread (``threads`` None or 1); or up to 4M
+    elements once the dispatcher has chosen Cython for the call's signature, with
+    its thread count. Anything else -- including any invalid input, whose error the
+    general path raises -- returns None. The result has the bits the general path
+    would give: the same kernel with the same gradient scale and threads, and
+    NumPy's pairwise summation of the per-row losses (of the block sums above
+    BLOCK_ROWS rows).
+    With ``plan_only`` it returns the thread count instead of running (for
+    ``fastxent.explain``).
     """
     cdef cnp.ndarray x, lab
     cdef fx_ssize n, c, r, count, isz, lsz
@@ -1009,6 +1038,9 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     cdef float f
     cdef bint logits
     cdef double losses[FAST_MAX_ROWS]
+    cdef double sums[FAST_MAX_BLOCKS]
+    cdef double *block_sums = NULL  # per-row losses (n <= FAST_MAX_ROWS), else block sums
+    cdef int nt = 1
     cdef fx_call k
     cdef fx_ssize bad
     cdef const fx_table *tb
@@ -1033,7 +1065,7 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
         return None
     if type(epsilon) is not float or not (0.0 < epsilon < 0.5):
         return None
-    if not (threads is None or (type(threads) is int and threads == 1)):
+    if not (threads is None or type(threads) is int):
         return None
     if not _default_backend(backend):
         return None
@@ -1049,10 +1081,14 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     lt = cnp.PyArray_TYPE(lab)
     n = x.shape[0]
     c = x.shape[1]
-    if not (xt == cnp.NPY_FLOAT or xt == cnp.NPY_DOUBLE) or n < 1 or c < 1 or n > FAST_MAX_ROWS:
+    if not (xt == cnp.NPY_FLOAT or xt == cnp.NPY_DOUBLE) or n < 1 or c < 1 or lab.shape[0] != n:
         return None
-    if n * c > FAST_MAX_ELEMENTS or lab.shape[0] != n:
-        return None
+    if not (n * c <= FAST_MAX_ELEMENTS and n <= FAST_MAX_ROWS and (threads is None or threads == 1)):
+        if n * c > REMEMBERED_MAX_ELEMENTS:
+            return None
+        nt = _remembered_threads(backend, threads, from_logits, return_grad, x, n, c)
+        if nt < 1:
+            return None
     if grad_out is not None and grad_out is not y_pred and not _separate_grad_out(grad_out, x, lab):
         return None
     lsz = cnp.PyArray_ITEMSIZE(lab)
@@ -1068,7 +1104,7 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
             return None
         count += 1
     if plan_only:
-        return True
+        return nt
     isz = cnp.PyArray_ITEMSIZE(x)
     memset(&k, 0, sizeof(fx_call))  # as _setup fills it for the general path's arguments
     k.n_o, k.n_c, k.n_i = n, c, 1
@@ -1080,7 +1116,10 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     k.lab_so, k.lab_si = lsz, lsz
     k.lab_dtype = FX_I64 if lsz == 8 else FX_I32
     k.gw = <const char *>&_zero_grad_weight
-    k.loss = losses
+    k.loss = &losses[0]
+    if n > FAST_MAX_ROWS:
+        block_sums = &sums[0]  # _run sums each block of BLOCK_ROWS rows, as the general path
+        k.loss = block_sums
     k.cw, k.cw0, k.cw_uniform, k.cw_sum = _unit_weights, 1.0, 1, <double>c
     _normalise(&k)
     tb = fx_active()
@@ -1090,7 +1129,7 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
         # probabilities are range-checked by a loss-only pass before any gradient
         # is written: the caller's buffer (perhaps y_pred) stays untouched on error
         with nogil:
-            bad = _gather_log_run(&k, 1, NULL)
+            bad = _gather_log_run(&k, nt, block_sums)
         if bad >= 0:
             return None  # the general path raises
     if return_grad is True:
@@ -1103,10 +1142,13 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
         k.g.so, k.g.sc, k.g.si = k.x.so, k.x.sc, k.x.si  # g is laid out as x
     with nogil:
         if logits:
-            bad = _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], 1, NULL)
+            bad = _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], nt, block_sums)
         else:
-            bad = _gather_log_run(&k, 1, NULL)
-        total = _pairwise_sum(losses, n)
+            bad = _gather_log_run(&k, nt, block_sums)
+        if block_sums == NULL:
+            total = _pairwise_sum(losses, n)
+        else:
+            total = _pairwise_sum(sums, (n + BLOCK_ROWS - 1) // BLOCK_ROWS)
     if bad >= 0:
         return None  # a probability out of range: the general path raises
     if mean:
