@@ -893,17 +893,6 @@ FX_INLINE T FXN(bce_probs_grad)(T v, T y, T w, T lo, T hi)
     return SEL((v < lo) | (v > hi), (T)0, -w * y / v + ((T)1 - y) / ((T)1 - v));
 }
 
-/* The binary element loss / gradient; `probs` is a constant at every call site,
- * so after inlining each kernel has only its own formula. */
-FX_INLINE T FXN(bce_loss)(int probs, T v, T y, T w, T lo, T hi)
-{
-    return probs ? FXN(bce_probs_loss)(v, y, w, lo, hi) : FXM(fx_bce_logits_loss)(v, y, w);
-}
-FX_INLINE T FXN(bce_grad)(int probs, T v, T y, T w, T lo, T hi)
-{
-    return probs ? FXN(bce_probs_grad)(v, y, w, lo, hi) : FXM(fx_bce_logits_grad)(v, y, w);
-}
-
 /* One block of a binary row: element losses summed in float64 lanes, gradients
  * times gscale (grad_weight / C), out-of-range probabilities flagged. */
 FX_INLINE double FXN(bce_block_w)(int probs, const T *x, const T *t, const T *pw, T pw0, fx_ssize n,
@@ -921,7 +910,11 @@ FX_INLINE double FXN(bce_block_w)(int probs, const T *x, const T *t, const T *pw
                                   T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale)
 {
     double s;
-#define FX_BL(c) FXN(bce_loss)(probs, x[c], t[c] * keep + half_ls, pw ? pw[c] : pw0, lo, hi)
+    T e[FX_BLOCK]; /* from logits, exp(-|x|) in a pass of its own, as in bce_lanes */
+    if (!probs)
+        for (fx_ssize c = 0; c < n; c++) e[c] = FXM(fx_exp_neg)(-FXM(fx_abs)(x[c]));
+#define FX_BL(c) (probs ? FXN(bce_probs_loss)(x[c], t[c] * keep + half_ls, pw ? pw[c] : pw0, lo, hi) \
+                        : FXM(fx_bce_logits_loss_e)(x[c], e[c], t[c] * keep + half_ls, pw ? pw[c] : pw0))
     FX_LANESUM(s, n, FX_BL, FX_NOPRE);
 #undef FX_BL
     if (probs) {
@@ -931,8 +924,8 @@ FX_INLINE double FXN(bce_block_w)(int probs, const T *x, const T *t, const T *pw
     }
     if (g)
         for (fx_ssize c = 0; c < n; c++) {
-            T v = x[c], y = t[c] * keep + half_ls;
-            g[c] = gscale * FXN(bce_grad)(probs, v, y, pw ? pw[c] : pw0, lo, hi);
+            T v = x[c], y = t[c] * keep + half_ls, w = pw ? pw[c] : pw0;
+            g[c] = gscale * (probs ? FXN(bce_probs_grad)(v, y, w, lo, hi) : FXM(fx_bce_logits_grad_e)(v, e[c], y, w));
         }
     return s;
 }
@@ -980,12 +973,21 @@ FX_INLINE void FXN(bce_lanes)(int probs, int first, int grad, const T *x, const 
                               T pw0, fx_ssize n, T keep, T half_ls, T lo, T hi, double *s,
                               int32_t *out, const T *gsc, T *g)
 {
+    /* From logits, exp(-|x|) first, in a loop of its own: one loop computing exp,
+     * log1p (a division) and the loss is one long dependency chain per vector, and
+     * the out-of-order window holds too few vectors to overlap them. */
+    T e[FX_LANES];
+    if (!probs)
+        for (fx_ssize j = 0; j < n; j++) e[j] = FXM(fx_exp_neg)(-FXM(fx_abs)(x[j]));
     for (fx_ssize j = 0; j < n; j++) {
         T v = x[j], y = t[j] * keep + half_ls, w = pw ? pw[j] : pw0;
-        double l = (double)FXN(bce_loss)(probs, v, y, w, lo, hi);
+        double l = probs ? (double)FXN(bce_probs_loss)(v, y, w, lo, hi)
+                         : (double)FXM(fx_bce_logits_loss_e)(v, e[j], y, w);
         s[j] = first ? l : s[j] + l;
         if (probs) out[j] = (first ? 0 : out[j]) | (v < 0) | (v > 1);
-        if (grad) g[j] = gsc[j] * FXN(bce_grad)(probs, v, y, w, lo, hi);
+        if (grad)
+            g[j] = gsc[j] * (probs ? FXN(bce_probs_grad)(v, y, w, lo, hi)
+                                   : FXM(fx_bce_logits_grad_e)(v, e[j], y, w));
     }
 }
 

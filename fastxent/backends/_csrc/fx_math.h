@@ -301,23 +301,23 @@ FX_INLINE double fx_relu_neg_f64(double x)
     return fx_u2d((b & UINT64_C(0x7fffffffffffffff)) & (UINT64_C(0) - (b >> 63)));
 }
 
-/* Element loss (1-y)*softplus(x) + pw*y*softplus(-x). softplus(+-x) =
- * max(+-x, 0) + log1p(exp(-|x|)) share one exp and one log1p. A zero coefficient
- * gives exactly 0 (x = +inf with y = 1 costs 0, not NaN); NaN x gives NaN. */
+/* Element loss (1-y)*softplus(x) + pw*y*softplus(-x), from x and e = exp(-|x|)
+ * (the kernels take the exps in a pass of their own: see bce_lanes). softplus(+-x)
+ * = max(+-x, 0) + log1p(e) share one log1p. A zero coefficient gives exactly 0
+ * (x = +inf with y = 1 costs 0, not NaN); NaN x gives NaN. */
 #define FX_DEFINE_BCE_LOGITS(T, SFX, SEL)                                          \
-    FX_INLINE T fx_bce_logits_loss_##SFX(T x, T y, T pw)                           \
+    FX_INLINE T fx_bce_logits_loss_e_##SFX(T x, T e, T y, T pw)                    \
     {                                                                              \
-        T l1p = fx_log1p_unit_##SFX(fx_exp_neg_##SFX(-fx_abs_##SFX(x)));           \
+        T l1p = fx_log1p_unit_##SFX(e);                                            \
         T sp_pos = fx_relu_##SFX(x) + l1p;     /* softplus(x)  */                  \
         T sp_neg = fx_relu_neg_##SFX(x) + l1p; /* softplus(-x) */                  \
         T neg = (T)1 - y, pos = pw * y;                                            \
         T loss = SEL(neg != 0, neg * sp_pos, (T)0) + SEL(pos != 0, pos * sp_neg, (T)0); \
         return SEL(x != x, x, loss);                                               \
     }                                                                              \
-    /* (1-y)*sigmoid(x) - pw*y*sigmoid(-x), both sigmoids from exp(-|x|). */        \
-    FX_INLINE T fx_bce_logits_grad_##SFX(T x, T y, T pw)                           \
+    /* (1-y)*sigmoid(x) - pw*y*sigmoid(-x), both sigmoids from e. */               \
+    FX_INLINE T fx_bce_logits_grad_e_##SFX(T x, T e, T y, T pw)                    \
     {                                                                              \
-        T e = fx_exp_neg_##SFX(-fx_abs_##SFX(x));                                  \
         T inv = (T)1 / ((T)1 + e);           /* sigmoid(|x|)  */                   \
         T sm = e * inv;                      /* sigmoid(-|x|) */                   \
         T sig_pos = SEL(x < 0, sm, inv);     /* sigmoid(x); NaN: e*inv = NaN */     \
