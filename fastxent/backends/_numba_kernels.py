@@ -16,7 +16,7 @@ only. ``KERNELS`` maps each kernel name to a thin Python wrapper that
 
 Design rules: every transcendental is a polynomial written here (``_exp``, ``_log``,
 ``_log1p``) so that LLVM vectorises the loops that call it; sums over a row are
-float64; one helper per quantity (``_softplus_tail``, ``_sigmoids``,
+float64; one helper per quantity (``_bce_logit_loss``, ``_sigmoids``,
 ``_softmax_grad``, ...) is shared by the loss-only and loss+gradient loops.
 No function uses the ``nnan``/``ninf`` fast-math flags; only the small row-reduction
 helpers carry ``reassoc`` (without it LLVM keeps an FP sum sequential and the whole
@@ -514,12 +514,6 @@ def _as_ol(v, like):
 
 
 @_helper(inline=True)
-def _softplus_tail(v):
-    """log1p(exp(-|v|)): softplus(v) = max(v, 0) + tail, softplus(-v) = max(-v, 0) + tail."""
-    return _log1p(_exp(-abs(v)))
-
-
-@_helper(inline=True)
 def _sigmoids(v):
     """(sigmoid(v), sigmoid(-v)), each computed directly from e = exp(-|v|)."""
     e = _exp(-abs(v))
@@ -533,8 +527,15 @@ def _sigmoids(v):
 def _bce_logit_loss(v, y, pw):
     """(1-y) softplus(v) + pw y softplus(-v): a zero coefficient gives exactly 0 even
     where its softplus is inf; a NaN logit gives NaN."""
+    return _bce_logit_loss_e(v, _exp_neg(-abs(v)), y, pw)
+
+
+@_helper(inline=True)
+def _bce_logit_loss_e(v, e, y, pw):
+    """_bce_logit_loss with e = exp(-|v|) given (taken in a loop of its own); e may
+    be anything where v is NaN."""
     zero, one = _zero_like(v), _one_like(v)
-    tail = _softplus_tail(v)
+    tail = _log1p(e)  # softplus(v) = max(v, 0) + log1p(exp(-|v|))
     sp_pos = (v if v > zero else zero) + tail
     sp_neg = (-v if v < zero else zero) + tail
     neg, pos = one - y, pw * y
@@ -1092,7 +1093,10 @@ def _cols_xent_probs_grad(x, g, t, wc, o, i0, keep, ls_c, scale, lo, hi, gw):
 
 
 @_helper
-def _cols_bce_logits(x, t, pw, o, i0, keep, half_ls, loss, p_loss):
+def _cols_bce_logits(x, t, pw, o, i0, keep, half_ls, loss, p_loss, e):
+    """The exps first, into e (nb values), in a loop of their own: in one loop with
+    the log1p and the loss they make one long dependency chain per vector, and the
+    CPU's out-of-order window holds too few of them to overlap."""
     nb, n_c = loss.shape[0], x.shape[1]
     for c0 in range(0, n_c, _BLOCK):
         for c in range(c0, min(n_c, c0 + _BLOCK)):
@@ -1100,9 +1104,11 @@ def _cols_bce_logits(x, t, pw, o, i0, keep, half_ls, loss, p_loss):
             tv = _col_view_c(t, o, c, i0, nb)
             pwv = _pw_col(pw, c, i0, nb)
             for j in range(nb):
+                e[j] = _exp_neg(-abs(_x_value(xv[j])))  # (a NaN logit's loss is NaN whatever e)
+            for j in range(nb):
                 v = _x_value(xv[j])
                 y = _as(tv[j], v) * keep + half_ls
-                p_loss[j] += _bce_logit_loss(v, y, _as(_at(pwv, j), v))
+                p_loss[j] += _bce_logit_loss_e(v, e[j], y, _as(_at(pwv, j), v))
         _flush(loss, p_loss)
 
 
@@ -1607,9 +1613,9 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block):
     for q in prange(n_o * n_blocks):
         o, i0, nb = _block(q, n_blocks, block, n_i)
         total = np.zeros(nb)
-        cs = _compute_zeros(x, 2, nb)
-        p_total, gw_c = cs[0], cs[1]
-        _cols_bce_logits(x, t, pw, o, i0, keep_c, half_c, total, p_total)
+        cs = _compute_zeros(x, 3, nb)
+        p_total, gw_c, e = cs[0], cs[1], cs[2]
+        _cols_bce_logits(x, t, pw, o, i0, keep_c, half_c, total, p_total, e)
         _store_losses(loss, q, o, i0, 1, total, n_c)
         if g is not None:
             for j in range(nb):
