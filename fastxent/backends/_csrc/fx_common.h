@@ -56,6 +56,7 @@ typedef int (*fx_row_fn)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y);
 typedef fx_ssize (*fx_cols_fn)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n);
 
 #define FX_LANES 256  /* most rows one column task handles */
+#define FX_TILE 4096  /* elements of a column task's copied tile (classes x lanes) */
 #define FX_BLOCK 2048 /* elements of a row handled per block (row kernels) */
 
 /* Index 0: float32 compute (float16/float32 input), 1: float64. */
