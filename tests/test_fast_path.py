@@ -167,6 +167,27 @@ def test_declines_large_strided_and_other_dtypes(rng):
     huge = np.zeros((1, (1 << 22) + 1), dtype=np.float32)  # above the 4M-element limit, even decided
     sparse(np.array([0]), huge, from_logits=True)
     assert not served_by_fast_path(np.array([0]), huge, from_logits=True)
+
+
+def test_more_classes_than_the_unit_weights_take_the_general_path(rng):
+    """The compiled path's unit class weights hold 32,768 values: a decided call with
+    more classes must not read past them (a label or argmax beyond would)."""
+    c = 40_000
+    x = rng.standard_normal((3, c)).astype(np.float32)
+    x[:, -1] = 30.0  # the argmax, and a label, beyond 32,768
+    y = np.array([c - 1, 5, c - 2])
+    for return_grad in (False, True):
+        first = sparse(y, x, from_logits=True, return_grad=return_grad)
+        assert _dispatch._choices  # decided
+        assert not served_by_fast_path(y, x, from_logits=True, return_grad=return_grad)
+        want = general_path(y, x, from_logits=True, return_grad=return_grad)
+        again = sparse(y, x, from_logits=True, return_grad=return_grad)
+        for got in (first, again):
+            got_loss = got[0] if return_grad else got
+            want_loss = want[0] if return_grad else want
+            assert got_loss.tobytes() == want_loss.tobytes()
+            if return_grad:
+                assert got[1].tobytes() == want[1].tobytes()
     x = rng.standard_normal((100, 20))
     assert not served_by_fast_path(y[:100], x[:, ::2], from_logits=True)  # strided
     assert not served_by_fast_path(y[:100], x.astype(np.float16), from_logits=True)

@@ -1020,8 +1020,8 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     backend; with ``return_grad``, a new gradient array, ``y_pred`` itself (in place)
     or a plain ``grad_out`` that overlaps neither input. Sizes: at most 32,768
     elements and 4,096 rows on one thread (``threads`` None or 1); or up to 4M
-    elements once the dispatcher has chosen Cython for the call's signature, with
-    its thread count. Anything else -- including any invalid input, whose error the
+    elements and 32,768 classes once the dispatcher has chosen Cython for the
+    call's signature, with its thread count. Anything else -- including any invalid input, whose error the
     general path raises -- returns None. The result has the bits the general path
     would give: the same kernel with the same gradient scale and threads, and
     NumPy's pairwise summation of the per-row losses (of the block sums above
@@ -1084,7 +1084,7 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     if not (xt == cnp.NPY_FLOAT or xt == cnp.NPY_DOUBLE) or n < 1 or c < 1 or lab.shape[0] != n:
         return None
     if not (n * c <= FAST_MAX_ELEMENTS and n <= FAST_MAX_ROWS and (threads is None or threads == 1)):
-        if n * c > REMEMBERED_MAX_ELEMENTS:
+        if n * c > REMEMBERED_MAX_ELEMENTS or c > FAST_MAX_ELEMENTS:  # (_unit_weights holds that many)
             return None
         nt = _remembered_threads(backend, threads, from_logits, return_grad, x, n, c)
         if nt < 1:
