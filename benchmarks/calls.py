@@ -16,6 +16,7 @@ import statistics
 import timeit
 
 import numpy as np
+from targets import torch_fns
 
 SPARSE_SHAPES = ((32, 10), (64, 1_000), (1_000, 100), (4_096, 32), (4_096, 100), (256, 1_000), (16_384, 100))
 
@@ -51,21 +52,13 @@ def fastxent_calls(rng) -> dict:
 
 
 def torch_calls(rng) -> dict:
-    """The sparse calls in torch, each as {threads: call}."""
-    import torch
-    import torch.nn.functional as F
-
+    """The sparse calls in torch, each as {threads: call} (``targets.torch_fns``)."""
     out = {}
     for n, c in SPARSE_SHAPES:
-        x = torch.from_numpy((rng.standard_normal((n, c)) * 3).astype(np.float32))
-        y = torch.from_numpy(rng.integers(0, c, n))
-
-        def backward(x=x, y=y):
-            xg = x.detach().requires_grad_()
-            F.cross_entropy(xg, y).backward()
-
-        out[f"sparse {n:,} × {c:,}"] = (lambda x=x, y=y: F.cross_entropy(x, y), n * c)
-        out[f"  + gradient {n:,} × {c:,}"] = (backward, n * c)
+        x = (rng.standard_normal((n, c)) * 3).astype(np.float32)
+        y = rng.integers(0, c, n)
+        out[f"sparse {n:,} × {c:,}"] = (torch_fns("sparse", x, y, 2), n * c)
+        out[f"  + gradient {n:,} × {c:,}"] = (torch_fns("sparse", x, y, 2, grad=True), n * c)
     return out
 
 
@@ -78,9 +71,9 @@ def main(argv=None) -> int:
     if args.torch:
         import torch
 
-        def timing(fn, elements):
+        def timing(fns, elements):
             best = []
-            for threads in (1, 2):
+            for threads, fn in fns.items():
                 torch.set_num_threads(threads)
                 best.append(best_mean_us(fn, calls_per_timing(elements)))
             return min(best)

@@ -20,7 +20,7 @@ from ._validate import Problem, build_problem
 try:  # the compiled fast path for plain sparse calls (see _cython_ext.fast_sparse)
     from .backends._cython_ext import _fast_configure, fast_sparse as _fast_sparse
 
-    _fast_configure(_backend_var, _threads_var, _dispatch._choices)
+    _fast_configure(_backend_var, _threads_var, _dispatch.remembered)
 except ImportError:  # a source tree without the extension: the general path only
     _fast_sparse = None
 

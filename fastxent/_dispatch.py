@@ -105,10 +105,22 @@ def reload_calibration() -> None:
     forget_choices()
 
 
-#: (backend, threads) per call signature; see :func:`choose`. The compiled fast path
-#: reads this very dict (``_cython_ext.fast_sparse``): clear it, never rebind it.
+#: (backend, threads) per call signature; see :func:`choose`.
 _choices: dict[tuple, tuple[str, int]] = {}
 _MAX_CHOICES = 4096
+
+
+def _signature(backend, threads, kind, from_logits, label_smoothing, return_grad, shape, dtype) -> tuple:
+    """The memo key of a call: everything the decision reads (the call's options,
+    ``config()`` blocks, the environment and OpenMP limit as one int)."""
+    return (backend, threads, settings_key(), kind, from_logits, label_smoothing == 0, return_grad, shape, dtype)
+
+
+def remembered(backend, threads, kind, from_logits, label_smoothing, return_grad, shape, dtype):
+    """The remembered (backend, threads) of a call signature, or None: what the
+    compiled fast path asks before it serves a call (``shape`` is y_pred's as
+    ``(O, C, I)``, the validated options as :func:`choose` sees them)."""
+    return _choices.get(_signature(backend, threads, kind, from_logits, label_smoothing, return_grad, shape, dtype))
 
 
 def choose(problem) -> tuple[str, int]:
@@ -121,11 +133,8 @@ def choose(problem) -> tuple[str, int]:
     decisions for every key -- a new calibration, Numba compiling a kernel -- call
     :func:`forget_choices`.
     """
-    key = (
-        problem.backend, problem.threads, settings_key(),
-        problem.kind, problem.from_logits, problem.label_smoothing == 0, problem.return_grad,
-        problem.x.shape, problem.x.dtype,
-    )
+    key = _signature(problem.backend, problem.threads, problem.kind, problem.from_logits,
+                     problem.label_smoothing, problem.return_grad, problem.x.shape, problem.x.dtype)
     choice = _choices.get(key)
     if choice is None:
         plan = make_plan(problem)

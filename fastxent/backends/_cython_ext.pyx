@@ -919,14 +919,14 @@ cdef fx_ssize _gather_log_run(fx_call *k, int threads, double *sums) except -2 n
 #: FAST_MAX_ELEMENTS elements and FAST_MAX_ROWS rows (a stack buffer of losses) --
 #: run on one thread without asking the dispatcher (one thread is what it would
 #: choose). Larger ones, up to REMEMBERED_MAX_ELEMENTS, run when the dispatcher has
-#: already decided for the call's signature (its memo, ``_dispatch._choices``) and
+#: already decided for the call's signature (``_dispatch.remembered``) and
 #: chose Cython: its thread count, without the ~20-40 µs of Python around a call.
 cdef enum:
     FAST_MAX_ROWS = 4096
     FAST_MAX_BLOCKS = 256  # block sums on the stack: REMEMBERED_MAX_ELEMENTS rows at most
 cdef fx_ssize FAST_MAX_ELEMENTS = 1 << 15
 cdef fx_ssize REMEMBERED_MAX_ELEMENTS = FAST_MAX_BLOCKS * BLOCK_ROWS
-cdef object _choices = None  # fastxent._dispatch's memo: signature -> (backend, threads)
+cdef object _remembered = None  # fastxent._dispatch.remembered: a signature's (backend, threads)
 cdef double *_unit_weights = NULL  # FAST_MAX_ELEMENTS ones: class_weight=None
 cdef double _zero_grad_weight = 0.0
 cdef object _backend_config = None  # fastxent._config's context variable
@@ -934,15 +934,15 @@ cdef object _dtype_f32 = np.dtype(np.float32)
 cdef object _dtype_f64 = np.dtype(np.float64)
 
 
-def _fast_configure(backend_var, threads_var, choices):
+def _fast_configure(backend_var, threads_var, remembered):
     """Give the compiled code the context variables of ``fastxent.config()`` (the
-    fast path reads the backend, ``settings_key`` both) and the dispatcher's memo
-    of decisions (a dict the fast path only reads)."""
-    global _backend_config, _unit_weights, _context_vars, _choices
+    fast path reads the backend, ``settings_key`` both) and the dispatcher's lookup
+    of its remembered decisions."""
+    global _backend_config, _unit_weights, _context_vars, _remembered
     cdef fx_ssize c
     _backend_config = backend_var
     _context_vars = (backend_var, threads_var)
-    _choices = choices
+    _remembered = remembered
     if _unit_weights == NULL:
         _unit_weights = <double *>malloc(FAST_MAX_ELEMENTS * sizeof(double))
         if _unit_weights == NULL:
@@ -997,14 +997,13 @@ cdef inline bint _default_backend(object backend) noexcept:
 cdef int _remembered_threads(object backend, object threads, object from_logits, object return_grad,
                              cnp.ndarray x, fx_ssize n, fx_ssize c) except -1:
     """The threads the dispatcher chose for this call's signature if it chose Cython,
-    else 0. The key is ``_dispatch.choose``'s, built from the raw arguments: the
-    general path keys on the validated ones, which are these same objects for the
-    calls that reach here (exact bools and ints, a C-ordered 2-D y_pred as (n, c, 1))."""
-    if _choices is None:
+    else 0. The raw arguments stand for the validated ones the general path keys on:
+    they are the same objects for the calls that reach here (exact bools and ints,
+    label smoothing 0, a C-ordered 2-D y_pred seen as (n, c, 1))."""
+    if _remembered is None:
         return 0
-    key = (backend, threads, settings_key(), "sparse", from_logits, True, return_grad, (n, c, 1),
-           (<object>x).dtype)
-    choice = (<dict>_choices).get(key)
+    choice = _remembered(backend, threads, "sparse", from_logits, 0.0, return_grad, (n, c, 1),
+                         (<object>x).dtype)
     if choice is None or choice[0] != "cython":
         return 0
     return <int>choice[1]

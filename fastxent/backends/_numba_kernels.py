@@ -1941,14 +1941,14 @@ def _run(driver, args, threads) -> int:
                 _dispatch.forget_choices()
 
 
-#: Drivers whose work items can be the blocks of ``BLOCK_ROWS`` rows that block-sums
-#: mode sums (its ``loss`` argument third from last, ``block`` last), and whether a
-#: call's x (after the layout step) allows it: one work item per block needs the
-#: rows along one axis, and few enough classes for a block to stay in cache.
 def _few_outputs_along_one_axis(x) -> bool:
     return x.shape[0] == 1 and x.shape[1] <= 16
 
 
+#: Drivers whose work items can be the blocks of ``BLOCK_ROWS`` rows that block-sums
+#: mode sums (its ``loss`` argument third from last, ``block`` last), and whether a
+#: call's x (after the layout step) allows it: one work item per block needs the
+#: rows along one axis, and few enough classes for a block to stay in cache.
 _SUMMABLE = {
     _sparse_probs_gather: lambda x: x.shape[0] == 1 or x.shape[2] == 1,
     _binary_logits_cols: _few_outputs_along_one_axis,

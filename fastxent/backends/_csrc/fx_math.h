@@ -302,7 +302,7 @@ FX_INLINE double fx_relu_neg_f64(double x)
 }
 
 /* Element loss (1-y)*softplus(x) + pw*y*softplus(-x), from x and e = exp(-|x|)
- * (the kernels take the exps in a pass of their own: see bce_lanes). softplus(+-x)
+ * (the kernels take the exps in a pass of their own: see bce_exps). softplus(+-x)
  * = max(+-x, 0) + log1p(e) share one log1p. A zero coefficient gives exactly 0
  * (x = +inf with y = 1 costs 0, not NaN); NaN x gives NaN. */
 #define FX_DEFINE_BCE_LOGITS(T, SFX, SEL)                                          \
