@@ -484,10 +484,7 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
     char *grow = k->g.data ? k->g.data + o * k->g.so + i * k->g.si : NULL;
     double *loss = &k->loss[o * k->n_i + i - k->loss_r0];
     const fx_ssize xs = k->x.sc, gs = k->g.sc;
-#ifndef FX_PF_ROWS
-#define FX_PF_ROWS 1
-#endif
-    const char *xnext = i + 1 < k->n_i ? xrow + k->x.si : xrow + FX_PF_ROWS * k->x.so - i * k->x.si;
+    const char *xnext = i + 1 < k->n_i ? xrow + k->x.si : xrow + k->x.so - i * k->x.si;
 
     if (!k->dense && y < 0) { /* ignored row */
         *loss = 0.0;
