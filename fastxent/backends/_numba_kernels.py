@@ -635,7 +635,9 @@ def _softmax_grad(v, m, a, big_a, a_over_s, ar_over_s):
     """dl/dx_c = A q_c - a_c with q_c = exp(x_c - m) / S. At the row max of a row
     where it dominates (R < 1, so the max is unique; ``ar_over_s >= 0``, see
     ``_grad_coefs``) it is formed as (A - a) - A R / S, exact however small R is."""
-    e = _exp(v - m)  # computed unconditionally, then selected: a branch would block vectorisation
+    # v - m <= 0 wherever the result is kept: callers overwrite the rows whose max is
+    # not finite. Computed unconditionally, then selected (a branch blocks vectorisation).
+    e = _exp_neg(v - m)
     return (big_a - a) - ar_over_s if (v == m) & (ar_over_s >= 0) else a_over_s * e - a
 
 
@@ -796,6 +798,10 @@ def _pw_col_ol(pw, c, i0, n):
 _CHUNK = 4096
 #: Terms per compute-dtype partial sum (then added into a float64 sum).
 _BLOCK = 64
+#: The same for the softmax exp sums: 16 terms per float32 lane (two 8-lane
+#: accumulators), as in the Cython kernels' runs; each block's horizontal sum and
+#: conversion cost ~5% of a 64-element block.
+_SUM_BLOCK = 256
 
 
 def _part(a, c0, c1):
@@ -820,8 +826,8 @@ def _row_max(xr):
 @_helper
 def _row_exp_sum(xr, m):
     """(sum of exp(x_c - m) over x_c != m, count of x_c == m). Terms are added in
-    the compute dtype over blocks of _BLOCK elements, each block sum then into a
-    float64 total: a vector lane adds only a few terms per block, so a float32
+    the compute dtype over blocks of _SUM_BLOCK elements, each block sum then into
+    a float64 total: a vector lane adds at most 16 terms per block, so a float32
     partial sum errs by a few ulp (the size of exp's own error), and the loop keeps
     8 float32 lanes (a float64 accumulator in it halves the width). Both loops sit
     in this one function: a separate, already vectorised block function is too big
@@ -830,8 +836,8 @@ def _row_exp_sum(xr, m):
     n = xr.shape[0]
     rest = 0.0
     ties = 0.0
-    for b0 in range(0, n, _BLOCK):
-        xb = xr[b0 : min(n, b0 + _BLOCK)]  # indexed from 0 (see the section comment)
+    for b0 in range(0, n, _SUM_BLOCK):
+        xb = xr[b0 : min(n, b0 + _SUM_BLOCK)]  # indexed from 0 (see the section comment)
         part = zero
         count = zero
         for c in range(xb.shape[0]):
