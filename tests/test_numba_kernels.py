@@ -470,17 +470,24 @@ def _ulp_error(got, want, dtype):
 
 @pytest.fixture(scope="module")
 def elementwise(nk):
-    """The kernels' exp, exp of x <= 0 and log, applied to an array."""
+    """The kernels' exp, exp of x <= 0, log and log1p of u in [0, 1], applied to an array."""
     import numba
 
     @numba.njit(fastmath={"contract"})
     def apply(which, x):
         out = np.empty_like(x)
         for k in range(x.shape[0]):
-            out[k] = nk._exp(x[k]) if which == 0 else (nk._exp_neg(x[k]) if which == 1 else nk._log(x[k]))
+            if which == 0:
+                out[k] = nk._exp(x[k])
+            elif which == 1:
+                out[k] = nk._exp_neg(x[k])
+            elif which == 2:
+                out[k] = nk._log(x[k])
+            else:
+                out[k] = nk._log1p_unit(x[k])
         return out
 
-    return lambda which, x: apply({"exp": 0, "exp_neg": 1, "log": 2}[which], x)
+    return lambda which, x: apply({"exp": 0, "exp_neg": 1, "log": 2, "log1p_unit": 3}[which], x)
 
 
 def test_exp_log_accuracy(elementwise):
@@ -495,6 +502,11 @@ def test_exp_log_accuracy(elementwise):
     p32 = np.concatenate([np.geomspace(1e-37, 1e38, 1_000_000, dtype=np.float32),
                           np.linspace(0.5, 2.0, 1_000_000, dtype=np.float32)])  # fmt: skip
     assert _ulp_error(elementwise("log", p32), np.log(p32.astype(np.float64)), F32).max() <= 2.0
+    u32 = np.concatenate([np.linspace(0, 1, 1_000_001, dtype=np.float32), np.geomspace(1e-38, 1, 100_000, dtype=np.float32)])
+    assert _ulp_error(elementwise("log1p_unit", u32), np.log1p(u32.astype(np.float64)), F32).max() <= 2.0
+    u64 = np.concatenate([np.linspace(0, 1, 1_000_001), np.geomspace(1e-300, 1, 100_000)])
+    assert _ulp_error(elementwise("log1p_unit", u64), np.log1p(u64), F64).max() <= 3.0  # measured 3
+    assert np.isnan(elementwise("log1p_unit", np.array([np.nan], F32))[0])
 
 
 def test_exp_neg_specials(elementwise):

@@ -481,13 +481,40 @@ def _log_ol(x):
         return _log64
 
 
-@_helper(inline=True)
-def _log1p(u):
-    """log(1 + u) accurate for tiny u (u >= 0 or NaN): log(w) + (u - (w - 1)) / w,
-    w = 1 + u rounded; the second term restores what the rounding of w lost."""
-    one = _one_like(u)
-    w = u + one
-    return _log(w) + (u - (w - one)) / w
+def _log1p_unit(u):
+    """log(1 + u) for u in [0, 1] or NaN (the softplus tail log1p(exp(-|v|))),
+    accurate for tiny u."""
+
+
+# float32: 2 atanh(s), s = u / (2 + u) in [0, 1/3], by a degree-4 polynomial in s**2
+# (the Cython kernels' fx_log1p_unit_f32): one division and no exponent handling,
+# about half the operations of log(1 + u) through _log.
+_L1P_P1, _L1P_P2 = _F32(float.fromhex("0x1.55554cp-2")), _F32(float.fromhex("0x1.99ad6cp-3"))
+_L1P_P3, _L1P_P4 = _F32(float.fromhex("0x1.21249ap-3")), _F32(float.fromhex("0x1.12f598p-3"))
+_F32_TWO = _F32(2.0)
+
+
+def _log1p_unit32(u):
+    s = u / (_F32_TWO + u)
+    z = s * s
+    p = (_L1P_P4 * z + _L1P_P3) * (z * z) + (_L1P_P2 * z + _L1P_P1)
+    t = s + s
+    return t + t * (z * p)
+
+
+def _log1p_unit64(u):
+    """log(w) + (u - (w - 1)) / w, w = 1 + u rounded: the second term restores what
+    the rounding of w lost."""
+    w = u + 1.0
+    return _log(w) + (u - (w - 1.0)) / w
+
+
+@overload(_log1p_unit, jit_options=_POLY_OPTS)
+def _log1p_unit_ol(u):
+    if u == types.float32:
+        return _log1p_unit32
+    if u == types.float64:
+        return _log1p_unit64
 
 
 def _one_like(u):
@@ -571,7 +598,7 @@ def _bce_logit_loss_e(v, e, y, pw):
     """_bce_logit_loss with e = exp(-|v|) given (taken in a loop of its own); e may
     be anything where v is NaN."""
     zero, one = _zero_like(v), _one_like(v)
-    tail = _log1p(e)  # softplus(v) = max(v, 0) + log1p(exp(-|v|))
+    tail = _log1p_unit(e)  # softplus(v) = max(v, 0) + log1p(exp(-|v|))
     sp_pos = (v if v > zero else zero) + tail
     sp_neg = (-v if v < zero else zero) + tail
     neg, pos = one - y, pw * y
