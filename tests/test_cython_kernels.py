@@ -19,12 +19,14 @@ Tolerances (why):
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import subprocess
 import sys
 
 import mpmath
+
 import numpy as np
 import pytest
 from scipy.special import expit, logsumexp
@@ -621,6 +623,37 @@ def test_gather_reads_one_value_per_row():
     r = ext.sparse_from_probs(p[:, :, None], y[:, None], np.ones(C), 0.0, -1, 1e-7, np.ones((N, 1)), loss, None, 2)
     assert r == -1
     np.testing.assert_allclose(loss[:, 0], -np.log(py), rtol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_gather_batches(dtype, threads):
+    """The loss-only gather-log works in batches of rows (gather, then one vector log):
+    ignored rows, clipping at both ends, NaN and class weights across many batches
+    and a partial last one, against a plain reference and bit for bit against the
+    gradient call's losses (one row at a time)."""
+    N, C, eps = 1000 + 77, 40, 1e-3
+    y = RNG.integers(0, C, N)
+    p = RNG.uniform(0, 1, (N, C))
+    rows = np.arange(N)
+    p[rows[::7], y[::7]] = 0.0  # clipped to eps
+    p[rows[3::11], y[3::11]] = 1.0  # clipped to 1 - eps
+    p[rows[5::97], y[5::97]] = np.nan
+    p = p.astype(dtype)
+    cw = RNG.uniform(0.5, 2, C)
+    lo = np.float64(eps) if dtype == np.float64 else np.float64(np.float32(eps))
+    hi = 1.0 - eps if dtype == np.float64 else np.float64(np.float32(1) - np.float32(eps))
+    want = -cw[y] * np.log(np.clip(p[rows, y].astype(np.float64), lo, hi))
+    ignored = RNG.random(N) < 0.1
+    y[ignored], want[ignored] = -100, 0.0
+    kernel = functools.partial(ext.sparse_from_probs, p[:, :, None], y[:, None], cw, 0.0, -100, eps, np.ones((N, 1)))
+    loss = np.full((N, 1), 7.0)
+    assert kernel(loss, None, threads) == -1
+    np.testing.assert_allclose(loss[:, 0], want, rtol=1e-12)
+    assert np.array_equal(np.isnan(loss[:, 0]), np.isnan(want)) and (loss[ignored] == 0).all()
+    loss_g, grad = np.full((N, 1), 7.0), np.empty((N, C), np.float64 if dtype == np.float64 else np.float32)
+    assert kernel(loss_g, grad[:, :, None], threads) == -1
+    assert np.array_equal(loss, loss_g, equal_nan=True)
 
 
 # ---------------------------------------------------------------------------- dtypes

@@ -26,7 +26,6 @@ How a call runs:
 """
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport log, isnan
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset, strcmp, strdup
@@ -801,6 +800,11 @@ def sparse_from_probs(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weigh
 cdef fx_ssize PREFETCH_ROWS = 16
 
 
+#: Rows per batch of the loss-only gather-log (three stack buffers of doubles).
+cdef enum:
+    GATHER_BATCH = 128
+
+
 cdef inline double _as_double(value_t v) noexcept nogil:
     if value_t is uint16_t:
         return <double>fx_half_to_f32(v)
@@ -817,8 +821,9 @@ cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *
     """
     cdef fx_ssize r, o, i, y, yp, op, ip
     cdef label_t v
-    cdef double p, pc, wy, gw
+    cdef double p, pc, wy, gw, lg
     cdef double lo, hi
+    cdef const fx_table *tb = fx_active()
     cdef float lo32, hi32, p32
     cdef const char *xb = k.x.data
     cdef char *grow
@@ -831,6 +836,8 @@ cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *
     else:
         lo = lo32
         hi = hi32
+    if k.g.data == NULL:
+        return _gather_losses(k, lab, xv, r0, r1, lo, hi)
     for r in range(r0, r1):
         if r + PREFETCH_ROWS < r1:  # start the cache miss of a later row now
             _row_of(k, r + PREFETCH_ROWS, &op, &ip)
@@ -853,11 +860,55 @@ cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *
         clipped = p < lo or p > hi
         pc = lo if p < lo else (hi if p > hi else p)
         wy = k.cw[y]
-        k.loss[o * k.n_i + i - k.loss_r0] = -wy * log(pc)
+        tb.vlog_f64(&pc, &lg, 1)  # the loss-only batches' log: the same bits
+        k.loss[o * k.n_i + i - k.loss_r0] = 0.0 - wy * lg
         if grow != NULL:
             _zero_row(k, grow)
             gw = (<const double *>(k.gw + o * k.gw_so + i * k.gw_si))[0]
             _store_grad(k, grow + y * k.g.sc, 0.0 if clipped else -wy * gw / p)
+    return -1
+
+
+cdef fx_ssize _gather_losses(const fx_call *k, const label_t *lab, const value_t *xv,
+                             fx_ssize r0, fx_ssize r1, double lo, double hi) noexcept nogil:
+    """The loss-only gather-log in batches: a batch's clipped probabilities and class
+    weights are gathered first, then their logs taken in one vector call (a libm log
+    per row was half of the time). Same contract as ``_gather_rows``."""
+    cdef double pc[GATHER_BATCH]
+    cdef double wy[GATHER_BATCH]
+    cdef double lg[GATHER_BATCH]
+    cdef const fx_table *tb = fx_active()
+    cdef fx_ssize b0, b1, r, j, o, i, yp, op, ip
+    cdef label_t v
+    cdef double p
+    cdef const char *xb = k.x.data
+    cdef double *out
+    b0 = r0
+    while b0 < r1:
+        b1 = min(r1, b0 + GATHER_BATCH)
+        for r in range(b0, b1):
+            if r + PREFETCH_ROWS < r1:  # start the cache miss of a later row now
+                _row_of(k, r + PREFETCH_ROWS, &op, &ip)
+                yp = <fx_ssize>(<const label_t *>(<const char *>lab + op * k.lab_so + ip * k.lab_si))[0]
+                if <int64_t>yp != k.ignore:
+                    FX_PREFETCH(xb + op * k.x.so + yp * k.x.sc + ip * k.x.si)
+            _row_of(k, r, &o, &i)
+            v = (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
+            j = r - b0
+            if <int64_t>v == k.ignore:  # loss 0 - 0 * log(1) = 0
+                pc[j] = 1.0
+                wy[j] = 0.0
+                continue
+            p = _as_double((<const value_t *>(xb + o * k.x.so + <fx_ssize>v * k.x.sc + i * k.x.si))[0])
+            if p < 0 or p > 1:  # NaN is not a range error
+                return r
+            pc[j] = lo if p < lo else (hi if p > hi else p)  # (NaN stays NaN)
+            wy[j] = k.cw[<fx_ssize>v]
+        tb.vlog_f64(pc, lg, b1 - b0)
+        out = &k.loss[b0 - k.loss_r0]  # row r's loss is at r - loss_r0 (r = o * n_i + i)
+        for j in range(b1 - b0):
+            out[j] = 0.0 - wy[j] * lg[j]
+        b0 = b1
     return -1
 
 
