@@ -445,10 +445,6 @@ cdef inline void _row_of(const fx_call *k, fx_ssize r, fx_ssize *o, fx_ssize *i)
         i[0] = r - o[0] * k.n_i
 
 
-cdef inline label_t _label_at(const fx_call *k, const label_t *lab, fx_ssize o, fx_ssize i) noexcept nogil:
-    return (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
-
-
 cdef fx_ssize _rows_sparse(const fx_call *k, fx_row_fn fn, const label_t *lab,
                            fx_ssize r0, fx_ssize r1) noexcept nogil:
     """Rows r0..r1-1 of a sparse kernel; returns the first bad row or -1."""
@@ -456,7 +452,7 @@ cdef fx_ssize _rows_sparse(const fx_call *k, fx_row_fn fn, const label_t *lab,
     cdef label_t v
     for r in range(r0, r1):
         _row_of(k, r, &o, &i)
-        v = _label_at(k, lab, o, i)
+        v = (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
         y = -1 if <int64_t>v == k.ignore else <fx_ssize>v
         if fn(k, o, i, y):
             return r
@@ -816,16 +812,6 @@ cdef inline double _as_double(value_t v) noexcept nogil:
         return <double>v
 
 
-cdef inline void _prefetch_gathered(const fx_call *k, const label_t *lab, fx_ssize r) noexcept nogil:
-    """Start the cache miss of row r's gathered probability (the gather is latency-bound)."""
-    cdef fx_ssize o, i
-    cdef label_t y
-    _row_of(k, r, &o, &i)
-    y = _label_at(k, lab, o, i)
-    if <int64_t>y != k.ignore:
-        FX_PREFETCH(k.x.data + o * k.x.so + <fx_ssize>y * k.x.sc + i * k.x.si)
-
-
 cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *xv,
                            fx_ssize r0, fx_ssize r1) noexcept nogil:
     """-w_y log(clip(p_y)) for rows r0..r1-1, reading one value per row.
@@ -833,7 +819,7 @@ cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *
     The clip is done in the compute dtype (float32 for float16/float32 input), the
     log in float64 of the clipped value. Returns the first bad row or -1.
     """
-    cdef fx_ssize r, o, i, y
+    cdef fx_ssize r, o, i, y, yp, op, ip
     cdef label_t v
     cdef double p, pc, wy, gw, lg
     cdef double lo, hi
@@ -853,10 +839,13 @@ cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *
     if k.g.data == NULL:
         return _gather_losses(k, lab, xv, r0, r1, lo, hi)
     for r in range(r0, r1):
-        if r + PREFETCH_ROWS < r1:
-            _prefetch_gathered(k, lab, r + PREFETCH_ROWS)
+        if r + PREFETCH_ROWS < r1:  # start the cache miss of a later row now
+            _row_of(k, r + PREFETCH_ROWS, &op, &ip)
+            yp = <fx_ssize>(<const label_t *>(<const char *>lab + op * k.lab_so + ip * k.lab_si))[0]
+            if <int64_t>yp != k.ignore:
+                FX_PREFETCH(xb + op * k.x.so + yp * k.x.sc + ip * k.x.si)
         _row_of(k, r, &o, &i)
-        v = _label_at(k, lab, o, i)
+        v = (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
         grow = k.g.data + o * k.g.so + i * k.g.si if k.g.data != NULL else NULL
         if <int64_t>v == k.ignore:
             k.loss[o * k.n_i + i - k.loss_r0] = 0.0
@@ -889,7 +878,7 @@ cdef fx_ssize _gather_losses(const fx_call *k, const label_t *lab, const value_t
     cdef double wy[GATHER_BATCH]
     cdef double lg[GATHER_BATCH]
     cdef const fx_table *tb = fx_active()
-    cdef fx_ssize b0, b1, r, j, o, i
+    cdef fx_ssize b0, b1, r, j, o, i, yp, op, ip
     cdef label_t v
     cdef double p
     cdef const char *xb = k.x.data
@@ -898,10 +887,13 @@ cdef fx_ssize _gather_losses(const fx_call *k, const label_t *lab, const value_t
     while b0 < r1:
         b1 = min(r1, b0 + GATHER_BATCH)
         for r in range(b0, b1):
-            if r + PREFETCH_ROWS < r1:
-                _prefetch_gathered(k, lab, r + PREFETCH_ROWS)
+            if r + PREFETCH_ROWS < r1:  # start the cache miss of a later row now
+                _row_of(k, r + PREFETCH_ROWS, &op, &ip)
+                yp = <fx_ssize>(<const label_t *>(<const char *>lab + op * k.lab_so + ip * k.lab_si))[0]
+                if <int64_t>yp != k.ignore:
+                    FX_PREFETCH(xb + op * k.x.so + yp * k.x.sc + ip * k.x.si)
             _row_of(k, r, &o, &i)
-            v = _label_at(k, lab, o, i)
+            v = (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
             j = r - b0
             if <int64_t>v == k.ignore:  # loss 0 - 0 * log(1) = 0
                 pc[j] = 1.0
