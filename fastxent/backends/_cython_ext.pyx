@@ -887,6 +887,8 @@ cdef fx_ssize _gather_losses(const fx_call *k, const label_t *lab, const value_t
     while b0 < r1:
         b1 = min(r1, b0 + GATHER_BATCH)
         for r in range(b0, b1):
+            # the same prefetch as _gather_rows, written out: in a shared inline
+            # helper, gathers from 800 MB arrays ran ~1.8x slower (cause not found)
             if r + PREFETCH_ROWS < r1:  # start the cache miss of a later row now
                 _row_of(k, r + PREFETCH_ROWS, &op, &ip)
                 yp = <fx_ssize>(<const label_t *>(<const char *>lab + op * k.lab_so + ip * k.lab_si))[0]
