@@ -540,6 +540,33 @@ def test_binary_limits(isa, dtype, layout):
     assert_close(g, ref[1], tol(dtype), "binary large grad")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(40, 7, 1), (3, 3000, 1), (1, 1, 5000), (1, 3, 700)], ids=str)
+def test_binary_finite_blocks_same_bits(isa, dtype, shape):
+    """A block of finite logits takes the loss without its zero-coefficient selects,
+    a block holding an infinity the full form. Both must give every element the same
+    bits: +inf and 1e30, each with target 1, cost exactly 0 and have gradient 0, so
+    swapping one for the other may change no bit of any loss or gradient."""
+    O, C, I = shape
+    x3 = (RNG.standard_normal(shape) * 4).astype(dtype)
+    t3 = RNG.integers(0, 2, shape).astype(dtype)
+    t3.flat[::3] = RNG.uniform(0, 1, t3.flat[::3].shape)
+    pw = np.broadcast_to(np.full((1, 1), 1.7), (C, I))
+    spots = (0, -1, x3.size // 2)
+    t3.flat[list(spots)] = 1
+    results = []
+    for big in (1e30, np.inf):
+        x = x3.copy()
+        x.flat[list(spots)] = big
+        for grad in (False, True):
+            _, loss, g = call("binary_from_logits", x, targets=t3, pw=pw, grad=grad)
+            results.append((big, grad, loss, g))
+    for (_, grad, loss_f, g_f), (_, _, loss_i, g_i) in zip(results[:2], results[2:]):
+        assert np.isfinite(loss_f).all()
+        assert np.array_equal(loss_f, loss_i), grad
+        assert not grad or np.array_equal(g_f, g_i)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 @pytest.mark.parametrize("layout", ["rows", "cols", "odd"])
 def test_probability_clipping(isa, dtype, layout):

@@ -101,6 +101,7 @@ cdef extern from "_csrc/fx_common.h":
         void (*vlog_f32)(const float *x, float *y, fx_ssize n) noexcept nogil
         void (*vlog_f64)(const double *x, double *y, fx_ssize n) noexcept nogil
         double (*read_sum_f32)(const float *x, fx_ssize n) noexcept nogil
+        double (*pairwise_sum_f64)(const double *a, fx_ssize n) noexcept nogil
     const fx_table *fx_active() noexcept nogil
     int fx_select(const char *name) noexcept nogil
     const char *fx_compiled_isas() noexcept nogil
@@ -1004,32 +1005,11 @@ def _fast_configure(backend_var, threads_var, remembered):
             _unit_weights[c] = 1.0
 
 
-cdef double _pairwise_sum(const double *a, fx_ssize n) noexcept nogil:
+cdef inline double _pairwise_sum(const double *a, fx_ssize n) noexcept nogil:
     """NumPy's pairwise summation, step for step: the same bits as ``np.sum`` of a
-    contiguous float64 array, which is what the general path's reduction takes."""
-    cdef fx_ssize i, n2
-    cdef double res, r0, r1, r2, r3, r4, r5, r6, r7
-    if n < 8:
-        res = 0.0
-        for i in range(n):
-            res += a[i]
-        return res
-    if n <= 128:
-        r0 = a[0]; r1 = a[1]; r2 = a[2]; r3 = a[3]
-        r4 = a[4]; r5 = a[5]; r6 = a[6]; r7 = a[7]
-        i = 8
-        while i < n - n % 8:
-            r0 += a[i]; r1 += a[i + 1]; r2 += a[i + 2]; r3 += a[i + 3]
-            r4 += a[i + 4]; r5 += a[i + 5]; r6 += a[i + 6]; r7 += a[i + 7]
-            i += 8
-        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            res += a[i]
-            i += 1
-        return res
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pairwise_sum(a, n2) + _pairwise_sum(a + n2, n - n2)
+    contiguous float64 array, which is what the general path's reduction takes
+    (in C, vectorised for the active instruction set)."""
+    return fx_active().pairwise_sum_f64(a, n)
 
 
 cdef inline bint _plain_array(object a, int ndim) noexcept:

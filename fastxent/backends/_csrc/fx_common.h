@@ -77,6 +77,8 @@ typedef struct {
     void (*vlog_f64)(const double *x, double *y, fx_ssize n);
     /* the read pass the benchmark compares against: sum of float32 as float64 */
     double (*read_sum_f32)(const float *x, fx_ssize n);
+    /* NumPy's pairwise sum of float64 (the block sums of the per-row losses) */
+    double (*pairwise_sum_f64)(const double *a, fx_ssize n);
 } fx_table;
 
 /* fx_dispatch.c */

@@ -916,13 +916,22 @@ FX_INLINE T FXN(bce_probs_grad)(T v, T y, T w, T lo, T hi)
     return SEL((v < lo) | (v > hi), (T)0, -w * y / v + ((T)1 - y) / ((T)1 - v));
 }
 
-/* e = exp(-|x|) over a block, for the logits loss and gradient, in a loop of its
- * own: one loop computing exp, log1p (a division) and the loss is one long
- * dependency chain per vector, and the out-of-order window holds too few vectors
- * to overlap them (10M elements: ~1.5x faster split). */
-FX_INLINE void FXN(bce_exps)(const T *x, fx_ssize n, T *e)
+/* e = exp(-|x|) and the softplus tails l = log1p(e) over a block, for the logits
+ * loss and gradient, each in a loop of its own: one loop computing exp, log1p (a
+ * division) and the loss is one long dependency chain per vector, and the
+ * out-of-order window holds too few vectors to overlap them (10M elements: the
+ * exps apart ~1.5x faster, the tails apart another ~1.2x). Returns whether every
+ * x is finite: the loss may then take its select-free _fin form. */
+FX_INLINE int FXN(bce_tails)(const T *x, fx_ssize n, T *e, T *l)
 {
-    for (fx_ssize j = 0; j < n; j++) e[j] = FXM(fx_exp_neg)(-FXM(fx_abs)(x[j]));
+    int nonfinite = 0;
+    for (fx_ssize j = 0; j < n; j++) {
+        const T a = FXM(fx_abs)(x[j]);
+        e[j] = FXM(fx_exp_neg)(-a);
+        nonfinite |= (a - a) != (T)0; /* inf - inf and NaN - NaN are NaN */
+    }
+    for (fx_ssize j = 0; j < n; j++) l[j] = FXM(fx_log1p_unit)(e[j]);
+    return !nonfinite;
 }
 
 /* One block of a binary row: element losses summed in float64 lanes, gradients
@@ -942,12 +951,17 @@ FX_INLINE double FXN(bce_block_w)(int probs, const T *x, const T *t, const T *pw
                                   T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale)
 {
     double s;
-    T e[FX_BLOCK];
-    if (!probs) FXN(bce_exps)(x, n, e);
+    T e[FX_BLOCK], l[FX_BLOCK];
+    const int fin = probs ? 0 : FXN(bce_tails)(x, n, e, l);
 #define FX_BL(c) (probs ? FXN(bce_probs_loss)(x[c], t[c] * keep + half_ls, pw ? pw[c] : pw0, lo, hi) \
-                        : FXM(fx_bce_logits_loss_e)(x[c], e[c], t[c] * keep + half_ls, pw ? pw[c] : pw0))
-    FX_LANESUM(s, n, FX_BL, FX_NOPRE);
+                        : FXM(fx_bce_logits_loss)(x[c], l[c], t[c] * keep + half_ls, pw ? pw[c] : pw0))
+#define FX_BL_FIN(c) FXM(fx_bce_logits_loss_fin)(x[c], l[c], t[c] * keep + half_ls, pw ? pw[c] : pw0)
+    if (fin)
+        FX_LANESUM(s, n, FX_BL_FIN, FX_NOPRE);
+    else
+        FX_LANESUM(s, n, FX_BL, FX_NOPRE);
 #undef FX_BL
+#undef FX_BL_FIN
     if (probs) {
         int o = 0;
         for (fx_ssize c = 0; c < n; c++) o |= (x[c] < 0) | (x[c] > 1);
@@ -997,20 +1011,18 @@ FX_INLINE int FXN(bce_row)(int probs, const fx_call *k, fx_ssize o, fx_ssize i)
  * reduction across lanes); for C = 1 (axis=None) it is a flat element loop. */
 /* One class of a column task: lane-wise loss sums (pw == NULL: pw0 for all) and,
  * with `grad`, the gradient times gsc in the same pass: the logits loss and
- * gradient then share one exp per element (GCC merges the two inlined
- * fx_exp_neg), and x, t are read once. g may be x itself (in place): x[j] is read
- * before g[j] is written. */
-FX_INLINE void FXN(bce_lanes)(int probs, int first, int grad, const T *x, const T *t, const T *pw,
-                              T pw0, fx_ssize n, T keep, T half_ls, T lo, T hi, double *s,
-                              int32_t *out, const T *gsc, T *g)
+ * gradient share the exps e and tails l of bce_tails, and x, t are read once. g
+ * may be x itself (in place): x[j] is read before g[j] is written. */
+FX_INLINE void FXN(bce_lanes)(int probs, int fin, int first, int grad, const T *x, const T *e,
+                              const T *l, const T *t, const T *pw, T pw0, fx_ssize n, T keep, T half_ls,
+                              T lo, T hi, double *s, int32_t *out, const T *gsc, T *g)
 {
-    T e[FX_LANES];
-    if (!probs) FXN(bce_exps)(x, n, e);
     for (fx_ssize j = 0; j < n; j++) {
         T v = x[j], y = t[j] * keep + half_ls, w = pw ? pw[j] : pw0;
-        double l = probs ? (double)FXN(bce_probs_loss)(v, y, w, lo, hi)
-                         : (double)FXM(fx_bce_logits_loss_e)(v, e[j], y, w);
-        s[j] = first ? l : s[j] + l;
+        double loss = probs ? (double)FXN(bce_probs_loss)(v, y, w, lo, hi)
+                    : fin   ? (double)FXM(fx_bce_logits_loss_fin)(v, l[j], y, w)
+                            : (double)FXM(fx_bce_logits_loss)(v, l[j], y, w);
+        s[j] = first ? loss : s[j] + loss;
         if (probs) out[j] = (first ? 0 : out[j]) | (v < 0) | (v > 1);
         if (grad)
             g[j] = gsc[j] * (probs ? FXN(bce_probs_grad)(v, y, w, lo, hi)
@@ -1026,9 +1038,12 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
     char *go = k->g.data ? k->g.data + o * k->g.so + i0 * k->g.si : NULL;
     const T keep = (T)(1.0 - k->ls), half_ls = (T)(k->ls / 2), lo = (T)k->eps, hi = (T)1 - lo;
     const T pw0 = (T)k->pw0;
-    T xbuf[FX_LANES], tbuf[FX_LANES], pbuf[FX_LANES], gsc[FX_LANES];
-    double s[FX_LANES];
+    T xbuf[FX_LANES], tbuf[FX_LANES], pbuf[FX_LANES], gsc[FX_LANES], e[FX_LANES], l[FX_LANES];
+    double sbuf[FX_LANES];
     int32_t out[FX_LANES];
+    double *dst = &k->loss[o * k->n_i + i0 - k->loss_r0];
+    /* one class (a flat binary loss): the lane sums are the losses, written in place */
+    double *s = C == 1 && !k->stream_loss ? dst : sbuf;
     if (go)
         for (fx_ssize j = 0; j < n; j++) gsc[j] = (T)(FXN(grad_weight)(k, o, i0 + j) / (double)C);
     for (fx_ssize c = 0; c < C; c++) {
@@ -1036,12 +1051,15 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
         const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
         const T *pw = FXN(pw_block)(k, k->pw + c * k->pw_sc + i0 * k->pw_si, k->pw_si, n, pbuf);
         T *g = go ? (T *)(go + c * k->g.sc) : NULL;
-        /* eight specialisations: first class or not (assign, no zeroing pass), pos_weight
+        const int fin = probs ? 0 : FXN(bce_tails)(x, n, e, l);
+        /* specialisations: first class or not (assign, no zeroing pass), pos_weight
          * per element or one value (`pw ? pw[j] : pw0` in one loop becomes a masked load,
-         * which from pw == NULL takes a microcode assist on every vector), gradient or not */
-#define FX_BCE_LANES(first, grad)                                                                 \
-        if (pw) FXN(bce_lanes)(probs, first, grad, x, t, pw, 0, n, keep, half_ls, lo, hi, s, out, gsc, g); \
-        else FXN(bce_lanes)(probs, first, grad, x, t, NULL, pw0, n, keep, half_ls, lo, hi, s, out, gsc, g);
+         * which from pw == NULL takes a microcode assist on every vector), gradient or
+         * not, and with one pos_weight, x all finite or not */
+#define FX_BCE_LANES(first, grad)                                                                     \
+        if (pw) FXN(bce_lanes)(probs, 0, first, grad, x, e, l, t, pw, 0, n, keep, half_ls, lo, hi, s, out, gsc, g); \
+        else if (fin) FXN(bce_lanes)(probs, 1, first, grad, x, e, l, t, NULL, pw0, n, keep, half_ls, lo, hi, s, out, gsc, g); \
+        else FXN(bce_lanes)(probs, 0, first, grad, x, e, l, t, NULL, pw0, n, keep, half_ls, lo, hi, s, out, gsc, g);
         if (c == 0) {
             if (g) { FX_BCE_LANES(1, 1) } else { FX_BCE_LANES(1, 0) }
         } else {
@@ -1053,7 +1071,7 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
         const double Cd = (double)C;
         for (fx_ssize j = 0; j < n; j++) s[j] = s[j] / Cd;
     }
-    fx_store_losses(&k->loss[o * k->n_i + i0 - k->loss_r0], s, n, k->stream_loss);
+    if (s != dst) fx_store_losses(dst, s, n, k->stream_loss);
     if (probs)
         for (fx_ssize j = 0; j < n; j++)
             if (out[j]) return i0 + j;

@@ -316,19 +316,28 @@ FX_INLINE double fx_relu_neg_f64(double x)
     return fx_u2d((b & UINT64_C(0x7fffffffffffffff)) & (UINT64_C(0) - (b >> 63)));
 }
 
-/* Element loss (1-y)*softplus(x) + pw*y*softplus(-x), from x and e = exp(-|x|)
- * (the kernels take the exps in a pass of their own: see bce_exps). softplus(+-x)
- * = max(+-x, 0) + log1p(e) share one log1p. A zero coefficient gives exactly 0
- * (x = +inf with y = 1 costs 0, not NaN); NaN x gives NaN. */
+/* Element loss (1-y)*softplus(x) + pw*y*softplus(-x), from x and its softplus
+ * tail l = log1p(exp(-|x|)) (the kernels take exps and tails in passes of their
+ * own: see bce_tails): softplus(+-x) = max(+-x, 0) + l. A zero coefficient gives
+ * exactly 0 (x = +inf with y = 1 costs 0, not NaN); NaN x gives NaN.
+ * _fin is the same loss for finite x, where every softplus is finite and the
+ * selects have nothing to do (a block of finite x skips their six operations).
+ * Both end in the same expression neg * sp_pos + pos * sp_neg, which the compiler
+ * contracts alike, so an element's bits do not depend on its block's other x. */
 #define FX_DEFINE_BCE_LOGITS(T, SFX, SEL)                                          \
-    FX_INLINE T fx_bce_logits_loss_e_##SFX(T x, T e, T y, T pw)                    \
+    FX_INLINE T fx_bce_logits_loss_fin_##SFX(T x, T l, T y, T pw)                  \
     {                                                                              \
-        T l1p = fx_log1p_unit_##SFX(e);                                            \
-        T sp_pos = fx_relu_##SFX(x) + l1p;     /* softplus(x)  */                  \
-        T sp_neg = fx_relu_neg_##SFX(x) + l1p; /* softplus(-x) */                  \
+        T sp_pos = fx_relu_##SFX(x) + l;     /* softplus(x)  */                    \
+        T sp_neg = fx_relu_neg_##SFX(x) + l; /* softplus(-x) */                    \
         T neg = (T)1 - y, pos = pw * y;                                            \
-        T loss = SEL(neg != 0, neg * sp_pos, (T)0) + SEL(pos != 0, pos * sp_neg, (T)0); \
-        return SEL(x != x, x, loss);                                               \
+        return neg * sp_pos + pos * sp_neg;                                        \
+    }                                                                              \
+    FX_INLINE T fx_bce_logits_loss_##SFX(T x, T l, T y, T pw)                      \
+    {                                                                              \
+        T neg = (T)1 - y, pos = pw * y;                                            \
+        T sp_pos = SEL(neg != 0, fx_relu_##SFX(x) + l, (T)0);                     \
+        T sp_neg = SEL(pos != 0, fx_relu_neg_##SFX(x) + l, (T)0);                 \
+        return SEL(x != x, x, neg * sp_pos + pos * sp_neg);                        \
     }                                                                              \
     /* (1-y)*sigmoid(x) - pw*y*sigmoid(-x), both sigmoids from e. */               \
     FX_INLINE T fx_bce_logits_grad_e_##SFX(T x, T e, T y, T pw)                    \
