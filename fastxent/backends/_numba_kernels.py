@@ -591,20 +591,46 @@ def _sigmoids(v):
 def _bce_logit_loss(v, y, pw):
     """(1-y) softplus(v) + pw y softplus(-v): a zero coefficient gives exactly 0 even
     where its softplus is inf; a NaN logit gives NaN."""
-    return _bce_logit_loss_e(v, _exp_neg(-abs(v)), y, pw)
+    return _bce_logit_loss_l(v, _log1p_unit(_exp_neg(-abs(v))), y, pw)
 
 
 @_helper(inline=True)
-def _bce_logit_loss_e(v, e, y, pw):
-    """_bce_logit_loss with e = exp(-|v|) given (taken in a loop of its own); e may
-    be anything where v is NaN."""
+def _bce_logit_loss_l(v, tail, y, pw):
+    """_bce_logit_loss with the softplus tail log1p(exp(-|v|)) given (taken in loops
+    of their own, see _bce_tails); the tail may be anything where v is NaN."""
     zero, one = _zero_like(v), _one_like(v)
-    tail = _log1p_unit(e)  # softplus(v) = max(v, 0) + log1p(exp(-|v|))
-    sp_pos = (v if v > zero else zero) + tail
-    sp_neg = (-v if v < zero else zero) + tail
     neg, pos = one - y, pw * y
-    loss = (neg * sp_pos if neg != zero else zero) + (pos * sp_neg if pos != zero else zero)
+    sp_pos = ((v if v > zero else zero) + tail) if neg != zero else zero  # softplus(v)
+    sp_neg = ((-v if v < zero else zero) + tail) if pos != zero else zero  # softplus(-v)
+    loss = neg * sp_pos + pos * sp_neg
     return loss if v == v else v
+
+
+@_helper(inline=True)
+def _bce_logit_loss_fin(v, tail, y, pw):
+    """_bce_logit_loss_l for a finite v: every softplus is finite, so the selects that
+    keep 0 * inf from making NaN have nothing to do. The same operations otherwise,
+    hence the same bits (no contraction: these helpers carry no fast-math flag)."""
+    zero, one = _zero_like(v), _one_like(v)
+    neg, pos = one - y, pw * y
+    return neg * ((v if v > zero else zero) + tail) + pos * ((-v if v < zero else zero) + tail)
+
+
+@_helper
+def _bce_tails(xv, tail):
+    """tail[j] = log1p(exp(-|x_j|)), the softplus tails of a block; returns whether
+    every x_j is finite (the loss may then take _bce_logit_loss_fin). The exps and
+    the log1p each run in a loop of their own: in one loop with the loss they make
+    one long dependency chain per vector, and the CPU's out-of-order window holds
+    too few of them to overlap."""
+    nonfinite = False  # a bool: an int count would be int64, halving the vector width
+    for j in range(tail.shape[0]):
+        a = abs(_x_value(xv[j]))
+        tail[j] = _exp_neg(-a)
+        nonfinite |= a - a != _zero_like(a)  # inf - inf and NaN - NaN are NaN
+    for j in range(tail.shape[0]):
+        tail[j] = _log1p_unit(tail[j])
+    return not nonfinite
 
 
 @_helper(inline=True)
@@ -1170,22 +1196,37 @@ def _cols_xent_probs_grad(x, g, t, wc, o, i0, keep, ls_c, scale, lo, hi, gw):
 
 
 @_helper
-def _cols_bce_logits(x, t, pw, o, i0, keep, half_ls, loss, p_loss, e):
-    """The exps first, into e (nb values), in a loop of their own: in one loop with
-    the log1p and the loss they make one long dependency chain per vector, and the
-    CPU's out-of-order window holds too few of them to overlap."""
-    nb, n_c = loss.shape[0], x.shape[1]
+def _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, acc, tail):
+    """acc[j] += the losses of class c of rows i0..i0+nb-1: the softplus tails first
+    (_bce_tails), then the losses."""
+    nb = acc.shape[0]
+    xv = _col_view_c(x, o, c, i0, nb)
+    tv = _col_view_c(t, o, c, i0, nb)
+    pwv = _pw_col(pw, c, i0, nb)
+    if _bce_tails(xv, tail):
+        for j in range(nb):
+            v = _x_value(xv[j])
+            y = _as(tv[j], v) * keep + half_ls
+            acc[j] += _bce_logit_loss_fin(v, tail[j], y, _as(_at(pwv, j), v))
+    else:
+        for j in range(nb):
+            v = _x_value(xv[j])
+            y = _as(tv[j], v) * keep + half_ls
+            acc[j] += _bce_logit_loss_l(v, tail[j], y, _as(_at(pwv, j), v))
+
+
+@_helper
+def _cols_bce_logits(x, t, pw, o, i0, keep, half_ls, loss, p_loss, tail):
+    """loss[j] (float64, zeroed) = the summed losses of rows i0..i0+nb-1: in
+    compute-dtype partial sums of _BLOCK classes, or with one class (a flat binary
+    loss) straight into ``loss``, which is then the same value."""
+    n_c = x.shape[1]
+    if n_c == 1:
+        _bce_logits_class(x, t, pw, o, 0, i0, keep, half_ls, loss, tail)
+        return
     for c0 in range(0, n_c, _BLOCK):
         for c in range(c0, min(n_c, c0 + _BLOCK)):
-            xv = _col_view_c(x, o, c, i0, nb)
-            tv = _col_view_c(t, o, c, i0, nb)
-            pwv = _pw_col(pw, c, i0, nb)
-            for j in range(nb):
-                e[j] = _exp_neg(-abs(_x_value(xv[j])))  # (a NaN logit's loss is NaN whatever e)
-            for j in range(nb):
-                v = _x_value(xv[j])
-                y = _as(tv[j], v) * keep + half_ls
-                p_loss[j] += _bce_logit_loss_e(v, e[j], y, _as(_at(pwv, j), v))
+            _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, p_loss, tail)
         _flush(loss, p_loss)
 
 
@@ -1260,29 +1301,30 @@ def _first_bad_in_block(bad, o, i0, n_i, none):
 
 @_helper
 def _pairwise_leaf(a, lo, n):
-    """NumPy's pairwise summation of a[lo:lo+n] for n <= 128: eight running sums."""
+    """NumPy's pairwise summation of a[lo:lo+n] for n <= 128: eight running sums.
+    Over a view from 0 with range loops: with ``a[lo + k]`` in a while loop numba's
+    negative-index wraparound stayed in, every load was scalar (0.7 ns an element)."""
+    v = a[lo : lo + n]
     if n < 8:
         res = 0.0
-        for k in range(lo, lo + n):
-            res += a[k]
+        for k in range(n):
+            res += v[k]
         return res
-    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-    k = 8
-    while k < n - n % 8:
-        r0 += a[lo + k]
-        r1 += a[lo + k + 1]
-        r2 += a[lo + k + 2]
-        r3 += a[lo + k + 3]
-        r4 += a[lo + k + 4]
-        r5 += a[lo + k + 5]
-        r6 += a[lo + k + 6]
-        r7 += a[lo + k + 7]
-        k += 8
+    r0, r1, r2, r3 = v[0], v[1], v[2], v[3]
+    r4, r5, r6, r7 = v[4], v[5], v[6], v[7]
+    for q in range(1, n // 8):
+        w = v[q * 8 : q * 8 + 8]  # constant indices: no wraparound select per load
+        r0 += w[0]
+        r1 += w[1]
+        r2 += w[2]
+        r3 += w[3]
+        r4 += w[4]
+        r5 += w[5]
+        r6 += w[6]
+        r7 += w[7]
     res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while k < n:
-        res += a[lo + k]
-        k += 1
+    for k in range(n - n % 8, n):
+        res += v[k]
     return res
 
 
@@ -1690,9 +1732,9 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block):
     for q in prange(n_o * n_blocks):
         o, i0, nb = _block(q, n_blocks, block, n_i)
         total = np.zeros(nb)
-        cs = _compute_zeros(x, 3, nb)
-        p_total, gw_c, e = cs[0], cs[1], cs[2]
-        _cols_bce_logits(x, t, pw, o, i0, keep_c, half_c, total, p_total, e)
+        p_total = _compute_zeros(x, 1, nb)[0]
+        tail, gw_c = np.empty_like(p_total), np.empty_like(p_total)  # written before read
+        _cols_bce_logits(x, t, pw, o, i0, keep_c, half_c, total, p_total, tail)
         _store_losses(loss, q, o, i0, 1, total, n_c)
         if g is not None:
             for j in range(nb):
