@@ -136,6 +136,28 @@ def test_binary_infinite_logits_take_the_limit(backend, dtype):
     assert np.isinf(weighted).all()  # smoothed targets disagree with every infinite logit
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(5_000,), (300, 7), (2, 3_000)], ids=str)
+def test_an_infinite_logit_changes_no_other_bit(backend, rng, dtype, shape):
+    """The compiled kernels take a select-free loss for blocks of finite logits. +inf
+    and 1e30, each with target 1, both cost exactly 0 with gradient 0: swapping one
+    for the other must leave every loss and gradient bit as it was."""
+    y = (rng.random(shape) < 0.5).astype(dtype)
+    y.flat[::3] = rng.random(y.flat[::3].shape)
+    z = (rng.standard_normal(shape) * 4).astype(dtype)
+    spots = [0, z.size // 2, z.size - 1]
+    y.flat[spots] = 1
+    out = []
+    for big in (1e30, np.inf):
+        z.flat[spots] = big
+        out.append(call(bce, y, z, backend=backend, from_logits=True, reduction="none", return_grad=True,
+                        pos_weight=1.5))
+    (loss_f, grad_f), (loss_i, grad_i) = out
+    assert np.isfinite(loss_f).all()
+    np.testing.assert_array_equal(loss_i, loss_f)
+    np.testing.assert_array_equal(grad_i, grad_f)
+
+
 def test_keras_clipping_numbers_in_float32(backend):
     """p = 0 with target 1 and p = 1 with target 0, float32, eps = 1e-7 (as Keras)."""
     losses = call(bce, np.array([1.0, 0.0]), np.array([0.0, 1.0], np.float32), backend=backend, reduction="none")
