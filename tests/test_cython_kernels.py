@@ -452,6 +452,28 @@ def test_dominant_class_accuracy(isa, layout):
         np.testing.assert_allclose(g[0], want_grad, rtol=rt, atol=0)
 
 
+@pytest.mark.parametrize("C", [40, 1000])
+@pytest.mark.parametrize("gap", [20.0, 60.0, 86.2, 86.8])
+def test_exp_switch_keeps_tiny_losses(isa, C, gap):
+    """The softmax sums of float32 rows take a cheaper exp when a block's logits all
+    lie within 86.5 of the row max, the exact one otherwise. Rows whose other logits
+    sit about `gap` below the target (+-0.3), on both sides of that switch, keep their
+    tiny losses to float32 accuracy, and loss-only calls give the same bits as
+    loss-and-gradient ones. (Further out, below float32's normal range at about
+    -87.3, the kernels' exps flush to 0, as they did before the switch.)"""
+    rt = 1e-5
+    rng = np.random.default_rng(int(gap * 10) + C)
+    z = (-gap + rng.uniform(-0.3, 0.3, C)).astype(np.float32)
+    z[3] = 0.0
+    want_loss, want_grad = mp_dominant(z, 3)
+    x3 = z[None, :, None]
+    _, loss, g = call("sparse_from_logits", x3, labels=np.array([[3]]), cw=np.ones(C), grad=True)
+    np.testing.assert_allclose(loss[0], want_loss, rtol=rt)
+    np.testing.assert_allclose(g[0, 3], want_grad[3], rtol=rt)
+    _, loss_only, _ = call("sparse_from_logits", x3, labels=np.array([[3]]), cw=np.ones(C))
+    assert loss_only[0] == loss[0]
+
+
 def one_row(kernel, z, *, y=0, t=None, cw=None, ls=0.0, dtype=np.float64, layout="rows", **kw):
     z = np.asarray(z, dtype)
     C = z.size

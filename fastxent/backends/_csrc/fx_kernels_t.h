@@ -243,37 +243,24 @@ static inline double FXN(grad_weight)(const fx_call *k, fx_ssize o, fx_ssize i)
 
 /* ------------------------------------------------------------------ row reductions */
 
-/* Block max, for the exp pass: the largest value when the block holds no NaN.
- * As signed integers, the bits of non-negative floats order like the floats and
- * those of negative ones in reverse, so the max is the largest bits when they are
- * >= 0, else the smallest bits: two integer reductions (one operation each a
- * vector), no key transform, no NaN test. A positive NaN lies above +inf and a
- * negative one below -inf in these orders: NaN is returned when the block holds a
- * positive NaN or nothing but negative ones; other negative NaNs are not seen
- * here -- the exp pass turns them into a NaN sum (the caller checks it), and a
- * block of -inf skips that pass, so the caller looks for them there
- * (has_nan). */
-static T FXN(block_max)(const T *x, fx_ssize n)
+/* Block max and min, for the exp pass, through integer keys that order like the
+ * floats (fx_key: one key transform and two integer reductions a vector, no float
+ * compare on the FMA ports). A positive NaN's key lies above +inf's and a negative
+ * one's below -inf's, so the block holds a NaN exactly when the max is a NaN or
+ * the min a negative NaN: returns 1 then (the row's loss is NaN), else 0 with the
+ * max and min in *mx, *mn. */
+static int FXN(block_range)(const T *x, fx_ssize n, T *mx, T *mn)
 {
     FX_K hi = (FX_K)1 << (sizeof(FX_K) * 8 - 1); /* INT_MIN */
     FX_K lo = ~hi;                                /* INT_MAX */
     for (fx_ssize c = 0; c < n; c++) {
-        FX_K b;
-        memcpy(&b, &x[c], sizeof b);
-        hi = b > hi ? b : hi;
-        lo = b < lo ? b : lo;
+        const FX_K key = FXM(fx_key)(x[c]);
+        hi = key > hi ? key : hi;
+        lo = key < lo ? key : lo;
     }
-    const FX_K mb = hi >= 0 ? hi : lo;
-    T m;
-    memcpy(&m, &mb, sizeof m);
-    return m;
-}
-
-static int FXN(has_nan)(const T *x, fx_ssize n)
-{
-    int nan = 0;
-    for (fx_ssize c = 0; c < n; c++) nan |= x[c] != x[c];
-    return nan;
+    *mx = FXM(fx_unkey)(hi);
+    *mn = FXM(fx_unkey)(lo);
+    return *mx != *mx || *mn != *mn;
 }
 
 /* Index of the first element equal to v among x[0 .. n) (n < 2^31), or n: the
@@ -326,19 +313,26 @@ static const T FXN(run_iota)[FX_RUN] = {
  * argmax when it lies in this block, else -1). Leaving the argmax's exp(0) = 1 out
  * of the sum keeps R = S - 1 exact when one class dominates; other classes equal
  * to the max count 1 each, as they should. With e non-NULL also stores every
- * exp(x_c - m) (the gradient pass reuses them). pf: the block read next. */
-static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, T *e, const char *pf)
+ * exp(x_c - m) (the gradient pass reuses them). near: every x_c - m lies in
+ * fx_exp_near's range (or is -inf), so the cheaper exp serves. The block holds no
+ * NaN (block_range). pf: the block read next. */
+static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near, T *e, const char *pf)
 {
     double s1 = 0;
     if (n <= FX_RUN) {
-        /* short rows: a padded copy (the argmax and the padding set to -inf, whose
-         * exp is 0) keeps every exp in vector steps instead of scalar tails; the
-         * exps add in T lanes as one run (FX_RUNSUM) */
+        /* short rows: a padded copy keeps every exp in vector steps instead of
+         * scalar tails (the padding is m, in range for fx_exp_near; its exps and
+         * the argmax's are then set to 0); the exps add in T lanes as one run
+         * (FX_RUNSUM) */
         T xb[FX_RUN + FX_RUNW], eb[FX_RUN + FX_RUNW];
         const fx_ssize np = (n + FX_RUNW - 1) / FX_RUNW * FX_RUNW;
-        for (fx_ssize c = 0; c < np; c++) xb[c] = c < n ? x[c] : (T)-INFINITY;
-        if (skip >= 0) xb[skip] = (T)-INFINITY;
-        for (fx_ssize c = 0; c < np; c++) eb[c] = FXM(fx_exp_neg)(xb[c] - m);
+        for (fx_ssize c = 0; c < np; c++) xb[c] = c < n ? x[c] : m;
+        if (near)
+            for (fx_ssize c = 0; c < np; c++) eb[c] = FXM(fx_exp_near)(xb[c] - m);
+        else
+            for (fx_ssize c = 0; c < np; c++) eb[c] = FXM(fx_exp_neg)(xb[c] - m);
+        for (fx_ssize c = n; c < np; c++) eb[c] = 0;
+        if (skip >= 0) eb[skip] = 0;
 #define FX_EB(c0, j) eb[(c0) + (j)]
 #define FX_EB_M(c0, j) ((void)skr, eb[(c0) + (j)]) /* nothing masked: skip is -1 */
         FX_RUNSUM(s1, np, FX_EB, FX_EB_M, -1, FX_NOPRE);
@@ -361,23 +355,34 @@ static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, T *e, con
         FX_PREFETCH_L2(pf + (c0) * (fx_ssize)sizeof(T) + b_)
     /* one sweep: the argmax is left out by the masked run (FX_RUNSUM); its stored
      * exp is exp(0) = 1 either way */
-#define FX_EXP(c0, j) FXM(fx_exp_neg)(x[(c0) + (j)] - m)
-#define FX_EXP_ST(c0, j) (e[(c0) + (j)] = FXM(fx_exp_neg)(x[(c0) + (j)] - m))
-#define FX_EXP_IP(c0, j) (e[(c0) + (j)] = FXM(fx_exp_neg)(e[(c0) + (j)] - m))
+#define FX_EXP(c0, j) FX_EXPFN(x[(c0) + (j)] - m)
+#define FX_EXP_ST(c0, j) (e[(c0) + (j)] = FX_EXPFN(x[(c0) + (j)] - m))
+#define FX_EXP_IP(c0, j) (e[(c0) + (j)] = FX_EXPFN(e[(c0) + (j)] - m))
     /* the mask compares a table of indices (a vector load): GCC does not build
      * the vector {j, j+1, ...} from the scalar index and would leave the run scalar */
 #define FX_EXP_M(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_EXP(c0, j))
 #define FX_EXP_STM(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_EXP_ST(c0, j))
 #define FX_EXP_IPM(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_EXP_IP(c0, j))
-    if (e && (const T *)e == x) {
-        /* in place (grad_out is x): one pointer, or GCC's overlap check sends the
-         * loop to its scalar version */
-        FX_RUNSUM(s1, n, FX_EXP_IP, FX_EXP_IPM, skip, FX_PF_RUN);
-    } else if (e) {
-        FX_RUNSUM(s1, n, FX_EXP_ST, FX_EXP_STM, skip, FX_PF_RUN);
-    } else {
-        FX_RUNSUM(s1, n, FX_EXP, FX_EXP_M, skip, FX_PF_RUN);
+    /* in place (grad_out is x): one pointer, or GCC's overlap check sends the loop
+     * to its scalar version */
+#define FX_EXP_RUNS                                                  \
+    if (e && (const T *)e == x) {                                    \
+        FX_RUNSUM(s1, n, FX_EXP_IP, FX_EXP_IPM, skip, FX_PF_RUN);    \
+    } else if (e) {                                                  \
+        FX_RUNSUM(s1, n, FX_EXP_ST, FX_EXP_STM, skip, FX_PF_RUN);    \
+    } else {                                                         \
+        FX_RUNSUM(s1, n, FX_EXP, FX_EXP_M, skip, FX_PF_RUN);         \
     }
+    if (near) {
+#define FX_EXPFN FXM(fx_exp_near)
+        FX_EXP_RUNS
+#undef FX_EXPFN
+    } else {
+#define FX_EXPFN FXM(fx_exp_neg)
+        FX_EXP_RUNS
+#undef FX_EXPFN
+    }
+#undef FX_EXP_RUNS
 #undef FX_EXP
 #undef FX_EXP_ST
 #undef FX_EXP_IP
@@ -507,8 +512,8 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
         const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
         const T *xv = FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
         const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
-        T bmax = FXN(block_max)(xv, n);
-        if (bmax != bmax || bmax == (T)INFINITY) { bad = 1; break; } /* NaN / +inf: NaN row */
+        T bmax, bmin;
+        if (FXN(block_range)(xv, n, &bmax, &bmin) || bmax == (T)INFINITY) { bad = 1; break; } /* NaN / +inf: NaN row */
         fx_ssize skip = -1; /* the first argmax, when this block holds it */
         if (bmax > m) {
             if (m > (T)-INFINITY) {
@@ -524,7 +529,6 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
             kmax = c0 + skip;
         }
         if (m == (T)-INFINITY) { /* everything so far is -inf: only weights count */
-            if (FXN(has_nan)(xv, n)) { bad = 1; break; } /* negative NaNs (block_max) */
             usum += w.kind == U_VEC ? FXN(sum)(uv, n) : (w.kind == U_CONST ? (double)w.u0 * (double)n : 0.0);
             continue;
         }
@@ -538,15 +542,13 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
         }
         /* the block read next: the rest of this row, or the next row's start */
         const char *pf = c0 + n < C ? xrow + (c0 + n) * xs : xnext;
-        double r;
+        const int near = bmin - m >= (T)FX_EXP_NEAR; /* every x - m in fx_exp_near's range */
         if (grow && single) {
             ework = FXN(gdst)(grow, gs, ebuf);
-            r = FXN(exp_sum)(xv, n, m, skip, ework, pf);
+            R += FXN(exp_sum)(xv, n, m, skip, near, ework, pf);
         } else {
-            r = FXN(exp_sum)(xv, n, m, skip, NULL, pf);
+            R += FXN(exp_sum)(xv, n, m, skip, near, NULL, pf);
         }
-        if (r != r) { bad = 1; break; } /* a negative NaN (block_max): exp(NaN - m) */
-        R += r;
     }
 
     const double A = k->dense ? usum : w.A;
