@@ -474,18 +474,18 @@ def test_exp_switch_keeps_tiny_losses(isa, C, gap):
     assert loss_only[0] == loss[0]
 
 
-def one_row(kernel, z, *, y=0, t=None, cw=None, ls=0.0, dtype=np.float64, layout="rows", **kw):
+def one_row(kernel, z, *, y=0, t=None, cw=None, ls=0.0, dtype=np.float64, layout="rows", grad=True, **kw):
     z = np.asarray(z, dtype)
     C = z.size
     x3 = materialise(z[None, :, None], layout)
     cw = np.ones(C) if cw is None else np.asarray(cw, np.float64)
     if kernel.startswith("sparse"):
-        return call(kernel, x3, labels=np.array([[y]]), cw=cw, ls=ls, grad=True, layout=layout, **kw)
+        return call(kernel, x3, labels=np.array([[y]]), cw=cw, ls=ls, grad=grad, layout=layout, **kw)
     tt = np.asarray(t, compute_dtype(dtype))[None, :, None]
     if kernel.startswith("binary"):
-        return call(kernel, x3, targets=materialise(tt, layout), pw=np.ones((C, 1)), ls=ls, grad=True,
+        return call(kernel, x3, targets=materialise(tt, layout), pw=np.ones((C, 1)), ls=ls, grad=grad,
                     layout=layout, **kw)
-    return call(kernel, x3, targets=materialise(tt, layout), cw=cw, ls=ls, grad=True, layout=layout, **kw)
+    return call(kernel, x3, targets=materialise(tt, layout), cw=cw, ls=ls, grad=grad, layout=layout, **kw)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -525,9 +525,20 @@ def test_special_rows(isa, dtype, layout):
         assert loss[0] == 0 and (g == 0).all()
         # NaN anywhere: NaN loss and a NaN row, even when A == 0 skips the products
         for cw in (None, [1, 0, 1]):
-            for z in ([0.0, nan, 1.0], [nan, -inf, 1.0], [nan, nan, nan], [2.0, 1.0, nan]):
+            # (-nan: the sign bit set, which orders below -inf as an integer key)
+            for z in ([0.0, nan, 1.0], [nan, -inf, 1.0], [nan, nan, nan], [2.0, 1.0, nan],
+                      [0.0, -nan, 1.0], [-nan, -inf, 1.0], [2.0, 1.0, -nan], [-inf, -nan, -inf]):
                 _, loss, g = one_row(kernel, z, cw=cw, dtype=dtype, layout=layout, **kw)
                 assert np.isnan(loss[0]) and np.isnan(g).all(), (kernel, z, cw)
+        # long rows, a NaN of either sign in a later block: loss-only calls see it too
+        for bad in (nan, -nan):
+            z = np.zeros(5_000)
+            z[4_321] = bad
+            long_kw = dict(y=1) if kernel.startswith("sparse") else dict(t=np.eye(5_000)[1])
+            _, loss, g = one_row(kernel, z, dtype=dtype, layout=layout, **long_kw)
+            assert np.isnan(loss[0]) and np.isnan(g).all()
+            _, loss, _ = one_row(kernel, z, dtype=dtype, layout=layout, grad=False, **long_kw)
+            assert np.isnan(loss[0])
         # +inf: NaN loss and gradient
         _, loss, g = one_row(kernel, [0.0, inf, 1.0], dtype=dtype, layout=layout, **kw)
         assert np.isnan(loss[0]) and np.isnan(g).all()
