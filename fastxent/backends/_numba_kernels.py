@@ -495,12 +495,16 @@ def _exp32_near(x):
     return _times_pow2_bits(q * r + _F32_ONE, t)
 
 
+def _exp64_neg(x):
+    return _exp64_in_range(_maxnum(x, _E64_LO))
+
+
 @overload(_exp_near, jit_options=_POLY_OPTS)
 def _exp_near_ol(x):
     if x == types.float32:
         return _exp32_near
     if x == types.float64:
-        return lambda x: _exp64_in_range(_maxnum(x, _E64_LO))
+        return _exp64_neg
 
 
 @overload(_exp_neg, jit_options=_POLY_OPTS)
@@ -508,7 +512,7 @@ def _exp_neg_ol(x):
     if x == types.float32:
         return _exp32_neg
     if x == types.float64:
-        return lambda x: _exp64_in_range(_maxnum(x, _E64_LO))
+        return _exp64_neg
 
 
 def _log(x):

@@ -314,7 +314,7 @@ static const T FXN(run_iota)[FX_RUN] = {
  * of the sum keeps R = S - 1 exact when one class dominates; other classes equal
  * to the max count 1 each, as they should. With e non-NULL also stores every
  * exp(x_c - m) (the gradient pass reuses them). near: every x_c - m lies in
- * fx_exp_near's range (or is -inf), so the cheaper exp serves. The block holds no
+ * fx_exp_near's range (no -inf), so the cheaper exp serves. The block holds no
  * NaN (block_range). pf: the block read next. */
 static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near, T *e, const char *pf)
 {
@@ -922,7 +922,7 @@ FX_INLINE T FXN(bce_probs_grad)(T v, T y, T w, T lo, T hi)
  * loss and gradient, each in a loop of its own: one loop computing exp, log1p (a
  * division) and the loss is one long dependency chain per vector, and the
  * out-of-order window holds too few vectors to overlap them (10M elements: the
- * exps apart ~1.5x faster, the tails apart another ~1.2x). Returns whether every
+ * exps apart ~1.5x faster, the tails apart a few % more). Returns whether every
  * x is finite: the loss may then take its select-free _fin form. */
 FX_INLINE int FXN(bce_tails)(const T *x, fx_ssize n, T *e, T *l)
 {
