@@ -857,6 +857,33 @@ def _grad_rview_ol(xr, g, o, i, n, layout):
     return lambda xr, g, o, i, n, layout: xr
 
 
+def _exps_store(gr, g):
+    """Where _softmax_row stores a row's exps for the gradient: the gradient row, or
+    True in place (the x row itself, see _exps_dest); None without a gradient."""
+
+
+@overload(_exps_store, jit_options=_OPTS)
+def _exps_store_ol(gr, g):
+    if isinstance(g, types.Array):
+        return lambda gr, g: gr
+    if isinstance(g, types.NoneType):
+        return lambda gr, g: None
+    return lambda gr, g: True
+
+
+def _exps_dest(xb, er, b0, b1):
+    """The block of ``er`` matching the x block ``xb`` = x_row[b0:b1]: ``xb`` itself
+    in place (er True). The same view, not a second one of the same memory: LLVM's
+    overlap check would fail and send the read-then-write loop to its scalar copy."""
+
+
+@overload(_exps_dest, jit_options=_OPTS)
+def _exps_dest_ol(xb, er, b0, b1):
+    if isinstance(er, types.Array):
+        return lambda xb, er, b0, b1: er[b0:b1]
+    return lambda xb, er, b0, b1: xb
+
+
 def _grad_cview(xv, g, o, c, i0, n):
     """The gradient column block matching ``xv`` (``xv`` itself in place)."""
 
@@ -965,9 +992,10 @@ def _row_range(xr):
 
 
 @_helper
-def _row_exp_sum(xr, m, near):
+def _row_exp_sum(xr, m, near, er):
     """(sum of exp(x_c - m) over x_c != m, count of x_c == m); near: every x_c - m
-    lies in _exp_near's range, the cheaper exp serves. Terms are added in
+    lies in _exp_near's range, the cheaper exp serves; er: None, or where to store
+    every exp(x_c - m) for the gradient (may be xr itself). Terms are added in
     the compute dtype over blocks of _SUM_BLOCK elements, each block sum then into
     a float64 total: a vector lane adds at most 16 terms per block, so a float32
     partial sum errs by a few ulp (the size of exp's own error), and the loop keeps
@@ -979,10 +1007,27 @@ def _row_exp_sum(xr, m, near):
     rest = 0.0
     ties = 0.0
     for b0 in range(0, n, _SUM_BLOCK):
-        xb = xr[b0 : min(n, b0 + _SUM_BLOCK)]  # indexed from 0 (see the section comment)
+        b1 = min(n, b0 + _SUM_BLOCK)
+        xb = xr[b0:b1]  # indexed from 0 (see the section comment)
         part = zero
         count = zero
-        if near:  # (two loops: LLVM does not unswitch a loop on an invariant branch)
+        if er is not None:
+            eb = _exps_dest(xb, er, b0, b1)
+            if near:
+                for c in range(xb.shape[0]):
+                    v = _x_value(xb[c])
+                    e = _exp_near(v - m)
+                    eb[c] = e
+                    part = _acc(part, e if v != m else zero)
+                    count = _acc(count, one if v == m else zero)
+            else:
+                for c in range(xb.shape[0]):
+                    v = _x_value(xb[c])
+                    e = _exp_neg(v - m)
+                    eb[c] = e
+                    part = _acc(part, e if v != m else zero)
+                    count = _acc(count, one if v == m else zero)
+        elif near:  # (two loops: LLVM does not unswitch a loop on an invariant branch)
             for c in range(xb.shape[0]):
                 v = _x_value(xb[c])
                 part = _acc(part, _exp_near(v - m) if v != m else zero)
@@ -1013,14 +1058,18 @@ def _row_gap_sum(xr, tr, w, ref, keep, ls_c):
 
 
 @_helper
-def _softmax_row(xr, tr, w, keep, ls_c, dense):
+def _softmax_row(xr, tr, w, keep, ls_c, dense, er):
     """Statistics of one logit row in one sweep over chunks (online max):
-    (m, R, gap, total) with m the row max, R = S - 1 (S = sum_c exp(x_c - m), the
-    first argmax excluded exactly, ties included), gap = sum_{b_c != 0} b_c (m - x_c)
-    and total = sum_c b_c when ``dense`` (b_c from ``_weight``). A NaN or +inf
-    stops the sweep and returns m = NaN or +inf."""
+    (m, R, gap, total, near) with m the row max, R = S - 1 (S = sum_c exp(x_c - m),
+    the first argmax excluded exactly, ties included), gap = sum_{b_c != 0} b_c
+    (m - x_c) and total = sum_c b_c when ``dense`` (b_c from ``_weight``), near:
+    every x_c - m in _exp_near's range. A NaN or +inf stops the sweep and returns
+    m = NaN or +inf. er: None, or (rows of one chunk only) where to store every
+    exp(x_c - m) for the gradient (_exps_store), perhaps xr itself: x is then read
+    for the last time by the exp pass."""
     n = xr.shape[0]
     m = -_inf_like(_x_value(xr[0]))
+    row_lo = -m
     rest = 0.0
     ties = 0.0
     gap = 0.0
@@ -1030,9 +1079,10 @@ def _softmax_row(xr, tr, w, keep, ls_c, dense):
         xc = xr[c0:c1]
         mc, lo = _row_range(xc)
         if lo != lo:  # a negative NaN
-            return lo, 0.0, 0.0, 0.0
+            return lo, 0.0, 0.0, 0.0, False
         if not mc < _inf_like(mc):
-            return mc, 0.0, 0.0, 0.0
+            return mc, 0.0, 0.0, 0.0, False
+        row_lo = min(row_lo, lo)
         if mc > m:
             if m > -_inf_like(m):  # rescale what was summed to the new max
                 rest = (rest + ties) * math.exp(np.float64(m) - np.float64(mc))
@@ -1040,28 +1090,53 @@ def _softmax_row(xr, tr, w, keep, ls_c, dense):
                     gap += (np.float64(mc) - np.float64(m)) * total
             ties = 0.0
             m = mc
-        if m > -_inf_like(m):  # (while m = -inf every element so far is -inf: exp = 0)
-            part, count = _row_exp_sum(xc, m, np.float64(lo) - np.float64(m) >= _NEAR)
-            rest += part
-            ties += count
         if dense:  # a -inf chunk uses ref 0: b (0 - -inf) = inf, the right answer
             ref = np.float64(m) if m > -_inf_like(m) else 0.0
             part, weight = _row_gap_sum(xc, _part(tr, c0, c1), w[c0:c1], ref, keep, ls_c)
             gap += part
             total += weight
-    return m, rest + (ties - 1.0), gap, total
+        if m > -_inf_like(m):  # (while m = -inf every element so far is -inf: exp = 0)
+            part, count = _row_exp_sum(xc, m, np.float64(lo) - np.float64(m) >= _NEAR, er)
+            rest += part
+            ties += count
+    return m, rest + (ties - 1.0), gap, total, np.float64(row_lo) - np.float64(m) >= _NEAR
 
 
 @_helper
-def _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, m, big_a, a_over_s, ar_over_s, gw):
+def _softmax_grad_from_exps(er, tr, wc, keep, ls_c, scale, big_a, a_over_s, ar_over_s, gw):
+    """_softmax_grad_row from the exps that _softmax_row stored in ``er`` (the
+    gradient row), in place: no second exp pass. e == 1 stands for x_c == m in the
+    dominant-max formula: where e rounds to 1 without being the max, (A - a) - A R / S
+    is the same value as A e / S - a, only more exact."""
+    if ar_over_s < _zero_like(ar_over_s):
+        for c in range(er.shape[0]):
+            a = scale * _weight(tr, c, wc[c], keep, ls_c)
+            er[c] = gw * (a_over_s * er[c] - a)
+        return
+    one = _one_like(big_a)
+    for c in range(er.shape[0]):
+        a = scale * _weight(tr, c, wc[c], keep, ls_c)
+        e = er[c]
+        er[c] = gw * ((big_a - a) - ar_over_s if e == one else a_over_s * e - a)
+
+
+@_helper
+def _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, m, big_a, a_over_s, ar_over_s, gw, near):
     """Row (o, i) of the gradient: gw * dl/dx_c with a_c = scale * b_c (the sparse
-    label is fixed up by the caller); every argument in the compute dtype.
+    label is fixed up by the caller); every argument in the compute dtype. With
+    ``near`` (_softmax_row's) and no dominant max (ar_over_s < 0: no exact-max
+    select to make), the usual case, a loop with _exp_near and no select.
 
     The destination view is made here, from the gradient mode ``g``: in place it
     is ``xr`` itself, the same value, so LLVM vectorises the read-then-write loop.
     Passed in as a second parameter, it would be a possibly-overlapping pointer:
     the runtime overlap check fails in place and the scalar loop runs (4x slower)."""
     gr = _grad_rview(xr, g, o, i, xr.shape[0], layout)
+    if near and ar_over_s < _zero_like(ar_over_s):
+        for c in range(xr.shape[0]):
+            a = scale * _weight(tr, c, wc[c], keep, ls_c)
+            gr[c] = gw * (a_over_s * _exp_near(_x_value(xr[c]) - m) - a)
+        return
     for c in range(xr.shape[0]):
         a = scale * _weight(tr, c, wc[c], keep, ls_c)
         gr[c] = gw * _softmax_grad(_x_value(xr[c]), m, a, big_a, a_over_s, ar_over_s)
@@ -1545,18 +1620,25 @@ def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
             if g is not None:
                 _fill(gr, 0.0)
         else:
-            m, rest, gap, _ = _softmax_row(xr, None, w, keep, ls_c, dense)
-            w_y = w[y]
             x_y = _x_value(xr[y])  # read before an in-place gradient overwrites it
+            stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
+            if stored:
+                m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, _exps_store(gr, g))
+            else:
+                m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, None)
+            w_y = w[y]
             big_a = keep * w_y + ls_c * w_sum
             loss[o, i] = _softmax_loss(m, rest, _label_gap(keep * w_y, m, x_y) + ls_c * gap, big_a)
             if g is not None:
                 gw_r = gw[o, i]
                 if _finite(m):
                     a_over_s, ar_over_s = _grad_coefs(rest, big_a)
-                    _softmax_grad_row(xr, g, o, i, layout, None, wc, keep_c, ls_cc, ls_cc, m, _compute_scalar(x, big_a),
-                                      _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
-                                      _compute_scalar(x, gw_r))  # fmt: skip
+                    coefs = (_compute_scalar(x, big_a), _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
+                             _compute_scalar(x, gw_r))
+                    if stored:
+                        _softmax_grad_from_exps(gr, None, wc, keep_c, ls_cc, ls_cc, *coefs)
+                    else:
+                        _softmax_grad_row(xr, g, o, i, layout, None, wc, keep_c, ls_cc, ls_cc, m, *coefs, near)
                     # the label's own weight, in float64
                     g_y = _softmax_grad(np.float64(x_y), np.float64(m), (keep + ls_c) * w_y, big_a, a_over_s, ar_over_s)
                     _put(gr, y, gw_r * g_y)
@@ -1623,16 +1705,23 @@ def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout):
         i = r - o * n_i
         xr = _rview(x, o, i, n_c, layout)
         tr = _rview(t, o, i, n_c, layout)
-        m, rest, gap, big_a = _softmax_row(xr, tr, w, keep, ls_c, True)
+        gr = _grad_rview(xr, g, o, i, n_c, layout)
+        stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
+        if stored:
+            m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, _exps_store(gr, g))
+        else:
+            m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, None)
         loss[o, i] = _softmax_loss(m, rest, gap, big_a)
         if g is not None:
-            gr = _grad_rview(xr, g, o, i, n_c, layout)
             gw_r = gw[o, i]
             if _finite(m):
                 a_over_s, ar_over_s = _grad_coefs(rest, big_a)
-                _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep_c, ls_cc, one, m, _compute_scalar(x, big_a),
-                                  _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
-                                  _compute_scalar(x, gw_r))  # fmt: skip
+                coefs = (_compute_scalar(x, big_a), _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
+                         _compute_scalar(x, gw_r))
+                if stored:
+                    _softmax_grad_from_exps(gr, tr, wc, keep_c, ls_cc, one, *coefs)
+                else:
+                    _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep_c, ls_cc, one, m, *coefs, near)
             else:
                 _fill(gr, gw_r * _special_grad(m, big_a))
     return -1
