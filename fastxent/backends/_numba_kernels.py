@@ -1011,6 +1011,8 @@ def _row_exp_sum(xr, m, near, er):
         xb = xr[b0:b1]  # indexed from 0 (see the section comment)
         part = zero
         count = zero
+        # four loops (storing or not, in range or not): each a straight vector loop;
+        # an exp chosen or a store made per element would be a select in every one
         if er is not None:
             eb = _exps_dest(xb, er, b0, b1)
             if near:
