@@ -420,6 +420,20 @@ _L64_SQRT2, _L64_TINY, _L64_SUB = 1.4142135623730951, 2.2250738585072014e-308, 2
 _F32_INF, _F64_INF, _F32_NAN = _F32(np.inf), np.inf, _F32(np.nan)
 
 
+def _per_float(stub, f32_impl, f64_impl):
+    """Give ``stub`` (a documented placeholder) its float32 and float64 versions: a
+    numba overload compiled with the polynomial options (contracted multiply-adds)."""
+
+    @overload(stub, jit_options=_POLY_OPTS)
+    def by_dtype(x):
+        if x == types.float32:
+            return f32_impl
+        if x == types.float64:
+            return f64_impl
+
+    return by_dtype
+
+
 def _exp(x):
     """exp in x's own precision, vectorisable. exp(-inf) = 0, exp(NaN) = NaN,
     exp(+inf) = inf, subnormal results are produced (not flushed)."""
@@ -458,17 +472,19 @@ def _exp64(x):
     return x if x != x else y
 
 
-@overload(_exp, jit_options=_POLY_OPTS)
-def _exp_ol(x):
-    if x == types.float32:
-        return _exp32
-    if x == types.float64:
-        return _exp64
+_per_float(_exp, _exp32, _exp64)
 
 
 def _exp_neg(x):
     """exp of x <= 0 or -inf (not NaN): _exp without the overflow clamp and the NaN
     fix-up; in float32 also a shorter polynomial (``_exp32_neg``)."""
+
+
+@njit(**_POLY_OPTS)
+def _exp32_poly5(r):
+    """e**r for |r| <= ln2 / 2, degree 5 (the x <= 0 exps' polynomial)."""
+    q = (((_EN32_P5 * r + _EN32_P4) * r + _EN32_P3) * r + _EN32_P2) * r + _F32_ONE
+    return q * r + _F32_ONE
 
 
 def _exp32_neg(x):
@@ -477,9 +493,7 @@ def _exp32_neg(x):
     never reach the exponent."""
     t = x * _E32_LOG2E + _EN32_MAGIC
     n = t - _EN32_MAGIC
-    r = (x - n * _E32_LN2_HI) - n * _E32_LN2_LO
-    q = (((_EN32_P5 * r + _EN32_P4) * r + _EN32_P3) * r + _EN32_P2) * r + _F32_ONE
-    y = (q * r + _F32_ONE) * _pow2_from_bits(t)
+    y = _exp32_poly5((x - n * _E32_LN2_HI) - n * _E32_LN2_LO) * _pow2_from_bits(t)
     return _F32_ZERO if x < _EN32_FLUSH else y
 
 
@@ -490,29 +504,15 @@ def _exp_near(x):
 def _exp32_near(x):
     t = x * _E32_LOG2E + _E32_MAGIC
     n = t - _E32_MAGIC
-    r = x - n * _E32_LN2
-    q = (((_EN32_P5 * r + _EN32_P4) * r + _EN32_P3) * r + _EN32_P2) * r + _F32_ONE
-    return _times_pow2_bits(q * r + _F32_ONE, t)
+    return _times_pow2_bits(_exp32_poly5(x - n * _E32_LN2), t)
 
 
 def _exp64_neg(x):
     return _exp64_in_range(_maxnum(x, _E64_LO))
 
 
-@overload(_exp_near, jit_options=_POLY_OPTS)
-def _exp_near_ol(x):
-    if x == types.float32:
-        return _exp32_near
-    if x == types.float64:
-        return _exp64_neg
-
-
-@overload(_exp_neg, jit_options=_POLY_OPTS)
-def _exp_neg_ol(x):
-    if x == types.float32:
-        return _exp32_neg
-    if x == types.float64:
-        return _exp64_neg
+_per_float(_exp_near, _exp32_near, _exp64_neg)
+_per_float(_exp_neg, _exp32_neg, _exp64_neg)
 
 
 def _log(x):
@@ -556,12 +556,7 @@ def _log64(x):
     return r if x < _F64_INF else x
 
 
-@overload(_log, jit_options=_POLY_OPTS)
-def _log_ol(x):
-    if x == types.float32:
-        return _log32
-    if x == types.float64:
-        return _log64
+_per_float(_log, _log32, _log64)
 
 
 def _log1p_unit(u):
@@ -592,7 +587,7 @@ def _log1p_unit64(u):
     return _log(w) + (u - (w - 1.0)) / w
 
 
-@overload(_log1p_unit, jit_options=_POLY_OPTS)
+@overload(_log1p_unit, jit_options=_POLY_OPTS)  # (its argument is u: not _per_float's x)
 def _log1p_unit_ol(u):
     if u == types.float32:
         return _log1p_unit32
