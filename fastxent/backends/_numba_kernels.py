@@ -300,6 +300,26 @@ def _mantissa(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def _prefetch(typingctx, a, offset):
+    """Ask for the cache line ``offset`` bytes past a's first element, into L2. A
+    hint: it never faults, whatever the address, and changes no value."""
+    sig = types.void(a, offset)
+
+    def codegen(context, builder, signature, args):
+        ary = make_array(signature.args[0])(context, builder, args[0])
+        byte = ir.IntType(8)
+        base = builder.bitcast(ary.data, byte.as_pointer())
+        ptr = builder.gep(base, [context.cast(builder, args[1], signature.args[1], types.intp)])
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])  # read, L2, data
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _make_view(axis: int, layout: str):
     """An intrinsic ``view(a, o, c, i, n)``: the n elements of the 3-D array ``a``
     from ``a[o, c, i]`` along ``axis``, as a 1-D array of ``layout`` ('C' only when
@@ -987,10 +1007,12 @@ def _row_range(xr):
 
 
 @_helper
-def _row_exp_sum(xr, m, near, er):
+def _row_exp_sum(xr, m, near, er, ahead):
     """(sum of exp(x_c - m) over x_c != m, count of x_c == m); near: every x_c - m
     lies in _exp_near's range, the cheaper exp serves; er: None, or where to store
-    every exp(x_c - m) for the gradient (may be xr itself). Terms are added in
+    every exp(x_c - m) for the gradient (may be xr itself); ahead: 0, or the byte
+    distance to the data read next (the next chunk or row), whose lines each block
+    asks for while its exps compute. Terms are added in
     the compute dtype over blocks of _SUM_BLOCK elements, each block sum then into
     a float64 total: a vector lane adds at most 16 terms per block, so a float32
     partial sum errs by a few ulp (the size of exp's own error), and the loop keeps
@@ -1004,6 +1026,9 @@ def _row_exp_sum(xr, m, near, er):
     for b0 in range(0, n, _SUM_BLOCK):
         b1 = min(n, b0 + _SUM_BLOCK)
         xb = xr[b0:b1]  # indexed from 0 (see the section comment)
+        if ahead:  # (a loop of its own: a prefetch in the exp loop keeps it scalar)
+            for k in range(0, xb.shape[0] * xb.itemsize, 64):
+                _prefetch(xb, ahead + k)
         part = zero
         count = zero
         # four loops (storing or not, in range or not): each a straight vector loop;
@@ -1055,7 +1080,14 @@ def _row_gap_sum(xr, tr, w, ref, keep, ls_c):
 
 
 @_helper
-def _softmax_row(xr, tr, w, keep, ls_c, dense, er):
+def _rows_follow(x):
+    """Row (o + 1, :, 0) starts where row (o, :, 0) ends: an (N, C) C-contiguous x."""
+    n_o, n_c, n_i = x.shape
+    return n_i == 1 and x.strides[1] == x.itemsize and x.strides[0] == n_c * x.itemsize
+
+
+@_helper
+def _softmax_row(xr, tr, w, keep, ls_c, dense, er, ahead):
     """Statistics of one logit row in one sweep over chunks (online max):
     (m, R, gap, total, near) with m the row max, R = S - 1 (S = sum_c exp(x_c - m),
     the first argmax excluded exactly, ties included), gap = sum_{b_c != 0} b_c
@@ -1063,7 +1095,9 @@ def _softmax_row(xr, tr, w, keep, ls_c, dense, er):
     every x_c - m in _exp_near's range. A NaN or +inf stops the sweep and returns
     m = NaN or +inf. er: None, or (rows of one chunk only) where to store every
     exp(x_c - m) for the gradient (_exps_store), perhaps xr itself: x is then read
-    for the last time by the exp pass."""
+    for the last time by the exp pass. ahead: the rows follow one another in memory,
+    so each chunk's exp pass asks for the lines after the chunk (the next chunk or
+    row) and the next range pass finds them in cache."""
     n = xr.shape[0]
     m = -_inf_like(_x_value(xr[0]))
     row_lo = -m
@@ -1093,7 +1127,8 @@ def _softmax_row(xr, tr, w, keep, ls_c, dense, er):
             gap += part
             total += weight
         if m > -_inf_like(m):  # (while m = -inf every element so far is -inf: exp = 0)
-            part, count = _row_exp_sum(xc, m, np.float64(lo) - np.float64(m) >= _NEAR, er)
+            dist = (c1 - c0) * xc.itemsize if ahead else 0
+            part, count = _row_exp_sum(xc, m, np.float64(lo) - np.float64(m) >= _NEAR, er, dist)
             rest += part
             ties += count
     return m, rest + (ties - 1.0), gap, total, np.float64(row_lo) - np.float64(m) >= _NEAR
@@ -1604,6 +1639,7 @@ def _store_losses_ol(loss, q, o, i, di, rows, n_c):
 @_driver
 def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g, layout):
     n_o, n_c, n_i = x.shape
+    ahead = _rows_follow(x)
     dense = ls_c != 0.0  # label smoothing: every class carries weight
     keep_c, ls_cc = _compute_scalar(x, keep), _compute_scalar(x, ls_c)
     for r in prange(n_o * n_i):
@@ -1620,9 +1656,9 @@ def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
             x_y = _x_value(xr[y])  # read before an in-place gradient overwrites it
             stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
             if stored:
-                m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, _exps_store(gr, g))
+                m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, _exps_store(gr, g), ahead)
             else:
-                m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, None)
+                m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, None, ahead)
             w_y = w[y]
             big_a = keep * w_y + ls_c * w_sum
             loss[o, i] = _softmax_loss(m, rest, _label_gap(keep * w_y, m, x_y) + ls_c * gap, big_a)
@@ -1696,6 +1732,7 @@ def _sparse_logits_cols(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
 @_driver
 def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout):
     n_o, n_c, n_i = x.shape
+    ahead = _rows_follow(x)
     keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
     for r in prange(n_o * n_i):
         o = r // n_i
@@ -1705,9 +1742,9 @@ def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout):
         gr = _grad_rview(xr, g, o, i, n_c, layout)
         stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
         if stored:
-            m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, _exps_store(gr, g))
+            m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, _exps_store(gr, g), ahead)
         else:
-            m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, None)
+            m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, None, ahead)
         loss[o, i] = _softmax_loss(m, rest, gap, big_a)
         if g is not None:
             gw_r = gw[o, i]
