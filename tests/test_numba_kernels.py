@@ -365,6 +365,26 @@ def _block_sum_case(kernel, shape, rng):
     return args + ([1e-7] if probs else []) + [gw]
 
 
+def test_pairwise_sum_is_numpys(nk):
+    """_pairwise_sum (NumPy's recursion, on a stack of its own) and _pairwise_sum_all
+    give np.sum's bits for every size up to 2,000, around each power of two, and for
+    random sizes and offsets, on terms spread over 16 decades (where the order of the
+    additions shows)."""
+    from numba import njit
+
+    part = njit(lambda a, lo, n: nk._pairwise_sum(a, lo, n))
+    whole = njit(lambda a: nk._pairwise_sum_all(a))
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal(300_000) * 10.0 ** rng.uniform(-8, 8, 300_000)
+    sizes = list(range(2_000)) + [2**k + d for k in range(11, 18) for d in (-8, -1, 0, 1, 8)]
+    sizes += [int(n) for n in rng.integers(2_000, 300_000, 60)]
+    for n in sizes:
+        lo = int(rng.integers(0, a.size - n + 1))
+        want = np.sum(a[lo : lo + n])
+        assert part(a, lo, n) == want, n
+        assert whole(np.ascontiguousarray(a[lo : lo + n])) == want, n
+
+
 @pytest.mark.parametrize("kernel, shape, in_kernel", [
     ("binary_from_logits", (1, 1, 2 * 16384 + 123), True),  # binary (N,): flat
     ("binary_from_logits", (1, 3, 2 * 16384 + 123), True),  # Fortran-ordered (N, 3)

@@ -1580,28 +1580,45 @@ def _pairwise_leaf(a, lo, n):
     return res
 
 
-def _pairwise_level(half):
-    """The pairwise sum one level of halving above ``half``. (Numba's recursion
-    crashed inside a parallel driver, so each level is its own function.)"""
+#: Frames of _pairwise_sum's stack: n halves at every level down to 128, so 2**64
+#: elements need fewer than 64.
+_PAIRWISE_DEPTH = 64
 
-    @_helper
-    def pairwise(a, lo, n):
-        if n <= 128:
-            return _pairwise_leaf(a, lo, n)
-        n2 = n // 2
+
+@_helper
+def _pairwise_sum(a, lo, n):
+    """NumPy's pairwise summation of a[lo:lo+n], step for step: the same bits as
+    ``np.sum`` of a contiguous float64 array (what ``_reduce.block_sums`` takes).
+    NumPy's recursion (n <= 128: a leaf; else the first n2 = n / 2 rounded down to a
+    multiple of 8, plus the rest) with a stack of its own: numba's recursion crashed
+    inside a parallel driver, and one function per level took ~10 s to compile."""
+    if n <= 128:
+        return _pairwise_leaf(a, lo, n)
+    f_lo = np.empty(_PAIRWISE_DEPTH, np.int64)
+    f_n = np.empty(_PAIRWISE_DEPTH, np.int64)
+    f_left = np.empty(_PAIRWISE_DEPTH)  # the left half's sum, once it is known
+    f_right = np.zeros(_PAIRWISE_DEPTH, np.bool_)  # the frame now sums its right half
+    top = 0
+    f_lo[0], f_n[0] = lo, n
+    while True:
+        while f_n[top] > 128:  # descend into left halves
+            n2 = f_n[top] // 2
+            n2 -= n2 % 8
+            f_lo[top + 1], f_n[top + 1], f_right[top + 1] = f_lo[top], n2, False
+            top += 1
+        v = _pairwise_leaf(a, f_lo[top], f_n[top])
+        top -= 1
+        while f_right[top + 1]:  # a right half: the parent's sum is left + right
+            v = f_left[top] + v
+            if top == 0:
+                return v
+            top -= 1
+        # a left half: keep it, then sum the right half
+        f_left[top] = v
+        n2 = f_n[top] // 2
         n2 -= n2 % 8
-        return half(a, lo, n2) + half(a, lo + n2, n - n2)
-
-    return pairwise
-
-
-#: NumPy's pairwise summation of a[lo:lo+n], step for step: the same bits as
-#: ``np.sum`` of a contiguous float64 array (what ``_reduce.block_sums`` takes).
-#: Ten levels of halving cover n up to about 128 * 2**10, BLOCK_ROWS with room.
-_pairwise_sum = _pairwise_leaf
-for _ in range(10):
-    _pairwise_sum = _pairwise_level(_pairwise_sum)
-assert _reduce.BLOCK_ROWS <= 128 << 9
+        f_lo[top + 1], f_n[top + 1], f_right[top + 1] = f_lo[top] + n2, f_n[top] - n2, True
+        top += 1
 
 
 @_helper
@@ -1817,6 +1834,8 @@ def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, block):
 
 #: Rows per work item of the gather-log (block-sums mode: BLOCK_ROWS).
 _GATHER_ROWS = 512
+#: Rows ahead whose probability the gather asks for (as the Cython gather-log does).
+_GATHER_AHEAD = 16
 
 
 @_helper
@@ -1832,6 +1851,9 @@ def _gather_log(xb, lb, w, ignore, lo, hi, losses, p):
     slower), and weighted in a third."""
     nb = lb.shape[0]
     for j in range(nb):  # an ignored row reads class 0 and never uses it
+        if j + _GATHER_AHEAD < nb:  # start a later row's cache miss now
+            ya = np.int64(lb[j + _GATHER_AHEAD])
+            _prefetch(xb, (j + _GATHER_AHEAD) * xb.strides[0] + (ya if ya != ignore else 0) * xb.strides[1])
         y = np.int64(lb[j])
         p[j] = _x_value(xb[j, y if y != ignore else 0])
     for j in range(nb):
