@@ -1012,11 +1012,11 @@ def _row_exp_sum(xr, m, near, er, ahead):
     lies in _exp_near's range, the cheaper exp serves; er: None, or where to store
     every exp(x_c - m) for the gradient (may be xr itself); ahead: 0, or the byte
     distance to the data read next (the next chunk or row), whose lines each block
-    asks for while its exps compute. Terms are added in
-    the compute dtype over blocks of _SUM_BLOCK elements, each block sum then into
-    a float64 total: a vector lane adds at most 16 terms per block, so a float32
-    partial sum errs by a few ulp (the size of exp's own error), and the loop keeps
-    8 float32 lanes (a float64 accumulator in it halves the width). Both loops sit
+    asks for while its exps compute. Terms are added in the compute dtype over
+    blocks of _SUM_BLOCK elements, each block sum then into a float64 total: a
+    vector lane adds at most 16 terms per block, so a float32 partial sum errs by a
+    few ulp (the size of exp's own error), and the loop keeps 8 float32 lanes (a
+    float64 accumulator in it halves the width). Both loops sit
     in this one function: a separate, already vectorised block function is too big
     for LLVM to inline, and the call per block cost as much as the exps."""
     zero, one = _zero_like(m), _one_like(m)
@@ -1410,23 +1410,37 @@ def _cols_xent_probs_grad(x, g, t, wc, o, i0, keep, ls_c, scale, lo, hi, gw):
 
 
 @_helper
-def _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, tail):
-    """tail[j] = the loss of class c of row i0 + j: the softplus tails first
-    (_bce_tails), then the losses over them, in place."""
+def _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, acc, tail):
+    """acc[j] += the losses of class c of rows i0..i0+nb-1 or, with acc None, tail[j]
+    = those losses (in place of the tails): the softplus tails first (_bce_tails),
+    then the losses. (Two loops for each case: a per-element choice would be a
+    select in the loop.)"""
     nb = tail.shape[0]
     xv = _col_view_c(x, o, c, i0, nb)
     tv = _col_view_c(t, o, c, i0, nb)
     pwv = _pw_col(pw, c, i0, nb)
-    if _bce_tails(xv, tail):
+    fin = _bce_tails(xv, tail)
+    if acc is None:
+        if fin:
+            for j in range(nb):
+                v = _x_value(xv[j])
+                y = _as(tv[j], v) * keep + half_ls
+                tail[j] = _bce_logit_loss_fin(v, tail[j], y, _as(_at(pwv, j), v))
+        else:
+            for j in range(nb):
+                v = _x_value(xv[j])
+                y = _as(tv[j], v) * keep + half_ls
+                tail[j] = _bce_logit_loss_l(v, tail[j], y, _as(_at(pwv, j), v))
+    elif fin:
         for j in range(nb):
             v = _x_value(xv[j])
             y = _as(tv[j], v) * keep + half_ls
-            tail[j] = _bce_logit_loss_fin(v, tail[j], y, _as(_at(pwv, j), v))
+            acc[j] += _bce_logit_loss_fin(v, tail[j], y, _as(_at(pwv, j), v))
     else:
         for j in range(nb):
             v = _x_value(xv[j])
             y = _as(tv[j], v) * keep + half_ls
-            tail[j] = _bce_logit_loss_l(v, tail[j], y, _as(_at(pwv, j), v))
+            acc[j] += _bce_logit_loss_l(v, tail[j], y, _as(_at(pwv, j), v))
 
 
 #: Elements per run of a flat binary loss: its x, t, tails and float64 losses stay in L1
@@ -1438,22 +1452,21 @@ _TAIL_RUN = 1024
 def _cols_bce_logits(x, t, pw, o, i0, keep, half_ls, loss, p_loss, tail):
     """loss[j] (float64) = the summed losses of rows i0..i0+nb-1: in compute-dtype
     partial sums of _BLOCK classes (loss and p_loss zeroed), or with one class (a
-    flat binary loss) the loss itself (nothing zeroed: a zeroing pass cost ~10%)."""
+    flat binary loss) the losses themselves, run by run (nothing zeroed: a zeroing
+    pass over the block cost ~10%)."""
     n_c = x.shape[1]
     if n_c == 1:
         nb = loss.shape[0]
         for s0 in range(0, nb, _TAIL_RUN):
-            tr = tail[:min(nb, s0 + _TAIL_RUN) - s0]
-            _bce_logits_class(x, t, pw, o, 0, i0 + s0, keep, half_ls, tr)
-            lr = loss[s0:s0 + tr.shape[0]]
-            for j in range(tr.shape[0]):
+            lr = loss[s0 : min(nb, s0 + _TAIL_RUN)]
+            tr = tail[: lr.shape[0]]
+            _bce_logits_class(x, t, pw, o, 0, i0 + s0, keep, half_ls, None, tr)
+            for j in range(lr.shape[0]):
                 lr[j] = np.float64(tr[j])
         return
     for c0 in range(0, n_c, _BLOCK):
         for c in range(c0, min(n_c, c0 + _BLOCK)):
-            _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, tail)
-            for j in range(p_loss.shape[0]):
-                p_loss[j] += tail[j]
+            _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, p_loss, tail)
         _flush(loss, p_loss)
 
 
@@ -1597,7 +1610,7 @@ def _pairwise_sum(a, lo, n):
     f_lo = np.empty(_PAIRWISE_DEPTH, np.int64)
     f_n = np.empty(_PAIRWISE_DEPTH, np.int64)
     f_left = np.empty(_PAIRWISE_DEPTH)  # the left half's sum, once it is known
-    f_right = np.zeros(_PAIRWISE_DEPTH, np.bool_)  # the frame now sums its right half
+    f_right = np.zeros(_PAIRWISE_DEPTH, np.bool_)  # the frame is its parent's right half
     top = 0
     f_lo[0], f_n[0] = lo, n
     while True:
@@ -2042,7 +2055,7 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block):
     keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
     for q in prange(n_o * n_blocks):
         o, i0, nb = _block(q, n_blocks, block, n_i)
-        flat = n_c == 1  # (then _cols_bce_logits reads neither sum before writing)
+        flat = n_c == 1  # (then _cols_bce_logits writes total without reading it)
         total = np.empty(nb) if flat else np.zeros(nb)
         p_total = _compute_zeros(x, 1, 0 if flat else nb)[0]
         tail = _compute_empty(x, min(nb, _TAIL_RUN) if flat else nb)  # written before read
