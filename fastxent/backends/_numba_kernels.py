@@ -888,15 +888,32 @@ def _exps_store_ol(gr, g):
 
 def _exps_dest(xb, er, b0, b1):
     """The block of ``er`` matching the x block ``xb`` = x_row[b0:b1]: ``xb`` itself
-    in place (er True). The same view, not a second one of the same memory: LLVM's
-    overlap check would fail and send the read-then-write loop to its scalar copy."""
+    in place (er True), None without a gradient (er None). The same view, not a
+    second one of the same memory: LLVM's overlap check would fail and send the
+    read-then-write loop to its scalar copy."""
 
 
 @overload(_exps_dest, jit_options=_OPTS)
 def _exps_dest_ol(xb, er, b0, b1):
     if isinstance(er, types.Array):
         return lambda xb, er, b0, b1: er[b0:b1]
+    if isinstance(er, types.NoneType):
+        return lambda xb, er, b0, b1: None
     return lambda xb, er, b0, b1: xb
+
+
+def _keep_exp(eb, c, e):
+    """eb[c] = e, or nothing when eb is None: chosen by type, no select in the loop."""
+
+
+@overload(_keep_exp, jit_options=_OPTS)
+def _keep_exp_ol(eb, c, e):
+    if isinstance(eb, types.NoneType):
+        return lambda eb, c, e: None
+
+    def keep(eb, c, e):
+        eb[c] = e
+    return keep
 
 
 def _grad_cview(xv, g, o, c, i0, n):
@@ -1016,9 +1033,9 @@ def _row_exp_sum(xr, m, near, er, ahead):
     blocks of _SUM_BLOCK elements, each block sum then into a float64 total: a
     vector lane adds at most 16 terms per block, so a float32 partial sum errs by a
     few ulp (the size of exp's own error), and the loop keeps 8 float32 lanes (a
-    float64 accumulator in it halves the width). Both loops sit
-    in this one function: a separate, already vectorised block function is too big
-    for LLVM to inline, and the call per block cost as much as the exps."""
+    float64 accumulator in it halves the width). The loops sit in this one
+    function: a separate, already vectorised block function is too big for LLVM to
+    inline, and the call per block cost as much as the exps."""
     zero, one = _zero_like(m), _one_like(m)
     n = xr.shape[0]
     rest = 0.0
@@ -1031,33 +1048,22 @@ def _row_exp_sum(xr, m, near, er, ahead):
                 _prefetch(xb, ahead + k)
         part = zero
         count = zero
-        # four loops (storing or not, in range or not): each a straight vector loop;
-        # an exp chosen or a store made per element would be a select in every one
-        if er is not None:
-            eb = _exps_dest(xb, er, b0, b1)
-            if near:
-                for c in range(xb.shape[0]):
-                    v = _x_value(xb[c])
-                    e = _exp_near(v - m)
-                    eb[c] = e
-                    part = _acc(part, e if v != m else zero)
-                    count = _acc(count, one if v == m else zero)
-            else:
-                for c in range(xb.shape[0]):
-                    v = _x_value(xb[c])
-                    e = _exp_neg(v - m)
-                    eb[c] = e
-                    part = _acc(part, e if v != m else zero)
-                    count = _acc(count, one if v == m else zero)
-        elif near:  # (two loops: LLVM does not unswitch a loop on an invariant branch)
+        eb = _exps_dest(xb, er, b0, b1)  # None: the exps are not kept
+        # two loops (in range or not): each a straight vector loop; an exp chosen per
+        # element would be a select in both (and LLVM does not unswitch a loop on
+        # an invariant branch)
+        if near:
             for c in range(xb.shape[0]):
                 v = _x_value(xb[c])
-                part = _acc(part, _exp_near(v - m) if v != m else zero)
+                e = _exp_near(v - m)
+                _keep_exp(eb, c, e)
+                part = _acc(part, e if v != m else zero)
                 count = _acc(count, one if v == m else zero)
         else:
             for c in range(xb.shape[0]):
                 v = _x_value(xb[c])
                 e = _exp_neg(v - m)  # v <= m, no NaN: the max pass stopped at one
+                _keep_exp(eb, c, e)
                 part = _acc(part, e if v != m else zero)
                 count = _acc(count, one if v == m else zero)
         rest += np.float64(part)
@@ -1172,6 +1178,22 @@ def _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, m, big_a, 
     for c in range(xr.shape[0]):
         a = scale * _weight(tr, c, wc[c], keep, ls_c)
         gr[c] = gw * _softmax_grad(_x_value(xr[c]), m, a, big_a, a_over_s, ar_over_s)
+
+
+@_helper(inline=True)
+def _softmax_row_grad(x, xr, g, gr, o, i, layout, tr, wc, keep, ls_c, scale, m, rest, big_a, gw, near, stored):
+    """Row (o, i)'s gradient from _softmax_row's statistics (m finite): from the exps
+    it stored in ``gr`` when ``stored``, else with an exp pass over ``xr``; the
+    weights and coefficients as in _softmax_grad_row. Returns the float64
+    (A / S, A R / S) (_grad_coefs) for the caller's exact values."""
+    a_over_s, ar_over_s = _grad_coefs(rest, big_a)
+    coefs = (_compute_scalar(x, big_a), _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
+             _compute_scalar(x, gw))
+    if stored:
+        _softmax_grad_from_exps(gr, tr, wc, keep, ls_c, scale, *coefs)
+    else:
+        _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, m, *coefs, near)
+    return a_over_s, ar_over_s
 
 
 @_helper
@@ -1409,38 +1431,42 @@ def _cols_xent_probs_grad(x, g, t, wc, o, i0, keep, ls_c, scale, lo, hi, gw):
             gv[j] = gw[j] * _xent_prob_grad(_x_value(xv[j]), a, lo, hi)
 
 
+def _put_loss(acc, tail, j, loss):
+    """acc[j] += loss, or with acc None tail[j] = loss (over the tail it was made
+    from): the choice is made by type, so the loop keeps no select."""
+
+
+@overload(_put_loss, jit_options=_OPTS)
+def _put_loss_ol(acc, tail, j, loss):
+    if isinstance(acc, types.NoneType):
+        def put_in_place(acc, tail, j, loss):
+            tail[j] = loss
+        return put_in_place
+
+    def add(acc, tail, j, loss):
+        acc[j] += loss
+    return add
+
+
 @_helper
 def _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, acc, tail):
     """acc[j] += the losses of class c of rows i0..i0+nb-1 or, with acc None, tail[j]
     = those losses (in place of the tails): the softplus tails first (_bce_tails),
-    then the losses. (Two loops for each case: a per-element choice would be a
-    select in the loop.)"""
+    then the losses."""
     nb = tail.shape[0]
     xv = _col_view_c(x, o, c, i0, nb)
     tv = _col_view_c(t, o, c, i0, nb)
     pwv = _pw_col(pw, c, i0, nb)
-    fin = _bce_tails(xv, tail)
-    if acc is None:
-        if fin:
-            for j in range(nb):
-                v = _x_value(xv[j])
-                y = _as(tv[j], v) * keep + half_ls
-                tail[j] = _bce_logit_loss_fin(v, tail[j], y, _as(_at(pwv, j), v))
-        else:
-            for j in range(nb):
-                v = _x_value(xv[j])
-                y = _as(tv[j], v) * keep + half_ls
-                tail[j] = _bce_logit_loss_l(v, tail[j], y, _as(_at(pwv, j), v))
-    elif fin:
+    if _bce_tails(xv, tail):
         for j in range(nb):
             v = _x_value(xv[j])
             y = _as(tv[j], v) * keep + half_ls
-            acc[j] += _bce_logit_loss_fin(v, tail[j], y, _as(_at(pwv, j), v))
+            _put_loss(acc, tail, j, _bce_logit_loss_fin(v, tail[j], y, _as(_at(pwv, j), v)))
     else:
         for j in range(nb):
             v = _x_value(xv[j])
             y = _as(tv[j], v) * keep + half_ls
-            acc[j] += _bce_logit_loss_l(v, tail[j], y, _as(_at(pwv, j), v))
+            _put_loss(acc, tail, j, _bce_logit_loss_l(v, tail[j], y, _as(_at(pwv, j), v)))
 
 
 #: Elements per run of a flat binary loss: its x, t, tails and float64 losses stay in L1
@@ -1610,37 +1636,34 @@ def _pairwise_sum(a, lo, n):
     f_lo = np.empty(_PAIRWISE_DEPTH, np.int64)
     f_n = np.empty(_PAIRWISE_DEPTH, np.int64)
     f_left = np.empty(_PAIRWISE_DEPTH)  # the left half's sum, once it is known
-    f_right = np.zeros(_PAIRWISE_DEPTH, np.bool_)  # the frame is its parent's right half
     top = 0
     f_lo[0], f_n[0] = lo, n
     while True:
         while f_n[top] > 128:  # descend into left halves
             n2 = f_n[top] // 2
-            n2 -= n2 % 8
-            f_lo[top + 1], f_n[top + 1], f_right[top + 1] = f_lo[top], n2, False
+            f_lo[top + 1], f_n[top + 1] = f_lo[top], n2 - n2 % 8
             top += 1
         v = _pairwise_leaf(a, f_lo[top], f_n[top])
-        top -= 1
-        while f_right[top + 1]:  # a right half: the parent's sum is left + right
-            v = f_left[top] + v
-            if top == 0:
-                return v
+        # a right half (it starts after its parent's start) completes its parent
+        while top > 0 and f_lo[top] != f_lo[top - 1]:
             top -= 1
-        # a left half: keep it, then sum the right half
+            v = f_left[top] + v
+        if top == 0:
+            return v
+        # a left half: keep its sum, then sum the right half (the rest of the parent)
+        top -= 1
         f_left[top] = v
-        n2 = f_n[top] // 2
-        n2 -= n2 % 8
-        f_lo[top + 1], f_n[top + 1], f_right[top + 1] = f_lo[top] + n2, f_n[top] - n2, True
+        f_lo[top + 1], f_n[top + 1] = f_lo[top] + f_n[top + 1], f_n[top] - f_n[top + 1]
         top += 1
 
 
 @_helper
 def _pairwise_sum_all(a):
-    """_pairwise_sum(a, 0, a.size) of a contiguous 1-D float64 array, without the
-    recursion's calls (~15 ns each, two per leaf) when the size is 128 * 2**k, as in
-    every full block of BLOCK_ROWS rows: NumPy's tree is then balanced, its leaves
-    the consecutive runs of 128. The leaves are summed in one loop, then added level
-    by level, left + right, as the recursion adds them: the same bits."""
+    """_pairwise_sum(a, 0, a.size) of a contiguous 1-D float64 array, without its
+    call per leaf (~15 ns each) when the size is 128 * 2**k, as in every full block
+    of BLOCK_ROWS rows: NumPy's tree is then balanced, its leaves the consecutive
+    runs of 128. The leaves are summed in one loop, then added level by level, left
+    + right, as the recursion adds them: the same bits."""
     n = a.shape[0]
     n_leaves = n // 128
     if n < 256 or n % 128 != 0 or n_leaves & (n_leaves - 1) != 0:
@@ -1719,13 +1742,8 @@ def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
             if g is not None:
                 gw_r = gw[o, i]
                 if _finite(m):
-                    a_over_s, ar_over_s = _grad_coefs(rest, big_a)
-                    coefs = (_compute_scalar(x, big_a), _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
-                             _compute_scalar(x, gw_r))
-                    if stored:
-                        _softmax_grad_from_exps(gr, None, wc, keep_c, ls_cc, ls_cc, *coefs)
-                    else:
-                        _softmax_grad_row(xr, g, o, i, layout, None, wc, keep_c, ls_cc, ls_cc, m, *coefs, near)
+                    a_over_s, ar_over_s = _softmax_row_grad(x, xr, g, gr, o, i, layout, None, wc, keep_c, ls_cc, ls_cc,
+                                                            m, rest, big_a, gw_r, near, stored)
                     # the label's own weight, in float64
                     g_y = _softmax_grad(np.float64(x_y), np.float64(m), (keep + ls_c) * w_y, big_a, a_over_s, ar_over_s)
                     _put(gr, y, gw_r * g_y)
@@ -1803,13 +1821,8 @@ def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout):
         if g is not None:
             gw_r = gw[o, i]
             if _finite(m):
-                a_over_s, ar_over_s = _grad_coefs(rest, big_a)
-                coefs = (_compute_scalar(x, big_a), _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
-                         _compute_scalar(x, gw_r))
-                if stored:
-                    _softmax_grad_from_exps(gr, tr, wc, keep_c, ls_cc, one, *coefs)
-                else:
-                    _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep_c, ls_cc, one, m, *coefs, near)
+                _softmax_row_grad(x, xr, g, gr, o, i, layout, tr, wc, keep_c, ls_cc, one, m, rest, big_a, gw_r, near,
+                                  stored)
             else:
                 _fill(gr, gw_r * _special_grad(m, big_a))
     return -1
