@@ -879,6 +879,37 @@ def test_block_sums_are_numpy_sums_of_the_rows(isa, kernel, layout, N):
             assert np.array_equal(g, g_rows) if grad else g is None
 
 
+@pytest.mark.parametrize("kernel", ["binary_from_logits", "binary_from_probs"])
+@pytest.mark.parametrize("shape", [(1, 1, 9 * BLOCK_ROWS + 4), (40, 1, 4096), (30, 1, 5000)], ids=str)
+@pytest.mark.parametrize("pw", ["unit", "const", "per_element"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flat_binary_block_sums_from_leaves(isa, kernel, shape, pw, dtype):
+    """One class (a flat binary loss): whole blocks are summed from the losses of
+    their 128-row leaves, never stored -- the same bits as NumPy's pairwise sum of
+    the per-row losses, with pos_weight 1 (the loss's short form), another constant
+    or per element, soft and smoothed targets, infinities and NaN, and with the
+    gradient. (float64 losses show the order of the additions; float32 ones, exact
+    in float64, mostly do not.)"""
+    O, C, I = shape
+    probs = kernel == "binary_from_probs"
+    x = RNG.uniform(0, 1, shape) if probs else RNG.standard_normal(shape) * 5
+    t = RNG.integers(0, 2, shape).astype(np.float64)
+    t.flat[::7] = RNG.uniform(0, 1, t.flat[::7].shape)
+    if not probs:
+        x.flat[[100, 20_000, 77_777 % x.size]] = [np.inf, -np.inf, np.nan]
+    x3, t3 = x.astype(dtype), t.astype(dtype)
+    weights = {"unit": np.ones((1, 1)), "const": np.full((1, 1), 1.7), "per_element": RNG.uniform(0.5, 2, (1, I))}
+    pw3 = np.broadcast_to(weights[pw], (C, I))
+    gw = RNG.uniform(0.5, 1.5, (O, I))
+    for grad in (False, True):
+        _, rows, g_rows = call(kernel, x3, targets=t3, pw=pw3, ls=0.1, gw=gw, grad=grad)
+        for threads in (1, 2):
+            _, sums, g = call(kernel, x3, targets=t3, pw=pw3, ls=0.1, gw=gw, grad=grad, threads=threads,
+                              block_sums=True)  # fmt: skip
+            assert sums.tobytes() == _reduce.block_sums(rows).tobytes(), (threads, grad)
+            assert not grad or g.tobytes() == g_rows.tobytes()
+
+
 def test_block_sums_when_blocks_would_cut_column_tasks():
     """An inner axis of 20 rows: blocks of BLOCK_ROWS rows would cut column tasks
     mid-vector, so the kernel sums through a temporary -- still the same bits."""

@@ -421,6 +421,29 @@ def test_block_sums_are_numpy_sums_of_the_rows(nk, kernel, shape, in_kernel):
                 assert np.array_equal(g, g_rows)
 
 
+@pytest.mark.parametrize("pos_weight", [1.0, 1.7])
+def test_flat_binary_block_sums_with_one_pos_weight(nk, pos_weight):
+    """A flat binary loss sums whole blocks from the float32 losses of its 128-row
+    leaves: NumPy's bits for the per-row losses, with pos_weight 1 (the loss's short
+    form) or another single value, infinities and NaN among the logits, and the same
+    gradient."""
+    from fastxent import _reduce
+
+    shape = (1, 1, 3 * 16384 + 77)
+    args = _block_sum_case("binary_from_logits", shape, np.random.default_rng(5))
+    args[0].reshape(-1)[[3, 20_000, 40_000]] = [np.inf, -np.inf, np.nan]
+    args[2] = np.broadcast_to(np.full((1, 1), pos_weight), shape[1:])  # one value for the class
+    rows = np.empty(shape[::2])
+    g_rows = np.empty(shape, F32)
+    assert nk.KERNELS["binary_from_logits"](*args, rows, g_rows, 1) == -1
+    want = _reduce.block_sums(rows)
+    for threads in (1, 2):
+        sums, g = np.full(want.shape, np.nan), np.empty(shape, F32)
+        assert nk.KERNELS["binary_from_logits"](*args, sums, g, threads, block_sums=True) == -1
+        assert sums.tobytes() == want.tobytes()
+        assert g.tobytes() == g_rows.tobytes()
+
+
 def test_first_out_of_range_row_whatever_the_thread_count(nk):
     p = np.full((500, 4), 0.25)
     p[[137, 301], 1] = 1.5

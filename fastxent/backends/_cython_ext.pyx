@@ -58,6 +58,7 @@ cdef extern from "_csrc/fx_common.h":
         FX_BOOL, FX_I8, FX_U8, FX_I16, FX_U16, FX_I32, FX_U32, FX_I64, FX_U64
         FX_F16, FX_F32, FX_F64
         FX_LANES
+        FX_LEAF
     ctypedef struct fx_arr3:
         char *data
         fx_ssize so, sc, si
@@ -80,6 +81,7 @@ cdef extern from "_csrc/fx_common.h":
         double ls, eps
         double ls_per_c
         int stream_loss
+        int leaf_sums
         const char *lab
         fx_ssize lab_so, lab_si
         int lab_dtype
@@ -547,6 +549,7 @@ ctypedef struct _runner:
     fx_row_fn row_fn
     fx_cols_fn col_fn
     fx_ssize w  # rows per column task
+    bint leaves  # the column kernel can write leaf sums (fx_call.leaf_sums)
 
 
 cdef fx_ssize _range(const fx_call *k, const _runner *ru, fx_ssize r0, fx_ssize r1) noexcept nogil:
@@ -584,15 +587,33 @@ cdef fx_ssize _split(const fx_call *k, const _runner *ru, fx_ssize tasks, int nt
 
 cdef inline fx_ssize _block(const fx_call *k, const _runner *ru, fx_ssize b, double *buf,
                             double *sums) noexcept nogil:
-    """Block b's rows with their losses in buf, and their pairwise sum in sums[b]."""
+    """Block b's rows with their losses in buf, and their pairwise sum in sums[b].
+
+    A whole block of a kernel that can (``_runner.leaves``), cut into column tasks
+    of whole leaves, leaves only the sums of its leaves in buf: NumPy's pairwise
+    sum halves BLOCK_ROWS exactly down to leaves of FX_LEAF, so the block's sum
+    is the pairwise tree over them."""
     cdef fx_ssize r0 = b * BLOCK_ROWS, r1 = min(r0 + BLOCK_ROWS, k.n_o * k.n_i)
     cdef fx_call kc = k[0]
     kc.loss = buf
     kc.loss_r0 = r0
     kc.stream_loss = 0
+    kc.leaf_sums = (ru.leaves and r1 - r0 == BLOCK_ROWS and ru.w % FX_LEAF == 0
+                    and (k.n_o == 1 or k.n_i % FX_LEAF == 0))
     cdef fx_ssize bad = _range(&kc, ru, r0, r1)
-    sums[b] = _pairwise_sum(buf, r1 - r0)
+    sums[b] = _leaf_tree(buf, BLOCK_ROWS // FX_LEAF) if kc.leaf_sums else _pairwise_sum(buf, r1 - r0)
     return bad
+
+
+cdef inline double _leaf_tree(double *a, fx_ssize n) noexcept nogil:
+    """Pairwise sum of n (a power of two) leaf sums, in place: left half + right half,
+    as NumPy's recursion adds them."""
+    cdef fx_ssize j
+    while n > 1:
+        n //= 2
+        for j in range(n):
+            a[j] = a[2 * j] + a[2 * j + 1]
+    return a[0]
 
 
 cdef fx_ssize _blocks(const fx_call *k, const _runner *ru, int nt, double *sums) except -2 nogil:
@@ -688,13 +709,16 @@ cdef inline _runner _rows_or_cols(fx_row_fn row_fn, fx_cols_fn col_fn, const fx_
     ru.row_fn = row_fn
     ru.col_fn = col_fn
     ru.w = 0
+    ru.leaves = False
     return ru
 
 
 cdef fx_ssize _run_kernel(fx_call *k, fx_row_fn row_fn, fx_cols_fn col_fn, int threads,
-                          double *sums) except -2 nogil:
-    """A C kernel (rows or columns by layout) over every row."""
+                          double *sums, bint leaves=False) except -2 nogil:
+    """A C kernel (rows or columns by layout) over every row; ``leaves``: its column
+    form writes leaf sums when one class is all there is (the binary kernels)."""
     cdef _runner ru = _rows_or_cols(row_fn, col_fn, k)
+    ru.leaves = leaves and ru.form == FORM_COLS and k.n_c == 1
     return _run(k, &ru, k.n_o * k.n_i * k.n_c, threads, sums)
 
 
@@ -759,7 +783,7 @@ def binary_from_logits(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weigh
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
     with nogil:
-        _run_kernel(&k, tb.bce_logits_row[ct], tb.bce_logits_cols[ct], threads, _sums(&k, block_sums))
+        _run_kernel(&k, tb.bce_logits_row[ct], tb.bce_logits_cols[ct], threads, _sums(&k, block_sums), True)
     return -1
 
 
@@ -773,7 +797,7 @@ def binary_from_probs(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weight
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
     with nogil:
-        r = _run_kernel(&k, tb.bce_probs_row[ct], tb.bce_probs_cols[ct], threads, _sums(&k, block_sums))
+        r = _run_kernel(&k, tb.bce_probs_row[ct], tb.bce_probs_cols[ct], threads, _sums(&k, block_sums), True)
     return r
 
 
@@ -963,6 +987,7 @@ cdef fx_ssize _gather(const fx_call *k, fx_ssize r0, fx_ssize r1) noexcept nogil
 cdef fx_ssize _gather_log_run(fx_call *k, int threads, double *sums) except -2 nogil:
     cdef _runner ru
     ru.form = FORM_GATHER
+    ru.leaves = False
     # the gather reads a cache line per row; with the gradient it writes whole rows
     return _run(k, &ru, k.n_o * k.n_i * (k.n_c if k.g.data != NULL else 8), threads, sums)
 

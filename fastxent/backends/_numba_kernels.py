@@ -144,6 +144,20 @@ def _acc(typingctx, total, term):
     return sig, codegen
 
 
+@intrinsic
+def _imax(typingctx, a, b):
+    """llvm.smax of two integers of one type: a max reduction LLVM vectorises
+    (numba's max() stayed a scalar compare and cmov)."""
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        ity = context.get_value_type(signature.return_type)
+        fn = builder.module.declare_intrinsic("llvm.smax", [ity], ir.FunctionType(ity, [ity, ity]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
 def _fp_binary(name, doc):
     @intrinsic
     def fn(typingctx, a, b):
@@ -713,6 +727,26 @@ def _bce_logit_loss_fin(v, tail, y, pw):
     return neg * ((v if v > zero else zero) + tail) + pos * ((-v if v < zero else zero) + tail)
 
 
+@njit(**_POLY_OPTS)
+def _bce_logit_loss_unit_fin(v, tail, t, keep, half_ls):
+    """_bce_logit_loss_fin with pos_weight 1 (the default), for the target t smoothed
+    to y = t keep + half_ls: (1-y) softplus(v) + y softplus(-v) = (max(v, 0) - y v) +
+    tail, three operations where the general form takes about ten, and no
+    cancellation for y in [0, 1] (both terms are >= 0). Its two multiply-adds are
+    contracted, as in the Cython kernels (one product each: no choice of which)."""
+    zero = _zero_like(v)
+    return ((v if v > zero else zero) - (t * keep + half_ls) * v) + tail
+
+
+@njit(**_POLY_OPTS)
+def _bce_logit_loss_unit(v, tail, t, keep, half_ls):
+    """_bce_logit_loss_unit_fin's bits for a finite v, _bce_logit_loss_l's values (with
+    pos_weight 1) for an infinite or NaN one."""
+    if v - v != _zero_like(v):
+        return _bce_logit_loss_l(v, tail, t * keep + half_ls, _one_like(v))
+    return _bce_logit_loss_unit_fin(v, tail, t, keep, half_ls)
+
+
 @_helper
 def _bce_tails(xv, tail):
     """tail[j] = log1p(exp(-|x_j|)), the softplus tails of a block; returns whether
@@ -720,14 +754,15 @@ def _bce_tails(xv, tail):
     the log1p each run in a loop of their own: in one loop with the loss they make
     one long dependency chain per vector, and the CPU's out-of-order window holds
     too few of them to overlap."""
-    nonfinite = False  # a bool: an int count would be int64, halving the vector width
+    zero = _compute_scalar(tail, 0.0)
+    big = _key(zero)  # the largest |x_j| by its bits: one integer max a vector
     for j in range(tail.shape[0]):
         a = abs(_x_value(xv[j]))
         tail[j] = _exp_neg(-a)
-        nonfinite |= a - a != _zero_like(a)  # inf - inf and NaN - NaN are NaN
+        big = _imax(big, _key(a))
     for j in range(tail.shape[0]):
         tail[j] = _log1p_unit(tail[j])
-    return not nonfinite
+    return big < _key(_inf_like(zero))  # NaN's bits are above inf's
 
 
 @_helper(inline=True)
@@ -1448,6 +1483,17 @@ def _put_loss_ol(acc, tail, j, loss):
     return add
 
 
+def _unit_weight(w):
+    """Whether a class's pos_weight is one value, 1 (per-element weights: False)."""
+
+
+@overload(_unit_weight, jit_options=_OPTS)
+def _unit_weight_ol(w):
+    if isinstance(w, types.Array):
+        return lambda w: False
+    return lambda w: w == 1.0
+
+
 @_helper
 def _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, acc, tail):
     """acc[j] += the losses of class c of rows i0..i0+nb-1 or, with acc None, tail[j]
@@ -1457,7 +1503,17 @@ def _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, acc, tail):
     xv = _col_view_c(x, o, c, i0, nb)
     tv = _col_view_c(t, o, c, i0, nb)
     pwv = _pw_col(pw, c, i0, nb)
-    if _bce_tails(xv, tail):
+    fin = _bce_tails(xv, tail)
+    if _unit_weight(pwv):
+        if fin:
+            for j in range(nb):
+                v = _x_value(xv[j])
+                _put_loss(acc, tail, j, _bce_logit_loss_unit_fin(v, tail[j], _as(tv[j], v), keep, half_ls))
+        else:
+            for j in range(nb):
+                v = _x_value(xv[j])
+                _put_loss(acc, tail, j, _bce_logit_loss_unit(v, tail[j], _as(tv[j], v), keep, half_ls))
+    elif fin:
         for j in range(nb):
             v = _x_value(xv[j])
             y = _as(tv[j], v) * keep + half_ls
@@ -1475,20 +1531,25 @@ _TAIL_RUN = 1024
 
 
 @_helper
-def _cols_bce_logits(x, t, pw, o, i0, keep, half_ls, loss, p_loss, tail):
+def _cols_bce_logits(x, t, pw, o, i0, nb, keep, half_ls, loss, p_loss, tail, leaves):
     """loss[j] (float64) = the summed losses of rows i0..i0+nb-1: in compute-dtype
     partial sums of _BLOCK classes (loss and p_loss zeroed), or with one class (a
     flat binary loss) the losses themselves, run by run (nothing zeroed: a zeroing
-    pass over the block cost ~10%)."""
+    pass over the block cost ~10%); with ``leaves`` (one class, nb whole leaves) only
+    the pairwise leaf sums of every 128 losses, loss[k] for rows 128k..128k+127,
+    taken from the run's float32 losses without storing them as float64."""
     n_c = x.shape[1]
     if n_c == 1:
-        nb = loss.shape[0]
         for s0 in range(0, nb, _TAIL_RUN):
-            lr = loss[s0 : min(nb, s0 + _TAIL_RUN)]
-            tr = tail[: lr.shape[0]]
+            tr = tail[: min(nb - s0, _TAIL_RUN)]
             _bce_logits_class(x, t, pw, o, 0, i0 + s0, keep, half_ls, None, tr)
-            for j in range(lr.shape[0]):
-                lr[j] = np.float64(tr[j])
+            if leaves:
+                for k in range(tr.shape[0] // 128):
+                    loss[s0 // 128 + k] = _leaf128(tr, k * 128)
+            else:
+                lr = loss[s0 : s0 + tr.shape[0]]
+                for j in range(lr.shape[0]):
+                    lr[j] = np.float64(tr[j])
         return
     for c0 in range(0, n_c, _BLOCK):
         for c in range(c0, min(n_c, c0 + _BLOCK)):
@@ -1567,20 +1628,27 @@ def _first_bad_in_block(bad, o, i0, n_i, none):
 
 @intrinsic
 def _leaf128(typingctx, a, lo):
-    """The pairwise leaf of a full run a[lo:lo+128] (float64, contiguous): the eight
-    running sums as one <8 x double> vector, added in NumPy's order. Numba runs no
-    SLP vectoriser, so written as eight scalars they stay scalar (0.25 ns an
-    element, with the leaf sums of a binary loss's 16,384-row blocks a fifth of its
-    time); lane j still adds a[lo + j], a[lo + 8 + j], ... in turn: the same bits."""
+    """The pairwise leaf of a full run a[lo:lo+128] (contiguous; float32 values
+    summed as float64): the eight running sums as one <8 x double> vector, added in
+    NumPy's order. Numba runs no SLP vectoriser, so written as eight scalars they
+    stay scalar (0.25 ns an element, with the leaf sums of a binary loss's
+    16,384-row blocks a fifth of its time); lane j still adds a[lo + j],
+    a[lo + 8 + j], ... in turn: the bits of NumPy's sum of a.astype(float64)."""
     sig = types.float64(a, lo)
 
     def codegen(context, builder, signature, args):
         data = make_array(signature.args[0])(context, builder, args[0]).data
-        vec = ir.VectorType(ir.DoubleType(), 8)
+        item = context.get_value_type(signature.args[0].dtype)
+        vec, wide = ir.VectorType(item, 8), ir.VectorType(ir.DoubleType(), 8)
         run = builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer())
-        lanes = builder.load(run, align=8)
+
+        def load(q):
+            v = builder.load(builder.gep(run, [ir.Constant(ir.IntType(64), q)]), align=4)
+            return v if item == ir.DoubleType() else builder.fpext(v, wide)
+
+        lanes = load(0)
         for q in range(1, 16):
-            lanes = builder.fadd(lanes, builder.load(builder.gep(run, [ir.Constant(ir.IntType(64), q)]), align=8))
+            lanes = builder.fadd(lanes, load(q))
         r = [builder.extract_element(lanes, ir.Constant(ir.IntType(32), j)) for j in range(8)]
         add = builder.fadd
         return add(add(add(r[0], r[1]), add(r[2], r[3])), add(add(r[4], r[5]), add(r[6], r[7])))
@@ -1666,16 +1734,44 @@ def _pairwise_sum_all(a):
     + right, as the recursion adds them: the same bits."""
     n = a.shape[0]
     n_leaves = n // 128
-    if n < 256 or n % 128 != 0 or n_leaves & (n_leaves - 1) != 0:
+    if not _whole_leaves(n):
         return _pairwise_sum(a, 0, n)
     sums = np.empty(n_leaves)
     for k in range(n_leaves):
         sums[k] = _leaf128(a, k * 128)
+    return _leaf_tree(sums, n_leaves)
+
+
+@_helper
+def _leaf_tree(sums, n_leaves):
+    """The pairwise sum above the leaves (n_leaves a power of two), in place: added
+    level by level, left + right, as NumPy's recursion adds them."""
     while n_leaves > 1:
         n_leaves //= 2
         for k in range(n_leaves):
             sums[k] = sums[2 * k] + sums[2 * k + 1]  # (reads 2k, 2k + 1 >= k: in place)
     return sums[0]
+
+
+@_helper
+def _whole_leaves(n):
+    """n rows make a balanced pairwise tree of leaves (128 * 2**k, k >= 1)."""
+    n_leaves = n // 128
+    return n >= 256 and n % 128 == 0 and n_leaves & (n_leaves - 1) == 0
+
+
+def _store_leaf_tree(loss, q, leaf_sums):
+    """loss[q] = the pairwise sum of block q from its leaf sums (block-sums mode, a
+    1-D loss; never called with per-row losses)."""
+
+
+@overload(_store_leaf_tree, jit_options=_OPTS)
+def _store_leaf_tree_ol(loss, q, leaf_sums):
+    if loss.ndim == 1:
+        def store(loss, q, leaf_sums):
+            loss[q] = _leaf_tree(leaf_sums, leaf_sums.shape[0])
+        return store
+    return lambda loss, q, leaf_sums: None
 
 
 def _store_losses(loss, q, o, i, di, rows, n_c):
@@ -2069,12 +2165,16 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block):
     for q in prange(n_o * n_blocks):
         o, i0, nb = _block(q, n_blocks, block, n_i)
         flat = n_c == 1  # (then _cols_bce_logits writes total without reading it)
-        total = np.empty(nb) if flat else np.zeros(nb)
+        leaves = flat and loss.ndim == 1 and _whole_leaves(nb)  # a block's sum from its leaves
+        total = np.empty(nb // 128 if leaves else nb) if flat else np.zeros(nb)
         p_total = _compute_zeros(x, 1, 0 if flat else nb)[0]
         tail = _compute_empty(x, min(nb, _TAIL_RUN) if flat else nb)  # written before read
         gw_c = _compute_empty(x, nb)
-        _cols_bce_logits(x, t, pw, o, i0, keep_c, half_c, total, p_total, tail)
-        _store_losses(loss, q, o, i0, 1, total, n_c)
+        _cols_bce_logits(x, t, pw, o, i0, nb, keep_c, half_c, total, p_total, tail, leaves)
+        if leaves:
+            _store_leaf_tree(loss, q, total)
+        else:
+            _store_losses(loss, q, o, i0, 1, total, n_c)
         if g is not None:
             for j in range(nb):
                 gw_c[j] = gw[o, i0 + j] / n_c

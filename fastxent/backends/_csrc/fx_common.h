@@ -41,6 +41,8 @@ typedef struct {
     double ls, eps;
     double ls_per_c;           /* ls / C */
     int stream_loss;           /* loss_out is large: write it with non-temporal stores */
+    int leaf_sums;             /* binary column kernels, C = 1, rows in whole leaves: loss
+                                * receives the sum of each FX_LEAF rows, not their losses */
     /* sparse labels, read by the column kernels (the row driver passes y) */
     const char *lab;
     fx_ssize lab_so, lab_si;
@@ -58,6 +60,7 @@ typedef fx_ssize (*fx_cols_fn)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssi
 #define FX_LANES 256  /* most rows one column task handles */
 #define FX_TILE 4096  /* elements of a column task's copied tile (classes x lanes) */
 #define FX_BLOCK 2048 /* elements of a row handled per block (row kernels) */
+#define FX_LEAF 128   /* the leaves of NumPy's pairwise sum (its PW_BLOCKSIZE) */
 
 /* Index 0: float32 compute (float16/float32 input), 1: float64. */
 typedef struct {

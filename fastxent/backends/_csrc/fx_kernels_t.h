@@ -926,38 +926,44 @@ FX_INLINE T FXN(bce_probs_grad)(T v, T y, T w, T lo, T hi)
  * x is finite: the loss may then take its select-free _fin form. */
 FX_INLINE int FXN(bce_tails)(const T *x, fx_ssize n, T *e, T *l)
 {
-    int nonfinite = 0;
+    FX_K big = 0; /* the largest |x|, by its bits: one integer max an element */
     for (fx_ssize j = 0; j < n; j++) {
         const T a = FXM(fx_abs)(x[j]);
         e[j] = FXM(fx_exp_neg)(-a);
-        nonfinite |= (a - a) != (T)0; /* inf - inf and NaN - NaN are NaN */
+        const FX_K b = FXM(fx_key)(a); /* |x|'s bits: keys of x >= 0 are the bits */
+        big = b > big ? b : big;
     }
     for (fx_ssize j = 0; j < n; j++) l[j] = FXM(fx_log1p_unit)(e[j]);
-    return !nonfinite;
+    return big < FXM(fx_key)((T)INFINITY); /* NaN's bits are above inf's */
 }
 
 /* One block of a binary row: element losses summed in float64 lanes, gradients
  * times gscale (grad_weight / C), out-of-range probabilities flagged. */
-FX_INLINE double FXN(bce_block_w)(int probs, const T *x, const T *t, const T *pw, T pw0, fx_ssize n,
-                                  T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale);
+FX_INLINE double FXN(bce_block_w)(int probs, int unit, const T *x, const T *t, const T *pw, T pw0,
+                                  fx_ssize n, T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale);
 
-/* pw == NULL: every pos_weight is pw0 (the usual case), no per-element load */
+/* pw == NULL: every pos_weight is pw0 (the usual case), no per-element load;
+ * unit: pw0 is 1 (the default), from logits: the short form of the loss */
 FX_INLINE double FXN(bce_block)(int probs, const T *x, const T *t, const T *pw, T pw0, fx_ssize n,
                                 T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale)
 {
-    if (pw) return FXN(bce_block_w)(probs, x, t, pw, 0, n, keep, half_ls, lo, hi, bad, g, gscale);
-    return FXN(bce_block_w)(probs, x, t, NULL, pw0, n, keep, half_ls, lo, hi, bad, g, gscale);
+    if (pw) return FXN(bce_block_w)(probs, 0, x, t, pw, 0, n, keep, half_ls, lo, hi, bad, g, gscale);
+    if (!probs && pw0 == (T)1)
+        return FXN(bce_block_w)(0, 1, x, t, NULL, 1, n, keep, half_ls, lo, hi, bad, g, gscale);
+    return FXN(bce_block_w)(probs, 0, x, t, NULL, pw0, n, keep, half_ls, lo, hi, bad, g, gscale);
 }
 
-FX_INLINE double FXN(bce_block_w)(int probs, const T *x, const T *t, const T *pw, T pw0, fx_ssize n,
-                                  T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale)
+FX_INLINE double FXN(bce_block_w)(int probs, int unit, const T *x, const T *t, const T *pw, T pw0,
+                                  fx_ssize n, T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale)
 {
     double s;
     T e[FX_BLOCK], l[FX_BLOCK];
     const int fin = probs ? 0 : FXN(bce_tails)(x, n, e, l);
-#define FX_BL(c) (probs ? FXN(bce_probs_loss)(x[c], t[c] * keep + half_ls, pw ? pw[c] : pw0, lo, hi) \
-                        : FXM(fx_bce_logits_loss)(x[c], l[c], t[c] * keep + half_ls, pw ? pw[c] : pw0))
-#define FX_BL_FIN(c) FXM(fx_bce_logits_loss_fin)(x[c], l[c], t[c] * keep + half_ls, pw ? pw[c] : pw0)
+#define FX_BL(c) (probs  ? FXN(bce_probs_loss)(x[c], t[c] * keep + half_ls, pw ? pw[c] : pw0, lo, hi) \
+                  : unit ? FXM(fx_bce_logits_loss_unit)(x[c], l[c], t[c] * keep + half_ls)          \
+                         : FXM(fx_bce_logits_loss)(x[c], l[c], t[c] * keep + half_ls, pw ? pw[c] : pw0))
+#define FX_BL_FIN(c) (unit ? FXM(fx_bce_logits_loss_unit_fin)(x[c], l[c], t[c] * keep + half_ls) \
+                           : FXM(fx_bce_logits_loss_fin)(x[c], l[c], t[c] * keep + half_ls, pw ? pw[c] : pw0))
     if (fin)
         FX_LANESUM(s, n, FX_BL_FIN, FX_NOPRE);
     else
@@ -1011,17 +1017,20 @@ FX_INLINE int FXN(bce_row)(int probs, const fx_call *k, fx_ssize o, fx_ssize i)
 
 /* Columns: lanes are rows, so the sum over labels is a lane-wise add (no
  * reduction across lanes); for C = 1 (axis=None) it is a flat element loop. */
-/* One class of a column task: lane-wise loss sums (pw == NULL: pw0 for all) and,
- * with `grad`, the gradient times gsc in the same pass: the logits loss and
- * gradient share the exps e and tails l of bce_tails, and x, t are read once. g
- * may be x itself (in place): x[j] is read before g[j] is written. */
-FX_INLINE void FXN(bce_lanes)(int probs, int fin, int first, int grad, const T *x, const T *e,
-                              const T *l, const T *t, const T *pw, T pw0, fx_ssize n, T keep, T half_ls,
-                              T lo, T hi, double *s, int32_t *out, const T *gsc, T *g)
+/* One class of a column task: lane-wise loss sums (pw == NULL: pw0 for all; unit:
+ * pw0 is 1, from logits) and, with `grad`, the gradient times gsc in the same
+ * pass: the logits loss and gradient share the exps e and tails l of bce_tails,
+ * and x, t are read once. g may be x itself (in place): x[j] is read before g[j]
+ * is written. */
+FX_INLINE void FXN(bce_lanes)(int probs, int fin, int unit, int first, int grad, const T *x,
+                              const T *e, const T *l, const T *t, const T *pw, T pw0, fx_ssize n,
+                              T keep, T half_ls, T lo, T hi, double *s, int32_t *out, const T *gsc, T *g)
 {
     for (fx_ssize j = 0; j < n; j++) {
         T v = x[j], y = t[j] * keep + half_ls, w = pw ? pw[j] : pw0;
         double loss = probs ? (double)FXN(bce_probs_loss)(v, y, w, lo, hi)
+                    : unit  ? (double)(fin ? FXM(fx_bce_logits_loss_unit_fin)(v, l[j], y)
+                                           : FXM(fx_bce_logits_loss_unit)(v, l[j], y))
                     : fin   ? (double)FXM(fx_bce_logits_loss_fin)(v, l[j], y, w)
                             : (double)FXM(fx_bce_logits_loss)(v, l[j], y, w);
         s[j] = first ? loss : s[j] + loss;
@@ -1032,6 +1041,33 @@ FX_INLINE void FXN(bce_lanes)(int probs, int fin, int first, int grad, const T *
     }
 }
 
+/* NumPy's pairwise sums of the leaves of s[0 .. n) (n a multiple of FX_LEAF), one
+ * per leaf into `leaf`: element j into float64 lane j % 8, then ((l0 + l1) +
+ * (l2 + l3)) + ((l4 + l5) + (l6 + l7)). Lanes start at -0.0, as -0.0 + v is v:
+ * the leaf's first terms' own bits. The losses come from the loop that writes
+ * per-row losses, into an L1 buffer: a loop summing as it computes would be
+ * vectorised otherwise, and GCC may then fuse the other product of a loss into
+ * its multiply-add (different bits). */
+static inline void FXN(leaf_sums)(const double *s, fx_ssize n, double *leaf)
+{
+    for (fx_ssize j0 = 0; j0 < n; j0 += FX_LEAF) {
+        double a0 = -0.0, a1 = -0.0, a2 = -0.0, a3 = -0.0, a4 = -0.0, a5 = -0.0, a6 = -0.0, a7 = -0.0;
+        for (fx_ssize j = j0; j < j0 + FX_LEAF; j += 8) {
+            a0 += s[j];     a1 += s[j + 1]; a2 += s[j + 2]; a3 += s[j + 3];
+            a4 += s[j + 4]; a5 += s[j + 5]; a6 += s[j + 6]; a7 += s[j + 7];
+        }
+        leaf[j0 / FX_LEAF] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+    }
+}
+
+/* i0 + the first j with out[j] set, or -1 */
+FX_INLINE fx_ssize FXN(first_out)(const int32_t *out, fx_ssize i0, fx_ssize n)
+{
+    for (fx_ssize j = 0; j < n; j++)
+        if (out[j]) return i0 + j;
+    return -1;
+}
+
 FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
 {
     const fx_ssize C = k->n_c;
@@ -1040,12 +1076,14 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
     char *go = k->g.data ? k->g.data + o * k->g.so + i0 * k->g.si : NULL;
     const T keep = (T)(1.0 - k->ls), half_ls = (T)(k->ls / 2), lo = (T)k->eps, hi = (T)1 - lo;
     const T pw0 = (T)k->pw0;
+    const int unit = !probs && pw0 == (T)1; /* the short loss form, where pw is NULL */
     T xbuf[FX_LANES], tbuf[FX_LANES], pbuf[FX_LANES], gsc[FX_LANES], e[FX_LANES], l[FX_LANES];
     double sbuf[FX_LANES];
     int32_t out[FX_LANES];
     double *dst = &k->loss[o * k->n_i + i0 - k->loss_r0];
-    /* one class (a flat binary loss): the lane sums are the losses, written in place */
-    double *s = C == 1 && !k->stream_loss ? dst : sbuf;
+    /* one class (a flat binary loss): the lane sums are the losses, written in place,
+     * or with leaf_sums kept in L1 and only the sums of their leaves written */
+    double *s = C == 1 && !k->stream_loss && !k->leaf_sums ? dst : sbuf;
     if (go)
         for (fx_ssize j = 0; j < n; j++) gsc[j] = (T)(FXN(grad_weight)(k, o, i0 + j) / (double)C);
     for (fx_ssize c = 0; c < C; c++) {
@@ -1057,27 +1095,33 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
         /* specialisations: first class or not (assign, no zeroing pass), pos_weight
          * per element or one value (`pw ? pw[j] : pw0` in one loop becomes a masked load,
          * which from pw == NULL takes a microcode assist on every vector), gradient or
-         * not, and with one pos_weight, x all finite or not */
+         * not, and with one pos_weight, x all finite or not and that weight 1 or not */
+#define FX_BCE_LANES_(fin, unit, first, grad, pw_, pw0_)                                              \
+        FXN(bce_lanes)(probs, fin, unit, first, grad, x, e, l, t, pw_, pw0_, n, keep, half_ls, lo, hi, s, out, gsc, g)
 #define FX_BCE_LANES(first, grad)                                                                     \
-        if (pw) FXN(bce_lanes)(probs, 0, first, grad, x, e, l, t, pw, 0, n, keep, half_ls, lo, hi, s, out, gsc, g); \
-        else if (fin) FXN(bce_lanes)(probs, 1, first, grad, x, e, l, t, NULL, pw0, n, keep, half_ls, lo, hi, s, out, gsc, g); \
-        else FXN(bce_lanes)(probs, 0, first, grad, x, e, l, t, NULL, pw0, n, keep, half_ls, lo, hi, s, out, gsc, g);
+        if (pw) FX_BCE_LANES_(0, 0, first, grad, pw, 0);                                              \
+        else if (unit && fin) FX_BCE_LANES_(1, 1, first, grad, NULL, 1);                              \
+        else if (unit) FX_BCE_LANES_(0, 1, first, grad, NULL, 1);                                     \
+        else if (fin) FX_BCE_LANES_(1, 0, first, grad, NULL, pw0);                                    \
+        else FX_BCE_LANES_(0, 0, first, grad, NULL, pw0);
         if (c == 0) {
             if (g) { FX_BCE_LANES(1, 1) } else { FX_BCE_LANES(1, 0) }
         } else {
             if (g) { FX_BCE_LANES(0, 1) } else { FX_BCE_LANES(0, 0) }
         }
 #undef FX_BCE_LANES
+#undef FX_BCE_LANES_
+    }
+    if (k->leaf_sums) {
+        FXN(leaf_sums)(s, n, &k->loss[(o * k->n_i + i0 - k->loss_r0) / FX_LEAF]);
+        return probs ? FXN(first_out)(out, i0, n) : -1;
     }
     if (C != 1) { /* row mean (vectorised; a divide per row in a scalar loop costs more than the loss) */
         const double Cd = (double)C;
         for (fx_ssize j = 0; j < n; j++) s[j] = s[j] / Cd;
     }
     if (s != dst) fx_store_losses(dst, s, n, k->stream_loss);
-    if (probs)
-        for (fx_ssize j = 0; j < n; j++)
-            if (out[j]) return i0 + j;
-    return -1;
+    return probs ? FXN(first_out)(out, i0, n) : -1;
 }
 
 static int FXN(bce_logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
