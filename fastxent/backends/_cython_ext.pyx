@@ -98,8 +98,8 @@ cdef extern from "_csrc/fx_common.h":
         fx_cols_fn bce_logits_cols[2]
         fx_row_fn bce_probs_row[2]
         fx_cols_fn bce_probs_cols[2]
-        void (*vexp_f32)(const float *x, float *y, fx_ssize n, int neg_only) noexcept nogil
-        void (*vexp_f64)(const double *x, double *y, fx_ssize n, int neg_only) noexcept nogil
+        void (*vexp_f32)(const float *x, float *y, fx_ssize n, int kind) noexcept nogil
+        void (*vexp_f64)(const double *x, double *y, fx_ssize n, int kind) noexcept nogil
         void (*vlog_f32)(const float *x, float *y, fx_ssize n) noexcept nogil
         void (*vlog_f64)(const double *x, double *y, fx_ssize n) noexcept nogil
         double (*read_sum_f32)(const float *x, fx_ssize n) noexcept nogil
@@ -1238,16 +1238,18 @@ cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
 
 # -------------------------------------------------------------------------- test and bench hooks
 
-def _vexp(cnp.ndarray x, bint neg_only=False):
-    """This ISA's vector exp over a contiguous float32/float64 array (test hook)."""
+def _vexp(cnp.ndarray x, int kind=0):
+    """This ISA's vector exp over a contiguous float32/float64 array (test hook): kind 0
+    the full-range exp, 1 the kernels' exp of x <= 0, 2 their exp of a softmax sum
+    (x in [-86.5, 0])."""
     import numpy as np
     x = np.ascontiguousarray(x)
     cdef cnp.ndarray y = np.empty_like(x)
     cdef fx_ssize n = x.size
     if x.dtype == np.float32:
-        fx_active().vexp_f32(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y), n, neg_only)
+        fx_active().vexp_f32(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y), n, kind)
     elif x.dtype == np.float64:
-        fx_active().vexp_f64(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(y), n, neg_only)
+        fx_active().vexp_f64(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(y), n, kind)
     else:
         raise TypeError("float32 or float64")
     return y

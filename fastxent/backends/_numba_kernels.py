@@ -33,6 +33,7 @@ from types import FunctionType
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -538,7 +539,19 @@ def _exp_near(x):
 def _exp32_near(x):
     t = x * _E32_LOG2E + _E32_MAGIC
     n = t - _E32_MAGIC
-    return _times_pow2_bits(_exp32_poly5(x - n * _E32_LN2), t)
+    return _times_pow2_bits(_exp32_poly5(_reduce_near(x, n)), t)
+
+
+if llvm_binding.get_host_cpu_features().get("fma", False):
+    def _reduce_near(x, n):
+        """x - n ln2 in one step: n * ln2 is exact inside the multiply-add."""
+        return x - n * _E32_LN2
+else:
+    def _reduce_near(x, n):
+        """x - n ln2 in two steps: without FMA, n * ln2 rounded first would cost up
+        to 60 ulp; n times the short ln2_hi is exact."""
+        return (x - n * _E32_LN2_HI) - n * _E32_LN2_LO
+_reduce_near = njit(**_POLY_OPTS)(_reduce_near)
 
 
 def _exp64_neg(x):

@@ -74,8 +74,9 @@ typedef struct {
     fx_row_fn bce_probs_row[2];
     fx_cols_fn bce_probs_cols[2];
     /* test hooks: the vector exp/log of this ISA over an array */
-    void (*vexp_f32)(const float *x, float *y, fx_ssize n, int neg_only);
-    void (*vexp_f64)(const double *x, double *y, fx_ssize n, int neg_only);
+    /* kind 0: the full-range exp; 1: x <= 0 (fx_exp_neg); 2: x in [FX_EXP_NEAR, 0] (fx_exp_near) */
+    void (*vexp_f32)(const float *x, float *y, fx_ssize n, int kind);
+    void (*vexp_f64)(const double *x, double *y, fx_ssize n, int kind);
     void (*vlog_f32)(const float *x, float *y, fx_ssize n);
     void (*vlog_f64)(const double *x, double *y, fx_ssize n);
     /* the read pass the benchmark compares against: sum of float32 as float64 */

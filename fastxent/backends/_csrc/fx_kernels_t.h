@@ -1145,9 +1145,11 @@ static fx_ssize FXN(bce_probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, f
 
 /* ------------------------------------------------------------------ test hooks, read pass */
 
-static void FXN(vexp)(const T *x, T *y, fx_ssize n, int neg_only)
+static void FXN(vexp)(const T *x, T *y, fx_ssize n, int kind)
 {
-    if (neg_only)
+    if (kind == 2)
+        for (fx_ssize c = 0; c < n; c++) y[c] = FXM(fx_exp_near)(x[c]);
+    else if (kind == 1)
         for (fx_ssize c = 0; c < n; c++) y[c] = FXM(fx_exp_neg)(x[c]);
     else
         for (fx_ssize c = 0; c < n; c++) y[c] = FXM(fx_exp)(x[c]);

@@ -109,6 +109,25 @@ FX_INLINE float fx_exp_poly5_f32(float r)
     return q * r + 1.0f;
 }
 
+/* The same polynomial as (1 + r) + r^2 ((c2 + c3 r) + r^2 (c4 + c5 r)) (Estrin):
+ * the same five FMA-port operations (and one add), but three of them in a row
+ * instead of five. A softmax exp pass is bound by latency, not by the ports: each
+ * element's chain (subtract, reduce, polynomial, scale, add into the run's sum)
+ * is ~35 cycles long, and the scheduler holds too few elements' operations to
+ * cover it. Sparse logits 16,384 x 1,000, paired in one process: 0.91x the time
+ * on one thread, 0.90x on two; with the final "+ 1" last in the chain instead
+ * (better rounding) no faster than Horner. One rounding more than Horner: at most
+ * 2.51 ulp over [-10, 0] (Horner 2.27); fx_exp_neg_f32, whose results are losses
+ * themselves, keeps Horner (2.62 ulp with Estrin, over the tests' 2.5). Numba's
+ * exp sums measured no gain from it (0.97-1.05x) and keep Horner. */
+FX_INLINE float fx_exp_poly5_short_f32(float r)
+{
+    float r2 = r * r;
+    float a = 0x1.fffdfcp-2f + 0x1.5557b0p-3f * r;
+    float b = 0x1.572a66p-5f + 0x1.106252p-7f * r;
+    return (r + 1.0f) + r2 * (a + r2 * b);
+}
+
 /* exp for x <= 0 (or NaN) -- every exponential the kernels take is of that form
  * (x - rowmax, -|x|), so the hot loops skip overflow handling.
  * Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, fx_exp_poly5_f32 for e^r, 2^n
@@ -136,9 +155,10 @@ FX_INLINE float fx_exp_neg_f32(float x)
  * sum whose block lies within 86.5 of the row max (block_range checks it), which
  * are most. Three FMA-port operations fewer than fx_exp_neg_f32, whose exp pass is
  * bound by those ports:
- *  - one-constant reduction r = x - n*ln2: float(ln2) errs by 1.9e-9, so the result
- *    errs by |n| * 1.9e-9 relative more (<= 2.4e-7 at n = -125: 2 ulp, on terms
- *    below 2^-124 of the row's largest);
+ *  - one-constant reduction r = x - n*ln2 (with FMA, where n*ln2 is exact inside
+ *    the multiply-add; without, the two-constant one): float(ln2) errs by 1.9e-9,
+ *    so the result errs by |n| * 1.9e-9 relative more (<= 2.4e-7 at n = -125: 2
+ *    ulp, on terms below 2^-124 of the row's largest);
  *  - 2^n added into p's exponent bits instead of multiplied: p * 2^n is normal
  *    for n >= -125, and no NaN reaches here (an integer add would make a number
  *    of one);
@@ -148,7 +168,11 @@ FX_INLINE float fx_exp_near_f32(float x)
 {
     float t = x * 1.44269504088896341f + 12582912.0f;       /* 1.5*2^23: n in the low bits */
     float n = t - 12582912.0f;
-    float p = fx_exp_poly5_f32(x - n * 0.693147182f);
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    float p = fx_exp_poly5_short_f32(x - n * 0.693147182f);
+#else /* n * ln2 rounded before the subtraction: up to 60 ulp; n * ln2_hi is exact */
+    float p = fx_exp_poly5_short_f32((x - n * 0.693359375f) - n * -2.12194440e-4f);
+#endif
     return fx_u2f(fx_f2u(p) + (fx_f2u(t) << 23));
 }
 
