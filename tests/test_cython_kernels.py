@@ -575,16 +575,18 @@ def test_binary_limits(isa, dtype, layout):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(40, 7, 1), (3, 3000, 1), (1, 1, 5000), (1, 3, 700)], ids=str)
-def test_binary_finite_blocks_same_bits(isa, dtype, shape):
+@pytest.mark.parametrize("pos_weight", [1.0, 1.7])
+def test_binary_finite_blocks_same_bits(isa, dtype, shape, pos_weight):
     """A block of finite logits takes the loss without its zero-coefficient selects,
-    a block holding an infinity the full form. Both must give every element the same
-    bits: +inf and 1e30, each with target 1, cost exactly 0 and have gradient 0, so
-    swapping one for the other may change no bit of any loss or gradient."""
+    a block holding an infinity the full form (pos_weight 1: the short form, or the
+    full one for the infinities). Both must give every element the same bits: +inf
+    and 1e30, each with target 1, cost exactly 0 and have gradient 0, so swapping
+    one for the other may change no bit of any loss or gradient."""
     O, C, I = shape
     x3 = (RNG.standard_normal(shape) * 4).astype(dtype)
     t3 = RNG.integers(0, 2, shape).astype(dtype)
     t3.flat[::3] = RNG.uniform(0, 1, t3.flat[::3].shape)
-    pw = np.broadcast_to(np.full((1, 1), 1.7), (C, I))
+    pw = np.broadcast_to(np.full((1, 1), pos_weight), (C, I))
     spots = (0, -1, x3.size // 2)
     t3.flat[list(spots)] = 1
     results = []

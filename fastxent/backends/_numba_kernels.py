@@ -115,20 +115,6 @@ def _float_layout(fty):
 
 
 @intrinsic
-def _maximum(typingctx, a, b):
-    """llvm.maximum: a max that propagates NaN and that LLVM vectorises as a
-    reduction without fast-math flags (a `v if v > m else m` loop stays scalar)."""
-    sig = a(a, b)
-
-    def codegen(context, builder, signature, args):
-        fty = context.get_value_type(signature.return_type)
-        fn = builder.module.declare_intrinsic("llvm.maximum", [fty], ir.FunctionType(fty, [fty, fty]))
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
-@intrinsic
 def _acc(typingctx, total, term):
     """``total + term`` as one ``fadd reassoc`` instruction: the only place the
     kernels allow reassociation. LLVM vectorises an FP sum only when its adds may
@@ -145,28 +131,16 @@ def _acc(typingctx, total, term):
     return sig, codegen
 
 
-@intrinsic
-def _imax(typingctx, a, b):
-    """llvm.smax of two integers of one type: a max reduction LLVM vectorises
-    (numba's max() stayed a scalar compare and cmov)."""
-    sig = a(a, b)
-
-    def codegen(context, builder, signature, args):
-        ity = context.get_value_type(signature.return_type)
-        fn = builder.module.declare_intrinsic("llvm.smax", [ity], ir.FunctionType(ity, [ity, ity]))
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
-def _fp_binary(name, doc):
+def _binary_intrinsic(name, doc):
+    """An intrinsic calling LLVM's ``name`` on two values of one (float or integer)
+    type, overloaded on that type."""
     @intrinsic
     def fn(typingctx, a, b):
         sig = a(a, b)
 
         def codegen(context, builder, signature, args):
-            fty = context.get_value_type(signature.return_type)
-            f = builder.module.declare_intrinsic(name, [fty], ir.FunctionType(fty, [fty, fty]))
+            ty = context.get_value_type(signature.return_type)
+            f = builder.module.declare_intrinsic(name, [ty], ir.FunctionType(ty, [ty, ty]))
             return builder.call(f, args)
 
         return sig, codegen
@@ -175,8 +149,12 @@ def _fp_binary(name, doc):
     return fn
 
 
-_maxnum = _fp_binary("llvm.maxnum", "max ignoring NaN (vmaxps): clamps whose NaN case is fixed later")
-_minnum = _fp_binary("llvm.minnum", "min ignoring NaN (vminps)")
+_maximum = _binary_intrinsic("llvm.maximum", "a max that propagates NaN and that LLVM vectorises as a "
+                             "reduction without fast-math flags (a `v if v > m else m` loop stays scalar)")
+_maxnum = _binary_intrinsic("llvm.maxnum", "max ignoring NaN (vmaxps): clamps whose NaN case is fixed later")
+_minnum = _binary_intrinsic("llvm.minnum", "min ignoring NaN (vminps)")
+_imax = _binary_intrinsic("llvm.smax", "the max of two integers: a reduction LLVM vectorises "
+                          "(numba's max() stayed a scalar compare and cmov)")
 
 
 @intrinsic
@@ -549,7 +527,7 @@ if llvm_binding.get_host_cpu_features().get("fma", False):
 else:
     def _reduce_near(x, n):
         """x - n ln2 in two steps: without FMA, n * ln2 rounded first would cost up
-        to 60 ulp; n times the short ln2_hi is exact."""
+        to 68 ulp; n times the short ln2_hi is exact."""
         return (x - n * _E32_LN2_HI) - n * _E32_LN2_LO
 _reduce_near = njit(**_POLY_OPTS)(_reduce_near)
 
