@@ -170,7 +170,7 @@ FX_INLINE float fx_exp_near_f32(float x)
     float n = t - 12582912.0f;
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
     float p = fx_exp_poly5_short_f32(x - n * 0.693147182f);
-#else /* n * ln2 rounded before the subtraction: up to 60 ulp; n * ln2_hi is exact */
+#else /* n * ln2 rounded before the subtraction: up to 68 ulp; n * ln2_hi is exact */
     float p = fx_exp_poly5_short_f32((x - n * 0.693359375f) - n * -2.12194440e-4f);
 #endif
     return fx_u2f(fx_f2u(p) + (fx_f2u(t) << 23));
