@@ -2160,13 +2160,13 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block):
         total = np.empty(nb // 128 if leaves else nb) if flat else np.zeros(nb)
         p_total = _compute_zeros(x, 1, 0 if flat else nb)[0]
         tail = _compute_empty(x, min(nb, _TAIL_RUN) if flat else nb)  # written before read
-        gw_c = _compute_empty(x, nb)
         _cols_bce_logits(x, t, pw, o, i0, nb, keep_c, half_c, total, p_total, tail, leaves)
         if leaves:
             _store_leaf_tree(loss, q, total)
         else:
             _store_losses(loss, q, o, i0, 1, total, n_c)
         if g is not None:
+            gw_c = _compute_empty(x, nb)  # (a loss-only call allocates no gradient weights)
             for j in range(nb):
                 gw_c[j] = gw[o, i0 + j] / n_c
             _cols_bce_logits_grad(x, g, t, pw, o, i0, keep_c, half_c, gw_c)
