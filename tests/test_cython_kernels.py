@@ -452,6 +452,32 @@ def test_dominant_class_accuracy(isa, layout):
         np.testing.assert_allclose(g[0], want_grad, rtol=rt, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("C", [37, 300])
+def test_first_argmax_at_every_position(isa, dtype, C):
+    """Row k's max sits at class k (every lane of every vector, the tail included),
+    20 above the rest, so its loss is a tiny sum left over after the max's own
+    exp(0) = 1 is taken out: finding the wrong first argmax, or none, is off by up to
+    log 2. Rows with a second, later max (a tie) count it as 1 in the sum. Loss-only
+    and gradient calls, checked against the exact loss and gradient."""
+    rng = np.random.default_rng(C)
+    z = rng.uniform(-21.0, -20.0, (C, C))
+    z[np.arange(C), np.arange(C)] = 0.0
+    ties = np.arange(C - 1)
+    zt = z[ties].copy()
+    zt[ties, ties + 1 + (ties * 7) % (C - 1 - ties)] = 0.0  # a later class equal to the max
+    z = np.concatenate([z, zt]).astype(dtype)
+    labels = np.concatenate([np.arange(C), ties])[:, None]
+    want_loss, want_grad = ref_sparse_logits(z.astype(np.float64), labels.ravel(), np.ones(C), 0.0, -1,
+                                             np.ones(len(z)))
+    _, loss_only, _ = call("sparse_from_logits", z[:, :, None], labels=labels, cw=np.ones(C))
+    _, loss, g = call("sparse_from_logits", z[:, :, None], labels=labels, cw=np.ones(C), grad=True)
+    rt = tol(dtype)
+    np.testing.assert_allclose(loss_only.ravel(), want_loss, rtol=rt)
+    np.testing.assert_array_equal(loss, loss_only)
+    assert_close(g, want_grad, rt, f"{isa} C={C} gradient")
+
+
 @pytest.mark.parametrize("C", [40, 1000])
 @pytest.mark.parametrize("gap", [20.0, 60.0, 86.2, 86.8])
 def test_exp_switch_keeps_tiny_losses(isa, C, gap):

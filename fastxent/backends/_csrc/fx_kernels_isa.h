@@ -30,6 +30,21 @@ static inline void fx_store_losses(double *dst, const double *src, fx_ssize n, i
     for (; j < n; j++) dst[j] = src[j];
 }
 
+#ifdef FX_AVX512_MASKS
+#include <immintrin.h>
+/* Bit j set where x[j] == v, for j < min(n, lanes): one masked compare */
+static inline unsigned fx_eq_mask_f32(const float *x, float v, fx_ssize n)
+{
+    const __mmask16 live = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    return _mm512_mask_cmp_ps_mask(live, _mm512_maskz_loadu_ps(live, x), _mm512_set1_ps(v), _CMP_EQ_OQ);
+}
+static inline unsigned fx_eq_mask_f64(const double *x, double v, fx_ssize n)
+{
+    const __mmask8 live = n >= 8 ? (__mmask8)0xff : (__mmask8)((1u << n) - 1);
+    return _mm512_mask_cmp_pd_mask(live, _mm512_maskz_loadu_pd(live, x), _mm512_set1_pd(v), _CMP_EQ_OQ);
+}
+#endif
+
 #ifndef FX_REPORT_F64_ONLY
 #define FX_T float
 #define FX_S f32
