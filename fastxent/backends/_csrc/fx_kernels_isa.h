@@ -32,7 +32,9 @@ static inline void fx_store_losses(double *dst, const double *src, fx_ssize n, i
 
 #ifdef FX_AVX512_MASKS
 #include <immintrin.h>
-/* Bit j set where x[j] == v, for j < min(n, lanes): one masked compare */
+/* Bit j set where x[j] == v, for j < min(n, lanes): one masked compare. (The same
+ * in the AVX2 table, a compare and movemask a vector at a time, was 1.02x slower
+ * than the portable find_first.) */
 static inline unsigned fx_eq_mask_f32(const float *x, float v, fx_ssize n)
 {
     const __mmask16 live = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
