@@ -24,8 +24,10 @@
 #define SEL FXM(fx_sel)
 
 #ifndef FX_LANESUM
-/* RESULT = sum_{c < N} (double)F(c) with independent float64 lane accumulators
- * (8, or 16 in the AVX-512 table so a float32 step fills a zmm register). GCC
+/* RESULT = sum_{c < N} (double)F(c) with 8 independent float64 lane accumulators
+ * (one zmm register; in every table: with 16 in the AVX-512 table, so that a
+ * float32 step would fill a zmm, GCC left the loop scalar, and categorical from
+ * probabilities took 5.7x the time it takes now). GCC
  * vectorises the loop as one reduction group, accumulators in registers, without
  * reassociating anything: each lane adds in a fixed order, so the result depends
  * on neither the thread count nor the call. Scalars rather than an array: with an
@@ -36,27 +38,6 @@
     a0_ += (double)F(c_);     a1_ += (double)F(c_ + 1); a2_ += (double)F(c_ + 2); \
     a3_ += (double)F(c_ + 3); a4_ += (double)F(c_ + 4); a5_ += (double)F(c_ + 5); \
     a6_ += (double)F(c_ + 6); a7_ += (double)F(c_ + 7);
-#ifdef FX_LANES16
-#define FX_LANESUM(RESULT, N, F, PRE)                                                      \
-    do {                                                                                   \
-        double a0_ = 0, a1_ = 0, a2_ = 0, a3_ = 0, a4_ = 0, a5_ = 0, a6_ = 0, a7_ = 0;     \
-        double b0_ = 0, b1_ = 0, b2_ = 0, b3_ = 0, b4_ = 0, b5_ = 0, b6_ = 0, b7_ = 0;     \
-        fx_ssize c_ = 0;                                                                   \
-        for (; c_ + 16 <= (N); c_ += 16) {                                                 \
-            PRE(c_);                                                                       \
-            FX_LANESUM8_(F, c_)                                                            \
-            b0_ += (double)F(c_ + 8);  b1_ += (double)F(c_ + 9);                           \
-            b2_ += (double)F(c_ + 10); b3_ += (double)F(c_ + 11);                          \
-            b4_ += (double)F(c_ + 12); b5_ += (double)F(c_ + 13);                          \
-            b6_ += (double)F(c_ + 14); b7_ += (double)F(c_ + 15);                          \
-        }                                                                                  \
-        a0_ += b0_; a1_ += b1_; a2_ += b2_; a3_ += b3_;                                    \
-        a4_ += b4_; a5_ += b5_; a6_ += b6_; a7_ += b7_;                                    \
-        double s_ = ((a0_ + a1_) + (a2_ + a3_)) + ((a4_ + a5_) + (a6_ + a7_));             \
-        for (; c_ < (N); c_++) s_ += (double)F(c_);                                        \
-        RESULT = s_;                                                                       \
-    } while (0)
-#else
 #define FX_LANESUM(RESULT, N, F, PRE)                                                      \
     do {                                                                                   \
         double a0_ = 0, a1_ = 0, a2_ = 0, a3_ = 0, a4_ = 0, a5_ = 0, a6_ = 0, a7_ = 0;     \
@@ -69,7 +50,6 @@
         for (; c_ < (N); c_++) s_ += (double)F(c_);                                        \
         RESULT = s_;                                                                       \
     } while (0)
-#endif
 
 /* RESULT = sum_{c < N} (double)F(c0, j), c = c0 + j, for the exp sums: T lanes (8,
  * or 16 with FX_LANES16) add FX_RUN elements at a time (16 or 8 terms a lane), and
