@@ -17,7 +17,7 @@
 
 #define FX_ISA avx512
 #define FX_ISA_NAME "avx512"
-#define FX_LANES16 /* 16 float64 lane sums: a float32 step fills one zmm */
+#define FX_LANES16 /* 16 float32 lanes in the exp sums' runs: a step fills one zmm */
 #define FX_AVX512_MASKS /* compares into mask registers (find_first) */
 #include "fx_kernels_isa.h"
 

@@ -24,10 +24,10 @@
 #define SEL FXM(fx_sel)
 
 #ifndef FX_LANESUM
-/* RESULT = sum_{c < N} (double)F(c) with 8 independent float64 lane accumulators
- * (one zmm register; in every table: with 16 in the AVX-512 table, so that a
- * float32 step would fill a zmm, GCC left the loop scalar, and categorical from
- * probabilities took 5.7x the time it takes now). GCC
+/* RESULT = sum_{c < N} (double)F(c) with 8 independent float64 lane accumulators,
+ * in every table (with 16 in the AVX-512 table, so that a float32 step would fill
+ * a zmm register, GCC left the loop scalar: categorical from probabilities took
+ * 5.7x the time of 8 lanes). GCC
  * vectorises the loop as one reduction group, accumulators in registers, without
  * reassociating anything: each lane adds in a fixed order, so the result depends
  * on neither the thread count nor the call. Scalars rather than an array: with an
