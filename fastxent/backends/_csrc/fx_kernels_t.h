@@ -543,6 +543,13 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
         }
         /* the block read next: the rest of this row, or the next row's start */
         const char *pf = c0 + n < C ? xrow + (c0 + n) * xs : xnext;
+        if (trow && k->t.sc > 0 && k->t.sc <= 8) {
+            /* dense targets: the next block's are asked for too (the exp pass
+             * prefetches only the logits), or u_block waits on memory for them */
+            const char *tn = c0 + n < C ? trow + (c0 + n) * k->t.sc
+                                        : (i + 1 < k->n_i ? trow + k->t.si : trow + k->t.so - i * k->t.si);
+            for (fx_ssize b = 0; b < n * k->t.sc; b += 64) FX_PREFETCH_L2(tn + b);
+        }
         const int near = bmin - m >= (T)FX_EXP_NEAR; /* every x - m in fx_exp_near's range */
         if (grow && single) {
             ework = FXN(gdst)(grow, gs, ebuf);
