@@ -490,7 +490,9 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
     char *grow = k->g.data ? k->g.data + o * k->g.so + i * k->g.si : NULL;
     double *loss = &k->loss[o * k->n_i + i - k->loss_r0];
     const fx_ssize xs = k->x.sc, gs = k->g.sc;
+    /* where the next row starts (its data is read next): (o, i + 1), or (o + 1, 0) */
     const char *xnext = i + 1 < k->n_i ? xrow + k->x.si : xrow + k->x.so - i * k->x.si;
+    const char *tnext = trow ? (i + 1 < k->n_i ? trow + k->t.si : trow + k->t.so - i * k->t.si) : NULL;
 
     if (!k->dense && y < 0) { /* ignored row */
         *loss = 0.0;
@@ -546,8 +548,7 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
         if (trow && k->t.sc > 0 && k->t.sc <= 8) {
             /* dense targets: the next block's are asked for too (the exp pass
              * prefetches only the logits), or u_block waits on memory for them */
-            const char *tn = c0 + n < C ? trow + (c0 + n) * k->t.sc
-                                        : (i + 1 < k->n_i ? trow + k->t.si : trow + k->t.so - i * k->t.si);
+            const char *tn = c0 + n < C ? trow + (c0 + n) * k->t.sc : tnext;
             for (fx_ssize b = 0; b < n * k->t.sc; b += 64) FX_PREFETCH_L2(tn + b);
         }
         const int near = bmin - m >= (T)FX_EXP_NEAR; /* every x - m in fx_exp_near's range */
@@ -1055,25 +1056,6 @@ FX_INLINE void FXN(bce_lanes)(int probs, int fin, int unit, int first, int grad,
     }
 }
 
-/* NumPy's pairwise sums of the leaves of s[0 .. n) (n a multiple of FX_LEAF), one
- * per leaf into `leaf`: element j into float64 lane j % 8, then ((l0 + l1) +
- * (l2 + l3)) + ((l4 + l5) + (l6 + l7)). Lanes start at -0.0, as -0.0 + v is v:
- * the leaf's first terms' own bits. The losses come from the loop that writes
- * per-row losses, into an L1 buffer: a loop summing as it computes would be
- * vectorised otherwise, and GCC may then fuse the other product of a loss into
- * its multiply-add (different bits). */
-static inline void FXN(leaf_sums)(const double *s, fx_ssize n, double *leaf)
-{
-    for (fx_ssize j0 = 0; j0 < n; j0 += FX_LEAF) {
-        double a0 = -0.0, a1 = -0.0, a2 = -0.0, a3 = -0.0, a4 = -0.0, a5 = -0.0, a6 = -0.0, a7 = -0.0;
-        for (fx_ssize j = j0; j < j0 + FX_LEAF; j += 8) {
-            a0 += s[j];     a1 += s[j + 1]; a2 += s[j + 2]; a3 += s[j + 3];
-            a4 += s[j + 4]; a5 += s[j + 5]; a6 += s[j + 6]; a7 += s[j + 7];
-        }
-        leaf[j0 / FX_LEAF] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
-    }
-}
-
 /* i0 + the first j with out[j] set, or -1 */
 FX_INLINE fx_ssize FXN(first_out)(const int32_t *out, fx_ssize i0, fx_ssize n)
 {
@@ -1096,7 +1078,10 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
     int32_t out[FX_LANES];
     double *dst = &k->loss[o * k->n_i + i0 - k->loss_r0];
     /* one class (a flat binary loss): the lane sums are the losses, written in place,
-     * or with leaf_sums kept in L1 and only the sums of their leaves written */
+     * or with leaf_sums kept in L1 and only the sums of their leaves written. (Summed
+     * from this buffer, not as the losses are computed: a summing loop would be
+     * vectorised otherwise, and GCC may then fuse the other product of a loss into
+     * its multiply-add, which changes the losses' bits.) */
     double *s = C == 1 && !k->stream_loss && !k->leaf_sums ? dst : sbuf;
     if (go)
         for (fx_ssize j = 0; j < n; j++) gsc[j] = (T)(FXN(grad_weight)(k, o, i0 + j) / (double)C);
@@ -1127,7 +1112,7 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
 #undef FX_BCE_LANES_
     }
     if (k->leaf_sums) {
-        FXN(leaf_sums)(s, n, &k->loss[(o * k->n_i + i0 - k->loss_r0) / FX_LEAF]);
+        fx_leaf_sums(s, n, &k->loss[(o * k->n_i + i0 - k->loss_r0) / FX_LEAF]);
         return probs ? FXN(first_out)(out, i0, n) : -1;
     }
     if (C != 1) { /* row mean (vectorised; a divide per row in a scalar loop costs more than the loss) */
