@@ -821,8 +821,9 @@ def sparse_from_probs(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weigh
 
 # -------------------------------------------------------------------------- gather-log
 
-#: Rows ahead whose gathered probability is prefetched (the gather is latency-bound).
-cdef fx_ssize PREFETCH_ROWS = 16
+#: Rows ahead whose gathered probability is prefetched (the gather is latency-bound:
+#: 64 rows in flight took 0.7x the time of 16 on 200,000 x 1,000, 0.93x on x 10,000).
+cdef fx_ssize PREFETCH_ROWS = 64
 
 
 #: Rows per batch of the loss-only gather-log (three stack buffers of doubles).

@@ -1948,7 +1948,14 @@ def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, block):
 #: Rows per work item of the gather-log (block-sums mode: BLOCK_ROWS).
 _GATHER_ROWS = 512
 #: Rows ahead whose probability the gather asks for (as the Cython gather-log does).
-_GATHER_AHEAD = 16
+_GATHER_AHEAD = 64
+
+
+@_helper(inline=True)
+def _gather_prefetch(xb, lb, ignore, j):
+    """Ask for row j's gathered probability (class 0 for an ignored row)."""
+    y = np.int64(lb[j])
+    _prefetch(xb, j * xb.strides[0] + (y if y != ignore else 0) * xb.strides[1])
 
 
 @_helper
@@ -1963,10 +1970,11 @@ def _gather_log(xb, lb, w, ignore, lo, hi, losses, p):
     their own, which vectorises (with the class-weight lookup in it, it did not: 4x
     slower), and weighted in a third."""
     nb = lb.shape[0]
+    for j in range(min(_GATHER_AHEAD, nb)):  # the block's first rows: all at once
+        _gather_prefetch(xb, lb, ignore, j)
     for j in range(nb):  # an ignored row reads class 0 and never uses it
         if j + _GATHER_AHEAD < nb:  # start a later row's cache miss now
-            ya = np.int64(lb[j + _GATHER_AHEAD])
-            _prefetch(xb, (j + _GATHER_AHEAD) * xb.strides[0] + (ya if ya != ignore else 0) * xb.strides[1])
+            _gather_prefetch(xb, lb, ignore, j + _GATHER_AHEAD)
         y = np.int64(lb[j])
         p[j] = _x_value(xb[j, y if y != ignore else 0])
     for j in range(nb):
