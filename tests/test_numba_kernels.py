@@ -440,6 +440,33 @@ def test_first_out_of_range_row_whatever_the_thread_count(nk):
 # --------------------------------------------------------------------------- threads and processes
 
 
+@pytest.mark.parametrize("n_items, item_size, workers", [(1, 1, 2), (7, 1000, 2), (611, 16384, 2),
+                                                          (65536, 1000, 2), (100_003, 1, 3)])  # fmt: skip
+def test_claims_hand_out_every_work_item_once(nk, n_items, item_size, workers):
+    from numba import njit, prange
+
+    claims, claim = nk._claims, nk._claim
+
+    @njit(parallel=True)
+    def times_claimed(n_items, item_size, workers):  # the drivers' loop
+        seen = np.zeros(n_items, np.int64)
+        step, claimed = claims(n_items, item_size, workers)
+        for worker in prange(workers):
+            while True:
+                start = claim(claimed, step)
+                if start >= n_items:
+                    break
+                for q in range(start, min(start + step, n_items)):
+                    seen[q] += 1
+        return seen, step
+
+    seen, step = times_claimed(n_items, item_size, workers)
+    assert (seen == 1).all()
+    # claims of at most ~_CLAIM_ELEMENTS elements, at least _CLAIMS_PER_WORKER a worker
+    assert step == 1 or (step * item_size <= nk._CLAIM_ELEMENTS
+                         and step * nk._CLAIMS_PER_WORKER * workers <= n_items)  # fmt: skip
+
+
 @pytest.mark.parametrize("layout", ["rows", "cols"])
 def test_one_and_two_threads_give_the_same_bits(nk, layout):
     args = make_case("sparse_from_logits", F32, layout, "out", np.random.default_rng(5), n=4000)
