@@ -2097,7 +2097,8 @@ def _sparse_probs_gather(x, labels, w, ignore, lo, hi, gw, layout, loss, g, bloc
     lo64, hi64 = np.float64(lo), np.float64(hi)
     per_o = (n_i + block - 1) // block  # work items per outer index
     n_items = (n_o + block - 1) // block if n_i == 1 else n_o * per_o
-    step, claimed = _claims(n_items, block * 16, workers)  # a row costs a cache line
+    row_size = n_c if g is not None else 16  # a gradient row, or the cache line read
+    step, claimed = _claims(n_items, block * row_size, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
         while True:
             start = _claim(claimed, step)
