@@ -334,7 +334,7 @@ def _claims(n_items, item_size, workers):
     finishing times. Which thread takes an item never changes a result: every item
     writes outputs of its own."""
     step = max(1, min(_CLAIM_ELEMENTS // max(item_size, 1), n_items // (_CLAIMS_PER_WORKER * workers)))
-    return step, np.zeros(8, np.int64)  # the counter, alone on its cache line
+    return step, np.zeros(8, np.int64)  # the counter (64 bytes: few neighbours share its line)
 
 
 @intrinsic
