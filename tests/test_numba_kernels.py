@@ -445,20 +445,18 @@ def test_first_out_of_range_row_whatever_the_thread_count(nk):
 def test_claims_hand_out_every_work_item_once(nk, n_items, item_size, workers):
     from numba import njit, prange
 
-    claims, claim = nk._claims, nk._claim
+    make_claims, claim, next_item = nk._claims, nk._claim, nk._next_item
 
     @njit(parallel=True)
     def times_claimed(n_items, item_size, workers):  # the drivers' loop
         seen = np.zeros(n_items, np.int64)
-        step, claimed = claims(n_items, item_size, workers)
+        claims = make_claims(n_items, item_size, workers)
         for worker in prange(workers):
-            while True:
-                start = claim(claimed, step)
-                if start >= n_items:
-                    break
-                for q in range(start, min(start + step, n_items)):
-                    seen[q] += 1
-        return seen, step
+            q, end = claim(claims)
+            while q < end:
+                seen[q] += 1
+                q, end = next_item(claims, q, end)
+        return seen, claims[8]
 
     seen, step = times_claimed(n_items, item_size, workers)
     assert (seen == 1).all()

@@ -320,27 +320,30 @@ _CLAIMS_PER_WORKER = 16
 
 @_helper
 def _claims(n_items, item_size, workers):
-    """(items a claim takes, the shared claim counter) for ``n_items`` work items of
-    about ``item_size`` elements each.
+    """The shared state of a driver's claims, for ``n_items`` work items of about
+    ``item_size`` elements each: an int64 array with the claim counter at [0] and,
+    a cache line further, the items a claim takes at [8] and n_items at [9].
 
-    Drivers schedule dynamically: each thread claims ``step`` items at a time
-    (``_claim``) until none are left. Numba's 'omp' layer splits a prange
-    statically, so one thread slowed by another process (or a busy neighbour on a
-    VM) held up the whole call: 10M binary losses, 2 threads, next to a process
-    busy on one core, took a median 7.5 ms that way and 6.0 ms with claims (the
-    Cython kernel, scheduled dynamically by OpenMP: 5.7 ms). Claims are about
-    _CLAIM_ELEMENTS elements (an atomic add on a shared line costs ~0.1 µs) and at
-    least _CLAIMS_PER_WORKER a worker, so the last claims even out the threads'
-    finishing times. Which thread takes an item never changes a result: every item
-    writes outputs of its own."""
-    step = max(1, min(_CLAIM_ELEMENTS // max(item_size, 1), n_items // (_CLAIMS_PER_WORKER * workers)))
-    return step, np.zeros(8, np.int64)  # the counter (64 bytes: few neighbours share its line)
+    Drivers schedule dynamically: one worker a thread takes its items a claim at a
+    time (``_claim``, ``_next_item``) until none are left. Numba's 'omp' layer
+    splits a prange statically, so one thread slowed by another process (or a busy
+    neighbour on a VM) held up the whole call: 10M binary losses, 2 threads, next to
+    a process busy on one core, took a median 7.5 ms that way and 6.0 ms with
+    claims (the Cython kernel, scheduled dynamically by OpenMP: 5.7 ms). Claims are
+    about _CLAIM_ELEMENTS elements (an atomic add on a shared line costs ~0.1 µs)
+    and at least _CLAIMS_PER_WORKER a worker, so the last claims even out the
+    threads' finishing times. Which thread takes an item never changes a result:
+    every item writes outputs of its own."""
+    claims = np.zeros(16, np.int64)
+    claims[8] = max(1, min(_CLAIM_ELEMENTS // max(item_size, 1), n_items // (_CLAIMS_PER_WORKER * workers)))
+    claims[9] = n_items
+    return claims
 
 
 @intrinsic
-def _claim(typingctx, counter, n):
-    """Add n to counter[0] atomically and return its value before: the first of n work
-    items that this thread now owns (an int64 array shared by the threads)."""
+def _fetch_add(typingctx, counter, n):
+    """Add n to counter[0] atomically and return its value before (an int64 array
+    shared by the threads)."""
     sig = types.int64(counter, n)
 
     def codegen(context, builder, signature, args):
@@ -349,6 +352,24 @@ def _claim(typingctx, counter, n):
         return builder.atomic_rmw("add", ary.data, step, "monotonic")
 
     return sig, codegen
+
+
+@_helper(inline=True)
+def _claim(claims):
+    """(first item, end) of the next claim of ``_claims``' items; (n, n) once every
+    item is taken."""
+    step, n = claims[8], claims[9]
+    start = _fetch_add(claims, step)
+    return min(start, n), min(start + step, n)
+
+
+@_helper(inline=True)
+def _next_item(claims, q, end):
+    """The work item after q and the end of its claim: q + 1 while the claim lasts,
+    then the start of a new one (see _claim)."""
+    if q + 1 < end:
+        return q + 1, end
+    return _claim(claims)
 
 
 @_helper
@@ -1870,44 +1891,42 @@ def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
     dense = ls_c != 0.0  # label smoothing: every class carries weight
     keep_c, ls_cc = _compute_scalar(x, keep), _compute_scalar(x, ls_c)
     n_items = n_o * n_i
-    step, claimed = _claims(n_items, n_c, workers)
+    claims = _claims(n_items, n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for r in range(start, min(start + step, n_items)):
-                o = r // n_i
-                i = r - o * n_i
-                y = np.int64(labels[o, i])
-                xr = _rview(x, o, i, n_c, layout)
-                gr = _grad_rview(xr, g, o, i, n_c, layout)
-                if y == ignore:
-                    loss[o, i] = 0.0
-                    if g is not None:
-                        _fill(gr, 0.0)
+        r, end = _claim(claims)
+        while r < end:
+            o = r // n_i
+            i = r - o * n_i
+            y = np.int64(labels[o, i])
+            xr = _rview(x, o, i, n_c, layout)
+            gr = _grad_rview(xr, g, o, i, n_c, layout)
+            if y == ignore:
+                loss[o, i] = 0.0
+                if g is not None:
+                    _fill(gr, 0.0)
+            else:
+                x_y = _x_value(xr[y])  # read before an in-place gradient overwrites it
+                stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
+                if stored:
+                    m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, _exps_store(gr, g), ahead)
                 else:
-                    x_y = _x_value(xr[y])  # read before an in-place gradient overwrites it
-                    stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
-                    if stored:
-                        m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, _exps_store(gr, g), ahead)
+                    m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, None, ahead)
+                w_y = w[y]
+                big_a = keep * w_y + ls_c * w_sum
+                loss[o, i] = _softmax_loss(m, rest, _label_gap(keep * w_y, m, x_y) + ls_c * gap, big_a)
+                if g is not None:
+                    gw_r = gw[o, i]
+                    if _finite(m):
+                        a_over_s, ar_over_s = _softmax_row_grad(
+                            x, xr, g, gr, o, i, layout, None, wc, keep_c, ls_cc, ls_cc,
+                            m, rest, big_a, gw_r, near, stored)
+                        # the label's own weight, in float64
+                        g_y = _softmax_grad(np.float64(x_y), np.float64(m),
+                                            (keep + ls_c) * w_y, big_a, a_over_s, ar_over_s)
+                        _put(gr, y, gw_r * g_y)
                     else:
-                        m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, None, ahead)
-                    w_y = w[y]
-                    big_a = keep * w_y + ls_c * w_sum
-                    loss[o, i] = _softmax_loss(m, rest, _label_gap(keep * w_y, m, x_y) + ls_c * gap, big_a)
-                    if g is not None:
-                        gw_r = gw[o, i]
-                        if _finite(m):
-                            a_over_s, ar_over_s = _softmax_row_grad(
-                                x, xr, g, gr, o, i, layout, None, wc, keep_c, ls_cc, ls_cc,
-                                m, rest, big_a, gw_r, near, stored)
-                            # the label's own weight, in float64
-                            g_y = _softmax_grad(np.float64(x_y), np.float64(m),
-                                                (keep + ls_c) * w_y, big_a, a_over_s, ar_over_s)
-                            _put(gr, y, gw_r * g_y)
-                        else:
-                            _fill(gr, gw_r * _special_grad(m, big_a))
+                        _fill(gr, gw_r * _special_grad(m, big_a))
+            r, end = _next_item(claims, r, end)
     return -1
 
 
@@ -1919,54 +1938,52 @@ def _sparse_logits_cols(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
     keep_c, ls_cc = _compute_scalar(x, keep), _compute_scalar(x, ls_c)
     ga = _grad_array(x, g)
     n_items = n_o * n_blocks
-    step, claimed = _claims(n_items, block * n_c, workers)
+    claims = _claims(n_items, block * n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for q in range(start, min(start + step, n_items)):
-                o, i0, nb = _block(q, n_blocks, block, n_i)
-                y = np.empty(nb, np.int64)
-                s = np.zeros((6, nb))
-                rest, ties, gap, big_a, a_over_s, ar_over_s = s[0], s[1], s[2], s[3], s[4], s[5]
-                cs = _compute_zeros(x, 7, nb)  # compute-dtype per-row state
-                m, x_y, p_rest, p_ties = cs[0], cs[1], cs[2], cs[3]
-                big_a_c, a_over_s_c, ar_over_s_c = cs[4], cs[5], cs[6]
-                gw_c = _compute_zeros(x, 1, nb)[0]
-                _cols_max(x, o, i0, m)
-                _cols_exp_sum(x, o, i0, m, rest, ties, p_rest, p_ties)
-                if dense:
-                    _cols_gap_sum(x, None, w, o, i0, m, keep, ls_c, gap, s[5])
-                for j in range(nb):
-                    i = i0 + j
-                    y[j] = np.int64(labels[o, i])
-                    gw_c[j] = gw[o, i]
+        q, end = _claim(claims)
+        while q < end:
+            o, i0, nb = _block(q, n_blocks, block, n_i)
+            y = np.empty(nb, np.int64)
+            s = np.zeros((6, nb))
+            rest, ties, gap, big_a, a_over_s, ar_over_s = s[0], s[1], s[2], s[3], s[4], s[5]
+            cs = _compute_zeros(x, 7, nb)  # compute-dtype per-row state
+            m, x_y, p_rest, p_ties = cs[0], cs[1], cs[2], cs[3]
+            big_a_c, a_over_s_c, ar_over_s_c = cs[4], cs[5], cs[6]
+            gw_c = _compute_zeros(x, 1, nb)[0]
+            _cols_max(x, o, i0, m)
+            _cols_exp_sum(x, o, i0, m, rest, ties, p_rest, p_ties)
+            if dense:
+                _cols_gap_sum(x, None, w, o, i0, m, keep, ls_c, gap, s[5])
+            for j in range(nb):
+                i = i0 + j
+                y[j] = np.int64(labels[o, i])
+                gw_c[j] = gw[o, i]
+                if y[j] == ignore:
+                    loss[o, i] = 0.0
+                else:
+                    w_y = w[y[j]]
+                    x_y[j] = _x_value(x[o, y[j], i])
+                    big_a[j] = keep * w_y + ls_c * w_sum
+                    rest[j] += ties[j] - 1.0
+                    lgap = _label_gap(keep * w_y, m[j], x_y[j]) + ls_c * gap[j]
+                    loss[o, i] = _softmax_loss(m[j], rest[j], lgap, big_a[j])
+                    a_over_s[j], ar_over_s[j] = _grad_coefs(rest[j], big_a[j])
+                    big_a_c[j], a_over_s_c[j], ar_over_s_c[j] = big_a[j], a_over_s[j], ar_over_s[j]
+            if g is not None:
+                _cols_softmax_grad(x, g, None, wc, o, i0, keep_c, ls_cc, ls_cc,
+                                   m, big_a_c, a_over_s_c, ar_over_s_c, gw_c)
+                for j in range(nb):  # the label's own weight (float64), ignored and special rows
+                    gw_r = gw[o, i0 + j]
                     if y[j] == ignore:
-                        loss[o, i] = 0.0
+                        _fill_col(ga, o, i0 + j, 0.0)
+                    elif not _finite(m[j]):
+                        _fill_col(ga, o, i0 + j, gw_r * _special_grad(m[j], big_a[j]))
                     else:
-                        w_y = w[y[j]]
-                        x_y[j] = _x_value(x[o, y[j], i])
-                        big_a[j] = keep * w_y + ls_c * w_sum
-                        rest[j] += ties[j] - 1.0
-                        lgap = _label_gap(keep * w_y, m[j], x_y[j]) + ls_c * gap[j]
-                        loss[o, i] = _softmax_loss(m[j], rest[j], lgap, big_a[j])
-                        a_over_s[j], ar_over_s[j] = _grad_coefs(rest[j], big_a[j])
-                        big_a_c[j], a_over_s_c[j], ar_over_s_c[j] = big_a[j], a_over_s[j], ar_over_s[j]
-                if g is not None:
-                    _cols_softmax_grad(x, g, None, wc, o, i0, keep_c, ls_cc, ls_cc,
-                                       m, big_a_c, a_over_s_c, ar_over_s_c, gw_c)
-                    for j in range(nb):  # the label's own weight (float64), ignored and special rows
-                        gw_r = gw[o, i0 + j]
-                        if y[j] == ignore:
-                            _fill_col(ga, o, i0 + j, 0.0)
-                        elif not _finite(m[j]):
-                            _fill_col(ga, o, i0 + j, gw_r * _special_grad(m[j], big_a[j]))
-                        else:
-                            a_y = (keep + ls_c) * w[y[j]]
-                            g_y = _softmax_grad(np.float64(x_y[j]), np.float64(m[j]),
-                                                a_y, big_a[j], a_over_s[j], ar_over_s[j])
-                            _put3(ga, o, y[j], i0 + j, gw_r * g_y)
+                        a_y = (keep + ls_c) * w[y[j]]
+                        g_y = _softmax_grad(np.float64(x_y[j]), np.float64(m[j]),
+                                            a_y, big_a[j], a_over_s[j], ar_over_s[j])
+                        _put3(ga, o, y[j], i0 + j, gw_r * g_y)
+            q, end = _next_item(claims, q, end)
     return -1
 
 
@@ -1976,31 +1993,29 @@ def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout, worke
     ahead = _rows_follow(x)
     keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
     n_items = n_o * n_i
-    step, claimed = _claims(n_items, n_c, workers)
+    claims = _claims(n_items, n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for r in range(start, min(start + step, n_items)):
-                o = r // n_i
-                i = r - o * n_i
-                xr = _rview(x, o, i, n_c, layout)
-                tr = _rview(t, o, i, n_c, layout)
-                gr = _grad_rview(xr, g, o, i, n_c, layout)
-                stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
-                if stored:
-                    m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, _exps_store(gr, g), ahead)
+        r, end = _claim(claims)
+        while r < end:
+            o = r // n_i
+            i = r - o * n_i
+            xr = _rview(x, o, i, n_c, layout)
+            tr = _rview(t, o, i, n_c, layout)
+            gr = _grad_rview(xr, g, o, i, n_c, layout)
+            stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
+            if stored:
+                m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, _exps_store(gr, g), ahead)
+            else:
+                m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, None, ahead)
+            loss[o, i] = _softmax_loss(m, rest, gap, big_a)
+            if g is not None:
+                gw_r = gw[o, i]
+                if _finite(m):
+                    _softmax_row_grad(x, xr, g, gr, o, i, layout, tr, wc, keep_c, ls_cc, one,
+                                      m, rest, big_a, gw_r, near, stored)
                 else:
-                    m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, None, ahead)
-                loss[o, i] = _softmax_loss(m, rest, gap, big_a)
-                if g is not None:
-                    gw_r = gw[o, i]
-                    if _finite(m):
-                        _softmax_row_grad(x, xr, g, gr, o, i, layout, tr, wc, keep_c, ls_cc, one,
-                                          m, rest, big_a, gw_r, near, stored)
-                    else:
-                        _fill(gr, gw_r * _special_grad(m, big_a))
+                    _fill(gr, gw_r * _special_grad(m, big_a))
+            r, end = _next_item(claims, r, end)
     return -1
 
 
@@ -2011,35 +2026,33 @@ def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, block, worker
     keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
     ga = _grad_array(x, g)
     n_items = n_o * n_blocks
-    step, claimed = _claims(n_items, block * n_c, workers)
+    claims = _claims(n_items, block * n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for q in range(start, min(start + step, n_items)):
-                o, i0, nb = _block(q, n_blocks, block, n_i)
-                s = np.zeros((4, nb))
-                rest, ties, gap, big_a = s[0], s[1], s[2], s[3]
-                cs = _compute_zeros(x, 7, nb)
-                m, p_rest, p_ties = cs[0], cs[1], cs[2]
-                big_a_c, a_over_s_c, ar_over_s_c, gw_c = cs[3], cs[4], cs[5], cs[6]
-                _cols_max(x, o, i0, m)
-                _cols_exp_sum(x, o, i0, m, rest, ties, p_rest, p_ties)
-                _cols_gap_sum(x, t, w, o, i0, m, keep, ls_c, gap, big_a)
+        q, end = _claim(claims)
+        while q < end:
+            o, i0, nb = _block(q, n_blocks, block, n_i)
+            s = np.zeros((4, nb))
+            rest, ties, gap, big_a = s[0], s[1], s[2], s[3]
+            cs = _compute_zeros(x, 7, nb)
+            m, p_rest, p_ties = cs[0], cs[1], cs[2]
+            big_a_c, a_over_s_c, ar_over_s_c, gw_c = cs[3], cs[4], cs[5], cs[6]
+            _cols_max(x, o, i0, m)
+            _cols_exp_sum(x, o, i0, m, rest, ties, p_rest, p_ties)
+            _cols_gap_sum(x, t, w, o, i0, m, keep, ls_c, gap, big_a)
+            for j in range(nb):
+                i = i0 + j
+                gw_c[j] = gw[o, i]
+                rest[j] += ties[j] - 1.0
+                loss[o, i] = _softmax_loss(m[j], rest[j], gap[j], big_a[j])
+                a_over_s, ar_over_s = _grad_coefs(rest[j], big_a[j])
+                big_a_c[j], a_over_s_c[j], ar_over_s_c[j] = big_a[j], a_over_s, ar_over_s
+            if g is not None:
+                _cols_softmax_grad(x, g, t, wc, o, i0, keep_c, ls_cc, one,
+                                   m, big_a_c, a_over_s_c, ar_over_s_c, gw_c)
                 for j in range(nb):
-                    i = i0 + j
-                    gw_c[j] = gw[o, i]
-                    rest[j] += ties[j] - 1.0
-                    loss[o, i] = _softmax_loss(m[j], rest[j], gap[j], big_a[j])
-                    a_over_s, ar_over_s = _grad_coefs(rest[j], big_a[j])
-                    big_a_c[j], a_over_s_c[j], ar_over_s_c[j] = big_a[j], a_over_s, ar_over_s
-                if g is not None:
-                    _cols_softmax_grad(x, g, t, wc, o, i0, keep_c, ls_cc, one,
-                                       m, big_a_c, a_over_s_c, ar_over_s_c, gw_c)
-                    for j in range(nb):
-                        if not _finite(m[j]):
-                            _fill_col(ga, o, i0 + j, gw[o, i0 + j] * _special_grad(m[j], big_a[j]))
+                    if not _finite(m[j]):
+                        _fill_col(ga, o, i0 + j, gw[o, i0 + j] * _special_grad(m[j], big_a[j]))
+            q, end = _next_item(claims, q, end)
     return -1
 
 
@@ -2098,36 +2111,34 @@ def _sparse_probs_gather(x, labels, w, ignore, lo, hi, gw, layout, loss, g, bloc
     per_o = (n_i + block - 1) // block  # work items per outer index
     n_items = (n_o + block - 1) // block if n_i == 1 else n_o * per_o
     row_size = n_c if g is not None else 16  # a gradient row, or the cache line read
-    step, claimed = _claims(n_items, block * row_size, workers)
+    claims = _claims(n_items, block * row_size, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for q in range(start, min(start + step, n_items)):
-                if n_i == 1:  # rows (o0 + j, 0)
-                    o0, i0 = q * block, 0
-                    nb = min(block, n_o - o0)
-                    xb, lb = x[o0 : o0 + nb, :, 0], labels[o0 : o0 + nb, 0]
-                else:  # rows (o0, i0 + j)
-                    o0 = q // per_o
-                    i0 = (q - o0 * per_o) * block
-                    nb = min(block, n_i - i0)
-                    xb, lb = x[o0, :, i0 : i0 + nb].T, labels[o0, i0 : i0 + nb]
-                p = _compute_zeros(x, 1, nb)[0]
-                losses = np.empty(nb)
-                bad = _gather_log(xb, lb, w, ignore, lo, hi, losses, p)
-                if bad >= 0:
-                    _lower(first, o0 * n_i + i0 + bad)
-                if g is not None:
-                    for j in range(nb):
-                        o, i = (o0 + j, 0) if n_i == 1 else (o0, i0 + j)
-                        y = np.int64(lb[j])
-                        gr = _rview(ga, o, i, n_c, layout)
-                        _fill(gr, 0.0)
-                        if y != ignore:
-                            _put(gr, y, gw[o, i] * _xent_prob_grad(np.float64(p[j]), w[y], lo64, hi64))
-                _store_losses(loss, q, o0, i0, 0 if n_i == 1 else 1, losses, 1)
+        q, end = _claim(claims)
+        while q < end:
+            if n_i == 1:  # rows (o0 + j, 0)
+                o0, i0 = q * block, 0
+                nb = min(block, n_o - o0)
+                xb, lb = x[o0 : o0 + nb, :, 0], labels[o0 : o0 + nb, 0]
+            else:  # rows (o0, i0 + j)
+                o0 = q // per_o
+                i0 = (q - o0 * per_o) * block
+                nb = min(block, n_i - i0)
+                xb, lb = x[o0, :, i0 : i0 + nb].T, labels[o0, i0 : i0 + nb]
+            p = _compute_zeros(x, 1, nb)[0]
+            losses = np.empty(nb)
+            bad = _gather_log(xb, lb, w, ignore, lo, hi, losses, p)
+            if bad >= 0:
+                _lower(first, o0 * n_i + i0 + bad)
+            if g is not None:
+                for j in range(nb):
+                    o, i = (o0 + j, 0) if n_i == 1 else (o0, i0 + j)
+                    y = np.int64(lb[j])
+                    gr = _rview(ga, o, i, n_c, layout)
+                    _fill(gr, 0.0)
+                    if y != ignore:
+                        _put(gr, y, gw[o, i] * _xent_prob_grad(np.float64(p[j]), w[y], lo64, hi64))
+            _store_losses(loss, q, o0, i0, 0 if n_i == 1 else 1, losses, 1)
+            q, end = _next_item(claims, q, end)
     return first[0] if first[0] < n else -1
 
 
@@ -2138,34 +2149,32 @@ def _sparse_probs_rows(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g
     first = _slot(n)  # lowered by _lower: the first bad row
     keep_c, ls_cc = _compute_scalar(x, keep), _compute_scalar(x, ls_c)
     lo64, hi64 = np.float64(lo), np.float64(hi)
-    step, claimed = _claims(n, n_c, workers)
+    claims = _claims(n, n_c, workers)
     for worker in prange(min(workers, n)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n:
-                break
-            for r in range(start, min(start + step, n)):
-                o = r // n_i
-                i = r - o * n_i
-                y = np.int64(labels[o, i])
-                xr = _rview(x, o, i, n_c, layout)
-                gr = _grad_rview(xr, g, o, i, n_c, layout)
-                if y == ignore:
-                    loss[o, i] = 0.0
-                    if g is not None:
-                        _fill(gr, 0.0)
-                else:
-                    smooth, bad = _xent_probs_row(xr, None, wc, keep_c, ls_cc, lo, hi)
-                    if bad != 0:
-                        _lower(first, r)
-                    p_y = _x_value(xr[y])
-                    w_y = w[y]
-                    loss[o, i] = ls_c * smooth + keep * w_y * np.float64(_neg_log_clip(p_y, lo, hi))
-                    if g is not None:
-                        gw_r = gw[o, i]
-                        _xent_probs_grad_row(xr, g, o, i, layout, None, wc, keep_c, ls_cc, ls_cc,
-                                             lo, hi, _compute_scalar(x, gw_r))
-                        _put(gr, y, gw_r * _xent_prob_grad(np.float64(p_y), (keep + ls_c) * w_y, lo64, hi64))
+        r, end = _claim(claims)
+        while r < end:
+            o = r // n_i
+            i = r - o * n_i
+            y = np.int64(labels[o, i])
+            xr = _rview(x, o, i, n_c, layout)
+            gr = _grad_rview(xr, g, o, i, n_c, layout)
+            if y == ignore:
+                loss[o, i] = 0.0
+                if g is not None:
+                    _fill(gr, 0.0)
+            else:
+                smooth, bad = _xent_probs_row(xr, None, wc, keep_c, ls_cc, lo, hi)
+                if bad != 0:
+                    _lower(first, r)
+                p_y = _x_value(xr[y])
+                w_y = w[y]
+                loss[o, i] = ls_c * smooth + keep * w_y * np.float64(_neg_log_clip(p_y, lo, hi))
+                if g is not None:
+                    gw_r = gw[o, i]
+                    _xent_probs_grad_row(xr, g, o, i, layout, None, wc, keep_c, ls_cc, ls_cc,
+                                         lo, hi, _compute_scalar(x, gw_r))
+                    _put(gr, y, gw_r * _xent_prob_grad(np.float64(p_y), (keep + ls_c) * w_y, lo64, hi64))
+            r, end = _next_item(claims, r, end)
     return first[0] if first[0] < n else -1
 
 
@@ -2179,40 +2188,38 @@ def _sparse_probs_cols(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g
     lo64, hi64 = np.float64(lo), np.float64(hi)
     ga = _grad_array(x, g)
     n_items = n_o * n_blocks
-    step, claimed = _claims(n_items, block * n_c, workers)
+    claims = _claims(n_items, block * n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for q in range(start, min(start + step, n_items)):
-                o, i0, nb = _block(q, n_blocks, block, n_i)
-                y = np.empty(nb, np.int64)
-                s = np.zeros((2, nb))
-                smooth, bad = s[0], s[1]
-                cs = _compute_zeros(x, 4, nb)
-                p_y, p_smooth, p_bad, gw_c = cs[0], cs[1], cs[2], cs[3]
-                _cols_xent_probs(x, None, wc, o, i0, keep_c, ls_cc, lo, hi, smooth, bad, p_smooth, p_bad)
+        q, end = _claim(claims)
+        while q < end:
+            o, i0, nb = _block(q, n_blocks, block, n_i)
+            y = np.empty(nb, np.int64)
+            s = np.zeros((2, nb))
+            smooth, bad = s[0], s[1]
+            cs = _compute_zeros(x, 4, nb)
+            p_y, p_smooth, p_bad, gw_c = cs[0], cs[1], cs[2], cs[3]
+            _cols_xent_probs(x, None, wc, o, i0, keep_c, ls_cc, lo, hi, smooth, bad, p_smooth, p_bad)
+            for j in range(nb):
+                i = i0 + j
+                y[j] = np.int64(labels[o, i])
+                gw_c[j] = gw[o, i]
+                if y[j] == ignore:
+                    loss[o, i] = 0.0
+                    bad[j] = 0.0  # an ignored row is not read
+                else:
+                    p_y[j] = _x_value(x[o, y[j], i])
+                    loss[o, i] = ls_c * smooth[j] + keep * w[y[j]] * np.float64(_neg_log_clip(p_y[j], lo, hi))
+            _lower(first, _first_bad_in_block(bad, o, i0, n_i, none))
+            if g is not None:
+                _cols_xent_probs_grad(x, g, None, wc, o, i0, keep_c, ls_cc, ls_cc, lo, hi, gw_c)
                 for j in range(nb):
-                    i = i0 + j
-                    y[j] = np.int64(labels[o, i])
-                    gw_c[j] = gw[o, i]
+                    gw_r = gw[o, i0 + j]
                     if y[j] == ignore:
-                        loss[o, i] = 0.0
-                        bad[j] = 0.0  # an ignored row is not read
+                        _fill_col(ga, o, i0 + j, 0.0)
                     else:
-                        p_y[j] = _x_value(x[o, y[j], i])
-                        loss[o, i] = ls_c * smooth[j] + keep * w[y[j]] * np.float64(_neg_log_clip(p_y[j], lo, hi))
-                _lower(first, _first_bad_in_block(bad, o, i0, n_i, none))
-                if g is not None:
-                    _cols_xent_probs_grad(x, g, None, wc, o, i0, keep_c, ls_cc, ls_cc, lo, hi, gw_c)
-                    for j in range(nb):
-                        gw_r = gw[o, i0 + j]
-                        if y[j] == ignore:
-                            _fill_col(ga, o, i0 + j, 0.0)
-                        else:
-                            a_y = (keep + ls_c) * w[y[j]]
-                            _put3(ga, o, y[j], i0 + j, gw_r * _xent_prob_grad(np.float64(p_y[j]), a_y, lo64, hi64))
+                        a_y = (keep + ls_c) * w[y[j]]
+                        _put3(ga, o, y[j], i0 + j, gw_r * _xent_prob_grad(np.float64(p_y[j]), a_y, lo64, hi64))
+            q, end = _next_item(claims, q, end)
     return first[0] if first[0] < none else -1
 
 
@@ -2222,24 +2229,22 @@ def _categorical_probs_rows(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, layout, w
     n = n_o * n_i
     first = _slot(n)  # lowered by _lower: the first bad row
     keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
-    step, claimed = _claims(n, n_c, workers)
+    claims = _claims(n, n_c, workers)
     for worker in prange(min(workers, n)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n:
-                break
-            for r in range(start, min(start + step, n)):
-                o = r // n_i
-                i = r - o * n_i
-                xr = _rview(x, o, i, n_c, layout)
-                tr = _rview(t, o, i, n_c, layout)
-                total, bad = _xent_probs_row(xr, tr, wc, keep_c, ls_cc, lo, hi)
-                if bad != 0:
-                    _lower(first, r)
-                loss[o, i] = total
-                if g is not None:
-                    _xent_probs_grad_row(xr, g, o, i, layout, tr, wc, keep_c, ls_cc, one,
-                                         lo, hi, _compute_scalar(x, gw[o, i]))
+        r, end = _claim(claims)
+        while r < end:
+            o = r // n_i
+            i = r - o * n_i
+            xr = _rview(x, o, i, n_c, layout)
+            tr = _rview(t, o, i, n_c, layout)
+            total, bad = _xent_probs_row(xr, tr, wc, keep_c, ls_cc, lo, hi)
+            if bad != 0:
+                _lower(first, r)
+            loss[o, i] = total
+            if g is not None:
+                _xent_probs_grad_row(xr, g, o, i, layout, tr, wc, keep_c, ls_cc, one,
+                                     lo, hi, _compute_scalar(x, gw[o, i]))
+            r, end = _next_item(claims, r, end)
     return first[0] if first[0] < n else -1
 
 
@@ -2251,25 +2256,23 @@ def _categorical_probs_cols(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, block, wo
     first = _slot(none)  # lowered by _lower: the first bad row
     keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
     n_items = n_o * n_blocks
-    step, claimed = _claims(n_items, block * n_c, workers)
+    claims = _claims(n_items, block * n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for q in range(start, min(start + step, n_items)):
-                o, i0, nb = _block(q, n_blocks, block, n_i)
-                s = np.zeros((2, nb))
-                total, bad = s[0], s[1]
-                cs = _compute_zeros(x, 3, nb)
-                p_total, p_bad, gw_c = cs[0], cs[1], cs[2]
-                _cols_xent_probs(x, t, wc, o, i0, keep_c, ls_cc, lo, hi, total, bad, p_total, p_bad)
-                for j in range(nb):
-                    loss[o, i0 + j] = total[j]
-                    gw_c[j] = gw[o, i0 + j]
-                _lower(first, _first_bad_in_block(bad, o, i0, n_i, none))
-                if g is not None:
-                    _cols_xent_probs_grad(x, g, t, wc, o, i0, keep_c, ls_cc, one, lo, hi, gw_c)
+        q, end = _claim(claims)
+        while q < end:
+            o, i0, nb = _block(q, n_blocks, block, n_i)
+            s = np.zeros((2, nb))
+            total, bad = s[0], s[1]
+            cs = _compute_zeros(x, 3, nb)
+            p_total, p_bad, gw_c = cs[0], cs[1], cs[2]
+            _cols_xent_probs(x, t, wc, o, i0, keep_c, ls_cc, lo, hi, total, bad, p_total, p_bad)
+            for j in range(nb):
+                loss[o, i0 + j] = total[j]
+                gw_c[j] = gw[o, i0 + j]
+            _lower(first, _first_bad_in_block(bad, o, i0, n_i, none))
+            if g is not None:
+                _cols_xent_probs_grad(x, g, t, wc, o, i0, keep_c, ls_cc, one, lo, hi, gw_c)
+            q, end = _next_item(claims, q, end)
     return first[0] if first[0] < none else -1
 
 
@@ -2278,22 +2281,20 @@ def _binary_logits_rows(x, t, pw, keep, half_ls, gw, loss, g, layout, workers):
     n_o, n_c, n_i = x.shape
     keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
     n_items = n_o * n_i
-    step, claimed = _claims(n_items, n_c, workers)
+    claims = _claims(n_items, n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for r in range(start, min(start + step, n_items)):
-                o = r // n_i
-                i = r - o * n_i
-                xr = _rview(x, o, i, n_c, layout)
-                tr = _rview(t, o, i, n_c, layout)
-                pwr = _pw_row(pw, i)
-                loss[o, i] = _bce_logits_row(xr, tr, pwr, keep_c, half_c) / n_c
-                if g is not None:
-                    _bce_logits_grad_row(xr, g, o, i, layout, tr, pwr, keep_c, half_c,
-                                         _compute_scalar(x, gw[o, i] / n_c))
+        r, end = _claim(claims)
+        while r < end:
+            o = r // n_i
+            i = r - o * n_i
+            xr = _rview(x, o, i, n_c, layout)
+            tr = _rview(t, o, i, n_c, layout)
+            pwr = _pw_row(pw, i)
+            loss[o, i] = _bce_logits_row(xr, tr, pwr, keep_c, half_c) / n_c
+            if g is not None:
+                _bce_logits_grad_row(xr, g, o, i, layout, tr, pwr, keep_c, half_c,
+                                     _compute_scalar(x, gw[o, i] / n_c))
+            r, end = _next_item(claims, r, end)
     return -1
 
 
@@ -2303,29 +2304,27 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block, workers):
     n_blocks = (n_i + block - 1) // block
     keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
     n_items = n_o * n_blocks
-    step, claimed = _claims(n_items, block * n_c, workers)
+    claims = _claims(n_items, block * n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for q in range(start, min(start + step, n_items)):
-                o, i0, nb = _block(q, n_blocks, block, n_i)
-                flat = n_c == 1  # (then _cols_bce_logits writes total without reading it)
-                leaves = flat and loss.ndim == 1 and _whole_leaves(nb)  # a block's sum from its leaves
-                total = np.empty(nb // 128 if leaves else nb) if flat else np.zeros(nb)
-                p_total = _compute_zeros(x, 1, 0 if flat else nb)[0]
-                tail = _compute_empty(x, min(nb, _TAIL_RUN) if flat else nb)  # written before read
-                _cols_bce_logits(x, t, pw, o, i0, nb, keep_c, half_c, total, p_total, tail, leaves)
-                if leaves:
-                    _store_leaf_tree(loss, q, total)
-                else:
-                    _store_losses(loss, q, o, i0, 1, total, n_c)
-                if g is not None:
-                    gw_c = _compute_empty(x, nb)  # (a loss-only call allocates no gradient weights)
-                    for j in range(nb):
-                        gw_c[j] = gw[o, i0 + j] / n_c
-                    _cols_bce_logits_grad(x, g, t, pw, o, i0, keep_c, half_c, gw_c)
+        q, end = _claim(claims)
+        while q < end:
+            o, i0, nb = _block(q, n_blocks, block, n_i)
+            flat = n_c == 1  # (then _cols_bce_logits writes total without reading it)
+            leaves = flat and loss.ndim == 1 and _whole_leaves(nb)  # a block's sum from its leaves
+            total = np.empty(nb // 128 if leaves else nb) if flat else np.zeros(nb)
+            p_total = _compute_zeros(x, 1, 0 if flat else nb)[0]
+            tail = _compute_empty(x, min(nb, _TAIL_RUN) if flat else nb)  # written before read
+            _cols_bce_logits(x, t, pw, o, i0, nb, keep_c, half_c, total, p_total, tail, leaves)
+            if leaves:
+                _store_leaf_tree(loss, q, total)
+            else:
+                _store_losses(loss, q, o, i0, 1, total, n_c)
+            if g is not None:
+                gw_c = _compute_empty(x, nb)  # (a loss-only call allocates no gradient weights)
+                for j in range(nb):
+                    gw_c[j] = gw[o, i0 + j] / n_c
+                _cols_bce_logits_grad(x, g, t, pw, o, i0, keep_c, half_c, gw_c)
+            q, end = _next_item(claims, q, end)
     return -1
 
 
@@ -2335,25 +2334,23 @@ def _binary_probs_rows(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, layout, wor
     n = n_o * n_i
     first = _slot(n)  # lowered by _lower: the first bad row
     keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
-    step, claimed = _claims(n, n_c, workers)
+    claims = _claims(n, n_c, workers)
     for worker in prange(min(workers, n)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n:
-                break
-            for r in range(start, min(start + step, n)):
-                o = r // n_i
-                i = r - o * n_i
-                xr = _rview(x, o, i, n_c, layout)
-                tr = _rview(t, o, i, n_c, layout)
-                pwr = _pw_row(pw, i)
-                total, bad = _bce_probs_row(xr, tr, pwr, keep_c, half_c, lo, hi)
-                if bad != 0:
-                    _lower(first, r)
-                loss[o, i] = total / n_c
-                if g is not None:
-                    _bce_probs_grad_row(xr, g, o, i, layout, tr, pwr, keep_c, half_c,
-                                        lo, hi, _compute_scalar(x, gw[o, i] / n_c))
+        r, end = _claim(claims)
+        while r < end:
+            o = r // n_i
+            i = r - o * n_i
+            xr = _rview(x, o, i, n_c, layout)
+            tr = _rview(t, o, i, n_c, layout)
+            pwr = _pw_row(pw, i)
+            total, bad = _bce_probs_row(xr, tr, pwr, keep_c, half_c, lo, hi)
+            if bad != 0:
+                _lower(first, r)
+            loss[o, i] = total / n_c
+            if g is not None:
+                _bce_probs_grad_row(xr, g, o, i, layout, tr, pwr, keep_c, half_c,
+                                    lo, hi, _compute_scalar(x, gw[o, i] / n_c))
+            r, end = _next_item(claims, r, end)
     return first[0] if first[0] < n else -1
 
 
@@ -2365,25 +2362,23 @@ def _binary_probs_cols(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, block, work
     first = _slot(none)  # lowered by _lower: the first bad row
     keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
     n_items = n_o * n_blocks
-    step, claimed = _claims(n_items, block * n_c, workers)
+    claims = _claims(n_items, block * n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
-        while True:
-            start = _claim(claimed, step)
-            if start >= n_items:
-                break
-            for q in range(start, min(start + step, n_items)):
-                o, i0, nb = _block(q, n_blocks, block, n_i)
-                s = np.zeros((2, nb))
-                total, bad = s[0], s[1]
-                cs = _compute_zeros(x, 3, nb)
-                p_total, p_bad, gw_c = cs[0], cs[1], cs[2]
-                _cols_bce_probs(x, t, pw, o, i0, keep_c, half_c, lo, hi, total, bad, p_total, p_bad)
-                _store_losses(loss, q, o, i0, 1, total, n_c)
-                _lower(first, _first_bad_in_block(bad, o, i0, n_i, none))
-                if g is not None:
-                    for j in range(nb):
-                        gw_c[j] = gw[o, i0 + j] / n_c
-                    _cols_bce_probs_grad(x, g, t, pw, o, i0, keep_c, half_c, lo, hi, gw_c)
+        q, end = _claim(claims)
+        while q < end:
+            o, i0, nb = _block(q, n_blocks, block, n_i)
+            s = np.zeros((2, nb))
+            total, bad = s[0], s[1]
+            cs = _compute_zeros(x, 3, nb)
+            p_total, p_bad, gw_c = cs[0], cs[1], cs[2]
+            _cols_bce_probs(x, t, pw, o, i0, keep_c, half_c, lo, hi, total, bad, p_total, p_bad)
+            _store_losses(loss, q, o, i0, 1, total, n_c)
+            _lower(first, _first_bad_in_block(bad, o, i0, n_i, none))
+            if g is not None:
+                for j in range(nb):
+                    gw_c[j] = gw[o, i0 + j] / n_c
+                _cols_bce_probs_grad(x, g, t, pw, o, i0, keep_c, half_c, lo, hi, gw_c)
+            q, end = _next_item(claims, q, end)
     return first[0] if first[0] < none else -1
 
 

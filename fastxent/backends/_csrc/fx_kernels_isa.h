@@ -9,6 +9,13 @@
 #define FX_HAVE_STREAM 1
 #endif
 
+/* Where row (o, i)'s successor starts, from row's own start: (o, i + 1), or
+ * (o + 1, 0) after the last inner index (strides si and so, in bytes). */
+static inline const char *fx_next_row(const char *row, fx_ssize i, fx_ssize n_i, fx_ssize si, fx_ssize so)
+{
+    return i + 1 < n_i ? row + si : row + so - i * si;
+}
+
 /* The per-row losses of a column task. When loss_out is much larger than the
  * caches (stream_loss), non-temporal stores skip the read-for-ownership a plain
  * store does: for a binary loss over 10M rows that read is a third of the memory

@@ -490,9 +490,9 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
     char *grow = k->g.data ? k->g.data + o * k->g.so + i * k->g.si : NULL;
     double *loss = &k->loss[o * k->n_i + i - k->loss_r0];
     const fx_ssize xs = k->x.sc, gs = k->g.sc;
-    /* where the next row starts (its data is read next): (o, i + 1), or (o + 1, 0) */
-    const char *xnext = i + 1 < k->n_i ? xrow + k->x.si : xrow + k->x.so - i * k->x.si;
-    const char *tnext = trow ? (i + 1 < k->n_i ? trow + k->t.si : trow + k->t.so - i * k->t.si) : NULL;
+    /* where the next row starts (its data is read next) */
+    const char *xnext = fx_next_row(xrow, i, k->n_i, k->x.si, k->x.so);
+    const char *tnext = trow ? fx_next_row(trow, i, k->n_i, k->t.si, k->t.so) : NULL;
 
     if (!k->dense && y < 0) { /* ignored row */
         *loss = 0.0;
