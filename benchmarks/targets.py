@@ -98,6 +98,10 @@ def _timed_rounds(calls, torch_calls, rounds, once, times):
             time.sleep(0.05)
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e6:.2f} µs" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
+
+
 def median_ratio(a, b) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
@@ -119,11 +123,14 @@ def main(argv=None) -> int:
             named["reference"] = reference
         times = paired_rounds(named, torch_calls or {}, rep, inner)
         torch_best = [min(ts) for ts in zip(*(times[("torch", k)] for k in torch_calls or {}))]
+        # the reference's own median: its speed drifts too (a read pass between about
+        # 4 and 9 ms on the same 262 MB), and a ratio alone hides which side moved
+        ref_time = statistics.median(times["reference"]) if reference else None
         for name, _ in calls:
             s = statistics.median(times[name])
-            ratio = f"{median_ratio(times[name], times['reference']):.2f} × {ref_name}" if reference else "–"
+            ratio = f"{median_ratio(times[name], times['reference']):.2f} × {ref_name} ({_ms(ref_time)})" if reference else "–"
             vs_torch = f"{median_ratio(torch_best, times[name]):.1f}×" if torch_best else "–"
-            shown = f"{s * 1e6:.2f} µs" if s < 1e-3 else f"{s * 1e3:.2f} ms"
+            shown = _ms(s)
             rows.append(f"| {workload} | {name} | {shown} | {ratio} | {vs_torch} |")
 
     # public calls, small and mid-sized: fixed costs against torch's (inner: a few ms a
