@@ -8,11 +8,12 @@ See the README for the contract; ``fastxent.show_config()`` for this installatio
 __version__ = "0.1.0"
 
 from ._api import binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy
-from ._calibration import calibrate
+from ._calibration import CalibrationWarning, calibrate
 from ._classes import BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy
 from ._config import config
 from ._dispatch import Plan
 from ._introspect import explain, show_config
+from ._validate import ProbabilitiesAsLogitsWarning
 
 __all__ = [
     "binary_crossentropy",
@@ -22,6 +23,8 @@ __all__ = [
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
     "Plan",
+    "CalibrationWarning",
+    "ProbabilitiesAsLogitsWarning",
     "calibrate",
     "config",
     "explain",

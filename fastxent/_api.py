@@ -15,7 +15,7 @@ import numpy as np
 from . import _dispatch, _reduce, backends
 from ._dispatch import choose
 from ._config import _backend_var, _threads_var
-from ._validate import Problem, build_problem
+from ._validate import Problem, binary_target_message, build_problem
 
 try:  # the compiled fast path for plain sparse calls (see _cython_ext.fast_sparse)
     from .backends._cython_ext import _fast_configure, fast_sparse as _fast_sparse
@@ -295,9 +295,9 @@ def _execute(problem: Problem, backend: str, threads: int, denom: float, summed:
         grad_full, grad_view = _gradient_buffer(problem)
         grad_weight = _reduce.grad_weight(problem, denom)
     if problem.layout.n_rows:  # an empty batch has nothing to compute
-        if problem.grad_out is not None and not problem.from_logits:
+        if problem.grad_out is not None and (not problem.from_logits or problem.kind == "binary"):
             # The caller's buffer (perhaps y_pred itself) must stay untouched when the
-            # probabilities turn out to be out of range: check them first.
+            # probabilities or binary targets turn out to be out of range: check first.
             _check(problem, _call(kernel, problem, threads, None, out, None, summed))
         _check(problem, _call(kernel, problem, threads, grad_weight, out, grad_view, summed))
     return out, grad_full
@@ -309,7 +309,7 @@ def _call(kernel, p: Problem, threads: int, grad_weight, out, grad_view, summed:
         weights = _unit_weights(p)
     args = [p.x, p.aux, weights, p.label_smoothing]
     if p.kind == "sparse":
-        args.append(-1 if p.ignore_index is None else p.ignore_index)
+        args.append(p.kernel_ignore)
     if not p.from_logits:
         args.append(p.epsilon)
     if grad_weight is None:
@@ -349,10 +349,17 @@ def _full_shape(p: Problem) -> tuple:
 
 
 def _check(p: Problem, bad_row: int) -> None:
-    """Raise for the out-of-range probability a kernel reported in row ``bad_row``."""
+    """Raise for the out-of-range probability (or binary target) a kernel reported
+    in row ``bad_row``."""
     if bad_row < 0:
         return
     o, i = divmod(bad_row, p.layout.inner)
+    if p.kind == "binary":
+        targets = p.aux[o, :, i].astype(np.float64)
+        bad = np.flatnonzero((targets < 0) | (targets > 1))
+        if bad.size:
+            cls = int(bad[0])
+            raise ValueError(binary_target_message(float(targets[cls]), p.element_position(bad_row, cls)))
     if p.kind == "sparse" and p.label_smoothing == 0:
         cls = int(p.aux[o, i])
     else:

@@ -62,16 +62,53 @@ def cache_file() -> Path:
     return Path(base) / "fastxent" / "calibration.json"
 
 
+class CalibrationWarning(UserWarning):
+    """A calibration file exists but cannot be used (the dispatcher falls back to the
+    shipped defaults); ``fastxent calibrate`` writes a new one.
+
+    >>> import warnings, fastxent
+    >>> warnings.simplefilter("error", fastxent.CalibrationWarning)  # e.g. make it fatal in CI
+    >>> warnings.resetwarnings()
+    """
+
+
 def load() -> tuple[dict | None, str]:
-    """The calibration in force and where it came from (user cache, shipped default)."""
+    """The calibration in force and where it came from (user cache, shipped default).
+
+    A user calibration that cannot be read is skipped with a :class:`CalibrationWarning`
+    naming the file and the reason.
+    """
     for path, source in ((cache_file(), "user calibration"), (_DEFAULT_FILE, "shipped defaults")):
         try:
-            table = json.loads(path.read_text())
-        except (OSError, ValueError):
+            text = path.read_text()
+        except FileNotFoundError:
             continue
-        if table.get("version") == FORMAT_VERSION:
-            return table, f"{source} ({path})"
+        except OSError as exc:
+            _warn_unusable(path, str(exc))
+            continue
+        try:
+            table = json.loads(text)
+        except ValueError as exc:
+            _warn_unusable(path, f"not valid JSON ({exc})")
+            continue
+        if not _well_formed(table):
+            _warn_unusable(path, f"not a fastxent calibration of format version {FORMAT_VERSION}")
+            continue
+        return table, f"{source} ({path})"
     return None, "no calibration (built-in thresholds)"
+
+
+def _well_formed(table) -> bool:
+    return (isinstance(table, dict) and table.get("version") == FORMAT_VERSION
+            and isinstance(table.get("sizes"), list) and isinstance(table.get("times"), dict)
+            and isinstance(table.get("threads"), list) and table["threads"])  # fmt: skip
+
+
+def _warn_unusable(path: Path, why: str) -> None:
+    import warnings
+
+    warnings.warn(f"fastxent: ignoring the calibration file {path}: {why}; run `fastxent calibrate` "
+                  "to write a new one", CalibrationWarning, stacklevel=2)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- measuring

@@ -30,11 +30,15 @@ def check_backend(backend, where: str = "backend") -> str:
     return backend
 
 
+#: The most threads a call may ask for (more than any machine fastxent runs on has).
+MAX_THREADS = 4096
+
+
 def check_threads(threads, where: str = "threads") -> int:
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"{where}: expected None or an int >= 1, got {threads!r}")
-    if threads < 1:
-        raise ValueError(f"{where}: expected None or an int >= 1, got {threads!r}")
+        raise TypeError(f"{where}: expected None or an int in [1, {MAX_THREADS}], got {threads!r}")
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"{where}: expected None or an int in [1, {MAX_THREADS}], got {threads!r}")
     return int(threads)
 
 
@@ -146,7 +150,7 @@ def _env_threads(value: str, name: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}") from None
-    if n < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        raise ValueError(f"{name}: expected an int in [1, {MAX_THREADS}], got {value!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{name}: expected an int in [1, {MAX_THREADS}], got {value!r}")
     return n

@@ -54,12 +54,10 @@ def explain(fn, *args, **kwargs) -> Plan:
 
 def config_report() -> str:
     """The text printed by :func:`show_config` and ``fastxent info``."""
-    backend, bsource = resolve_backend(None)
-    threads, tsource = resolve_threads(None)
     lines = [
         f"fastxent {__version__}",
         f"python {sys.version.split()[0]} ({platform.machine()}), numpy {np.__version__}",
-        f"default backend: {backend} (from {bsource}); default threads: {threads} (from {tsource})",
+        f"default backend: {_setting(resolve_backend)}; default threads: {_setting(resolve_threads)}",
         "backends:",
     ]
     for name in backends.NAMES:
@@ -71,6 +69,16 @@ def config_report() -> str:
         lines.append(f"  {name}: available; {details}")
     lines += describe_thresholds()
     return "\n".join(lines)
+
+
+def _setting(resolve) -> str:
+    """A default and where it comes from, or why the environment's value is refused
+    (every call would raise the same error until it is fixed)."""
+    try:
+        value, source = resolve(None)
+    except ValueError as exc:
+        return f"INVALID ({exc}; every call raises this until it is fixed)"
+    return f"{value} (from {source})"
 
 
 def show_config() -> None:

@@ -161,7 +161,10 @@ def row_weights(problem) -> np.ndarray:
         step = max(1, _CHUNK_ROWS // max(1, layout.classes * layout.inner))
         for o in range(0, layout.outer, step):
             block = targets[o : o + step].astype(np.float64)
-            out[o : o + step] = np.einsum("c,oci->oi", cw, block)
+            # a class no target of the row uses adds 0, whatever its weight (even inf)
+            with np.errstate(invalid="ignore"):
+                terms = np.where(block != 0, cw[None, :, None] * block, 0.0)
+            out[o : o + step] = terms.sum(axis=1)
         return out
     return np.ones(shape)
 
@@ -181,7 +184,8 @@ def grad_weight(problem, denom: float) -> np.ndarray:
 def per_sample(problem, loss_rows: np.ndarray) -> np.ndarray:
     """``reduction="none"``: per-sample losses times sample weights, in the result dtype."""
     sw = problem.sample_weight
-    out = loss_rows if sw is None else loss_rows * sw
+    with np.errstate(invalid="ignore", over="ignore"):  # weights multiply as given (inf * 0 is NaN)
+        out = loss_rows if sw is None else loss_rows * sw
     return out.astype(problem.result_dtype).reshape(problem.layout.sample_shape)
 
 

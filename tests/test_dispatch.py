@@ -130,12 +130,14 @@ def test_without_a_calibration_preference_order_and_work_threshold(tmp_path, mon
         _dispatch.reload_calibration()
 
 
-def test_a_bad_calibration_file_is_ignored(calibration, tmp_path):
-    path = calibration({"version": -1})
-    assert "user calibration" not in _dispatch.table().source
+def test_a_bad_calibration_file_is_ignored_with_a_warning(calibration, tmp_path):
+    with pytest.warns(fastxent.CalibrationWarning, match="format version"):
+        path = calibration({"version": -1})
+        assert "user calibration" not in _dispatch.table().source
     path.write_text("{not json")
     _dispatch.reload_calibration()
-    assert "user calibration" not in _dispatch.table().source
+    with pytest.warns(fastxent.CalibrationWarning, match=f"ignoring the calibration file {path}: not valid JSON"):
+        assert "user calibration" not in _dispatch.table().source
 
 
 def test_shipped_defaults_exist_and_load(tmp_path, monkeypatch):

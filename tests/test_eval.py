@@ -301,7 +301,7 @@ def test_memory_too_small_for_one_row(files, run_cli):
     (["--class-weight", "1,2"], "--class-weight: expected one weight per class, shape (7,), got shape (2,)"),
     (["--class-weight", "nothing.npy"], "--class-weight: expected comma-separated numbers or a .npy file, got"),
     (["--pos-weight", "2"], "--pos-weight: expected only with loss 'binary', got loss 'sparse'"),
-    (["--threads", "0"], "--threads: expected None or an int >= 1, got 0"),
+    (["--threads", "0"], "--threads: expected None or an int in [1, 4096], got 0"),
 ])  # fmt: skip
 def test_bad_options(files, run_cli, argv, message):
     paths, _ = files

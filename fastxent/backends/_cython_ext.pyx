@@ -1074,9 +1074,10 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     """The whole of a plain sparse call, or None when it needs the general path.
 
     Serves: C-contiguous 2-D float32/float64 ``y_pred``, 1-D int32/int64 labels,
-    class axis last, no weights, no label smoothing, ``reduction`` mean/sum, default
-    backend; with ``return_grad``, a new gradient array, ``y_pred`` itself (in place)
-    or a plain ``grad_out`` that overlaps neither input. Sizes: at most 32,768
+    class axis last, no weights, no label smoothing, the default epsilon,
+    ``reduction`` mean/sum, default backend; with ``return_grad``, into a new
+    gradient array (a caller's ``grad_out`` takes the general path). Logits whose
+    first row looks like probabilities take the general path too (it may warn). Sizes: at most 32,768
     elements and 4,096 rows on one thread (``threads`` None or 1); or up to 4M
     elements and 32,768 classes once the dispatcher has chosen Cython for the
     call's signature, with its thread count. Anything else -- including any invalid input, whose error the
@@ -1108,8 +1109,8 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
         return None
     if class_weight is not None or sample_weight is not None:
         return None
-    if not (return_grad is False or return_grad is True) or (grad_out is not None and return_grad is False):
-        return None
+    if not (return_grad is False or return_grad is True) or grad_out is not None:
+        return None  # a caller's gradient buffer takes the general path and its checks
     if not (from_logits is True or from_logits is False):
         return None
     if not ((type(label_smoothing) is float or type(label_smoothing) is int) and label_smoothing == 0):
@@ -1121,8 +1122,8 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     mean = reduction == "mean" or reduction == "sum_over_batch_size"
     if not (mean or reduction == "sum"):
         return None
-    if type(epsilon) is not float or not (0.0 < epsilon < 0.5):
-        return None
+    if not (type(epsilon) is float and epsilon == 1e-7):
+        return None  # the default, which every dtype can hold; others are checked in Python
     if not (threads is None or type(threads) is int):
         return None
     if not _default_backend(backend):
@@ -1147,8 +1148,8 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
         nt = _remembered_threads(backend, threads, from_logits, return_grad, x, n, c)
         if nt < 1:
             return None
-    if grad_out is not None and grad_out is not y_pred and not _separate_grad_out(grad_out, x, lab):
-        return None
+    if from_logits is True and _may_be_probabilities(x, n, c):
+        return None  # the general path decides whether to warn
     lsz = cnp.PyArray_ITEMSIZE(lab)
     if not ((lt == cnp.NPY_LONG or lt == cnp.NPY_LONGLONG or lt == cnp.NPY_INT) and (lsz == 8 or lsz == 4)):
         return None
@@ -1191,7 +1192,7 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
         if bad >= 0:
             return None  # the general path raises
     if return_grad is True:
-        g = <cnp.ndarray>(grad_out if grad_out is not None else np.empty((n, c), dtype=x.dtype))
+        g = <cnp.ndarray>np.empty((n, c), dtype=x.dtype)
         # the gradient of the returned loss: 1/count for the mean (as _reduce.grad_weight)
         grad_scale = (0.0 if count == 0 else 1.0 / <double>count) if mean else 1.0
         k.gw = <const char *>&grad_scale
@@ -1219,22 +1220,23 @@ def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     return (loss, g) if return_grad is True else loss
 
 
-cdef bint _separate_grad_out(object grad_out, cnp.ndarray x, cnp.ndarray lab):
-    """grad_out is a plain writeable array of y_pred's shape and dtype whose memory
-    overlaps neither y_pred nor the labels."""
-    if not (_plain_array(grad_out, 2) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>grad_out)):
+cdef bint _may_be_probabilities(cnp.ndarray x, fx_ssize n, fx_ssize c) noexcept:
+    """Whether the first row of a C-contiguous (n, c) y_pred lies in [0, 1] and sums
+    to 1 (within 1e-3): a necessary condition of the general path's
+    probabilities-as-logits warning, which then looks at more rows."""
+    cdef fx_ssize j
+    cdef double v, total = 0
+    if c < 2 or n < 1:
         return False
-    cdef cnp.ndarray g = <cnp.ndarray>grad_out
-    if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(x) or g.shape[0] != x.shape[0] or g.shape[1] != x.shape[1]:
-        return False
-    return not (_overlap(g, x) or _overlap(g, lab))
-
-
-cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
-    """Whether two contiguous arrays share a byte."""
-    cdef char *pa = <char *>cnp.PyArray_DATA(a)
-    cdef char *pb = <char *>cnp.PyArray_DATA(b)
-    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
+    for j in range(c):
+        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+            v = (<const float *>cnp.PyArray_DATA(x))[j]
+        else:
+            v = (<const double *>cnp.PyArray_DATA(x))[j]
+        if not (0 <= v <= 1):
+            return False
+        total += v
+    return -1e-3 <= total - 1 <= 1e-3
 
 
 # -------------------------------------------------------------------------- test and bench hooks

@@ -75,6 +75,14 @@ def _row_values(a2: np.ndarray, os: slice, is_: slice) -> np.ndarray:
     return a2[os, is_].reshape(-1)
 
 
+def _valid_labels(labels: np.ndarray, os: slice, is_: slice, ignore_index: int):
+    """A block's labels as intp (ignored ones replaced by 0) and the valid-row mask.
+    Labels are compared with ``ignore_index`` as int64, as every kernel does."""
+    y = _row_values(labels, os, is_)
+    valid = y.astype(np.int64) != ignore_index
+    return np.where(valid, y, 0).astype(np.intp), valid
+
+
 def _first_bad(bad_rows: np.ndarray, os: slice, is_: slice, inner: int) -> int:
     """Global flat index of the first True in a block's per-row flags, or -1."""
     hits = np.flatnonzero(bad_rows)
@@ -86,7 +94,8 @@ def _first_bad(bad_rows: np.ndarray, os: slice, is_: slice, inner: int) -> int:
 
 
 def _out_of_range(p: np.ndarray) -> np.ndarray:
-    return (p < 0) | (p > 1)  # NaN compares False: NaN is not a range error
+    """Probabilities (or binary targets) outside [0, 1]; NaN is not a range error."""
+    return (p < 0) | (p > 1)
 
 
 def _clip(p: np.ndarray, epsilon: float):
@@ -136,7 +145,8 @@ def _logit_loss_and_grad(z, a, want_grad):
     # a_c * (m - z_c), with a_c == 0 contributing exactly 0 even where z_c = -inf.
     shifted = np.where(a != 0, a * (m[:, None] - z), 0.0)
     loss = shifted.sum(axis=1) + big_a * np.log1p(rest)
-    loss = np.where(dead_rows, np.where(big_a > 0, np.inf, 0.0), loss)
+    # every class masked: A * (+inf), i.e. +inf, -inf (negative weights) or 0 when A == 0
+    loss = np.where(dead_rows, np.where(big_a == 0, 0.0, np.copysign(np.inf, big_a)), loss)
     loss[nan_rows] = np.nan
     if not want_grad:
         return loss, None
@@ -146,7 +156,7 @@ def _logit_loss_and_grad(z, a, want_grad):
     idx = np.arange(n)
     a_rest = np.where(np.arange(a.shape[1]) == k[:, None], 0.0, a).sum(axis=1)
     grad[idx, k] = big_a * (-rest / s) + a_rest  # A*(q_k - 1) + (A - a_k), exactly
-    grad[dead_rows & (big_a > 0)] = np.nan
+    grad[dead_rows & (big_a != 0)] = np.nan
     grad[dead_rows & (big_a == 0)] = 0.0
     grad[nan_rows] = np.nan
     return loss, grad
@@ -165,8 +175,10 @@ def _sparse_target_weights(y, valid, class_weight, label_smoothing, n_classes):
 
 
 def _dense_target_weights(t, class_weight, label_smoothing, n_classes):
-    """``a_c = w_c * (t_c * (1-ls) + ls/C)`` for a block of dense targets."""
-    return class_weight * (t * (1.0 - label_smoothing) + label_smoothing / n_classes)
+    """``a_c = w_c * (t_c * (1-ls) + ls/C)`` for a block of dense targets: 0 where the
+    target coefficient is 0, whatever the weight (an unused class weight may be inf)."""
+    coef = t * (1.0 - label_smoothing) + label_smoothing / n_classes
+    return np.where(coef != 0, class_weight * coef, 0.0)
 
 
 def _finish(loss_out, grad_out, grad_weight, os, is_, loss, grad):
@@ -194,9 +206,7 @@ def sparse_from_logits(
     outer, n_classes, inner = x.shape
     for os, is_ in _blocks(outer, n_classes, inner):
         z = _read(x, os, is_, np.float64)
-        y = _row_values(labels, os, is_)
-        valid = y != ignore_index
-        y = np.where(valid, y, 0).astype(np.intp)
+        y, valid = _valid_labels(labels, os, is_, ignore_index)
         a = _sparse_target_weights(y, valid, class_weight, label_smoothing, n_classes)
         loss, grad = _logit_loss_and_grad(z, a, grad_out is not None)
         loss[~valid] = 0.0
@@ -235,7 +245,11 @@ def binary_from_logits(x, targets, pos_weight, label_smoothing, grad_weight, los
     outer, n_labels, inner = x.shape
     for os, is_ in _blocks(outer, n_labels, inner):
         z = _read(x, os, is_, np.float64)
-        y = _read(targets, os, is_, np.float64) * (1.0 - label_smoothing) + label_smoothing / 2
+        t = _read(targets, os, is_, np.float64)
+        bad = _first_bad(_out_of_range(t).any(axis=1), os, is_, inner)
+        if bad >= 0:
+            return bad
+        y = t * (1.0 - label_smoothing) + label_smoothing / 2
         pw = _pos_weight_rows(pos_weight, os, is_)
         neg, pos = 1.0 - y, pw * y
         elem = _times(neg, _softplus(z), z) + _times(pos, _softplus(-z), z)
@@ -263,20 +277,16 @@ def sparse_from_probs(
     if label_smoothing:  # every class carries target weight: read whole rows
         for os, is_ in _blocks(outer, n_classes, inner):
             p = _read(x, os, is_, dtype)
-            y = _row_values(labels, os, is_)
-            valid = y != ignore_index
+            y, valid = _valid_labels(labels, os, is_, ignore_index)
             bad = _first_bad(valid & _out_of_range(p).any(axis=1), os, is_, inner)
             if bad >= 0:
                 return bad
-            y = np.where(valid, y, 0).astype(np.intp)
             a = _sparse_target_weights(y, valid, class_weight, label_smoothing, n_classes)
-            _probs_loss_and_grad(p, a, epsilon, os, is_, loss_out, grad_out, grad_weight)
+            _probs_loss_and_grad(p, a, epsilon, os, is_, loss_out, grad_out, grad_weight, valid)
         return -1
     # The gather-log: one value per row, whatever C is.
     for os, is_ in _blocks(outer, 1, inner):
-        y = _row_values(labels, os, is_)
-        valid = y != ignore_index
-        y = np.where(valid, y, 0).astype(np.intp)
+        y, valid = _valid_labels(labels, os, is_, ignore_index)
         o_idx, i_idx = np.divmod(np.arange(y.size), is_.stop - is_.start)
         py = x[o_idx + os.start, y, i_idx + is_.start].astype(dtype)
         bad = _first_bad(valid & _out_of_range(py), os, is_, inner)
@@ -311,11 +321,16 @@ def categorical_from_probs(
     return -1
 
 
-def _probs_loss_and_grad(p, a, epsilon, os, is_, loss_out, grad_out, grad_weight):
-    """Rows of ``sum_c a_c * (-log clip(p_c))`` and their gradient (0 where clipped)."""
+def _probs_loss_and_grad(p, a, epsilon, os, is_, loss_out, grad_out, grad_weight, valid=None):
+    """Rows of ``sum_c a_c * (-log clip(p_c))`` and their gradient (0 where clipped);
+    rows outside ``valid`` (ignored) give 0 whatever they hold."""
     pc, _, clipped = _clip(p, epsilon)
     loss = (a * -np.log(pc)).sum(axis=1)
     grad = None if grad_out is None else np.where(clipped, 0.0, -a / pc)
+    if valid is not None:
+        loss[~valid] = 0.0
+        if grad is not None:
+            grad[~valid] = 0.0
     _finish(loss_out, grad_out, grad_weight, os, is_, loss, grad)
 
 
@@ -327,10 +342,11 @@ def binary_from_probs(
     dtype = _compute_dtype(x)
     for os, is_ in _blocks(outer, n_labels, inner):
         p = _read(x, os, is_, dtype)
-        bad = _first_bad(_out_of_range(p).any(axis=1), os, is_, inner)
+        t = _read(targets, os, is_, np.float64)
+        bad = _first_bad((_out_of_range(p) | _out_of_range(t)).any(axis=1), os, is_, inner)
         if bad >= 0:
             return bad
-        y = _read(targets, os, is_, np.float64) * (1.0 - label_smoothing) + label_smoothing / 2
+        y = t * (1.0 - label_smoothing) + label_smoothing / 2
         pw = _pos_weight_rows(pos_weight, os, is_)
         pc, one_minus, clipped = _clip(p, epsilon)
         elem = -(pw * y * np.log(pc) + (1.0 - y) * np.log(one_minus))
