@@ -5,10 +5,10 @@ logits, with gradients, through NumPy, Numba and Cython kernels chosen per call.
 See the README for the contract; ``fastxent.show_config()`` for this installation.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from ._api import binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy
-from ._calibration import CalibrationWarning, calibrate
+from ._calibration import CalibrationWarning
+from ._measure import calibrate
 from ._classes import BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy
 from ._config import config
 from ._dispatch import Plan

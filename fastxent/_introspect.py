@@ -7,10 +7,11 @@ import sys
 
 import numpy as np
 
-from . import __version__, backends
-from . import _api
+from . import backends
+from ._version import __version__
 from ._api import LOSSES, keyword_defaults
-from ._config import resolve_backend, resolve_threads
+from ._config import resolve_backend
+from ._threads import resolve_threads
 from ._dispatch import Plan, describe_thresholds, make_plan
 from ._validate import build_problem
 
@@ -44,11 +45,6 @@ def explain(fn, *args, **kwargs) -> Plan:
     if unknown:
         raise TypeError(f"explain: {LOSSES[kind].__name__} has no option(s) {unknown}")
     options.update(kwargs)
-    fast_threads = kind == "sparse" and _api._fast_sparse is not None and _api._fast_sparse(
-        *args, **options, plan_only=True)
-    if fast_threads:
-        return Plan("cython", "sparse_from_logits" if options["from_logits"] else "sparse_from_probs",
-                    fast_threads, f"fast path (the whole call in compiled code, {fast_threads} thread(s))")
     return make_plan(build_problem(kind, *args, **options))
 
 

@@ -23,15 +23,15 @@ BLOCK_ROWS = 1 << 14
 _CHUNK_ROWS = 1 << 17
 
 
-#: constant arrays already made, by (value, sign, shape): they are read-only, so a
-#: call can share them; a loop of small calls pays a dict lookup instead of ~2 µs.
+#: constant arrays already made, by (value, sign, shape): they are read-only, so
+#: calls share them, and a loop of small calls pays a dict lookup, not an array.
 _constants: dict = {}
 
 
 def constant(value: float, shape: tuple) -> np.ndarray:
     """A read-only float64 array of ``shape`` holding ``value`` everywhere (all
-    strides 0: 8 bytes whatever the shape). ``np.broadcast_to`` does the same in
-    ~8 µs a call; small calls make several of these."""
+    strides 0: 8 bytes whatever the shape), as ``np.broadcast_to`` makes, without
+    its per-call cost, which small calls would pay several times."""
     key = (value, math.copysign(1.0, value), shape)  # the sign tells -0.0 from 0.0
     out = _constants.get(key)
     if out is None:

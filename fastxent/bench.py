@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, backends
+from . import backends
+from ._version import __version__
 from ._api import categorical_crossentropy, sparse_categorical_crossentropy
 
 DEFAULT_CLASSES = (10, 100, 1_000, 10_000, 50_000)
@@ -224,7 +225,7 @@ def run_bench(config: BenchConfig, progress=None) -> list[Measurement]:
 
 
 def machine_info(config: BenchConfig) -> dict:
-    from ._config import resolve_threads
+    from ._threads import resolve_threads
 
     info = {
         "fastxent": __version__,

@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 def _run_calibrate(args) -> int:
     from . import _dispatch, backends
     from ._bench_cli import _plain_progress
-    from ._calibration import calibrate
+    from ._measure import calibrate
 
     for name in args.backends or ():
         if name not in backends.NAMES:
