@@ -67,6 +67,25 @@ def config_report() -> str:
     return "\n".join(lines)
 
 
+def version_report() -> str:
+    """What ``fastxent --version`` prints: the version, the backends this installation
+    can run, and the instruction set the compiled kernels use here."""
+    lines = [f"fastxent {__version__} (python {sys.version.split()[0]}, numpy {np.__version__})"]
+    for name in backends.NAMES:
+        reason = backends.unavailable_reason(name)
+        if reason is not None:
+            lines.append(f"  {name}: unavailable ({reason})")
+            continue
+        info = backends.module(name).info()
+        if name == "cython":
+            lines.append(f"  cython: {info['SIMD'].split(' (')[0]} kernels, OpenMP {info['OpenMP'].split(' ')[0].lower()}")
+        elif name == "numba":
+            lines.append(f"  numba: {info['version']} (compiles for this CPU on first use)")
+        else:
+            lines.append(f"  numpy: {np.__version__}")
+    return "\n".join(lines)
+
+
 def _setting(resolve) -> str:
     """A default and where it comes from, or why the environment's value is refused
     (every call would raise the same error until it is fixed)."""

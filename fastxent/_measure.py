@@ -29,6 +29,11 @@ CALIBRATION_CLASSES = 256
 #: Classes per row for the gather family: one 64-byte cache line per float32 row, as
 #: with any wide row, without allocating gigabytes for millions of rows.
 GATHER_CLASSES = 16
+#: ``quick=True``: every other size of the table, a shorter time budget per point, and
+#: (unless asked for) no Numba, whose first compilation alone takes longer than the rest.
+QUICK_SIZES = _calibration.SIZES[::2]
+QUICK_BUDGET = 0.04
+POINT_BUDGET = 0.25
 
 def _problem_for(family: str, work: int, backend: str):
     rng = np.random.default_rng(0)
@@ -68,20 +73,24 @@ def _median_times(runners: list, budget: float) -> list[float]:
     return [float(np.median(samples)) for samples in times]
 
 
-def measure(backends_: list[str] | None = None, progress=None) -> dict:
+def measure(backends_: list[str] | None = None, progress=None, quick: bool = False) -> dict:
     """Measure every (backend, family, threads, size): the calibration table.
 
     The thread counts of a point are timed against each other in interleaved
     rounds. The NumPy backend is left out when a compiled one is available
-    (``auto`` only falls back to it when none is).
+    (``auto`` only falls back to it when none is); ``quick`` measures fewer sizes
+    for less time each, and leaves Numba out unless ``backends_`` names it.
     """
     names = [b for b in (backends_ or backends.NAMES) if backends.unavailable_reason(b) is None]
     if backends_ is None and len(names) > 1:
         names.remove("numpy")
+        if quick and len(names) > 1:
+            names.remove("numba")
+    sizes = QUICK_SIZES if quick else _calibration.SIZES
     cores = available_cores()
     thread_counts = sorted({1, cores})
     times: dict = {}
-    steps = [(b, f, s) for b in names for f in _calibration.FAMILIES for s in _calibration.SIZES]
+    steps = [(b, f, s) for b in names for f in _calibration.FAMILIES for s in sizes]
     for step, (backend, family, size) in enumerate(steps):
         if progress:
             progress(step, len(steps), f"{backend} {family} {size:,}")
@@ -89,7 +98,8 @@ def measure(backends_: list[str] | None = None, progress=None) -> dict:
         if backends.unsupported_reason(backend, problem) is not None:
             continue
         runners = [kernel_runner(problem, backend, threads) for threads in thread_counts]
-        for threads, seconds in zip(thread_counts, _median_times(runners, budget=0.25)):
+        budget = QUICK_BUDGET if quick else POINT_BUDGET
+        for threads, seconds in zip(thread_counts, _median_times(runners, budget=budget)):
             times.setdefault(backend, {}).setdefault(family, {}).setdefault(str(threads), []).append(seconds)
     if progress:
         progress(len(steps), len(steps), "done")
@@ -97,7 +107,7 @@ def measure(backends_: list[str] | None = None, progress=None) -> dict:
         "version": _calibration.FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"processor": _cpu_name(), "cores": cores, "machine": platform.machine()},
-        "sizes": list(_calibration.SIZES),
+        "sizes": list(sizes),
         "threads": thread_counts,
         "times": times,
     }
@@ -113,10 +123,12 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def calibrate(path: str | os.PathLike | None = None, *, backends: list[str] | None = None, progress=None) -> Path:
+def calibrate(path: str | os.PathLike | None = None, *, backends: list[str] | None = None, progress=None,
+              quick: bool = False) -> Path:
     """Measure this machine's crossover points and save them for the dispatcher.
 
-    Takes well under a minute. The file goes to the user's cache directory
+    Takes well under a minute; ``quick=True`` a few seconds (half the sizes, less
+    time per point, Cython only unless ``backends`` says otherwise). The file goes to the user's cache directory
     (``$XDG_CACHE_HOME/fastxent/calibration.json``) unless ``path`` is given; the
     dispatcher of this process uses it at once, and every new process reads it.
     ``progress(done, total, text)`` is called before each measurement.
@@ -128,7 +140,7 @@ def calibrate(path: str | os.PathLike | None = None, *, backends: list[str] | No
     thresholds: user calibration (/home/me/.cache/fastxent/calibration.json)
       logits  (elements): cython x1 from 256; cython x2 from 65,536
     """
-    table = measure(backends, progress=progress)
+    table = measure(backends, progress=progress, quick=quick)
     target = Path(path) if path is not None else _calibration.cache_file()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")

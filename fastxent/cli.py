@@ -29,8 +29,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Version(argparse.Action):
+    """``--version``: computed only when asked (it looks at the backends)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ._introspect import version_report
+
+        print(version_report())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastxent", description="Fast cross-entropy losses on the CPU.")
+    parser.add_argument("-V", "--version", action=_Version,
+                        help="the version, the backends this installation can run and the instruction set in use")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     commands.add_parser("info", help="backends, build flags, threads and thresholds (as fastxent.show_config())")
@@ -63,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the dispatcher reads it ($XDG_CACHE_HOME/fastxent/calibration.json unless --out is given).",
     )
     cal.add_argument("--out", type=Path, help="write the table here instead of the user cache")
+    cal.add_argument("--quick", action="store_true",
+                     help="a few seconds: half the sizes, less time per point, Cython only unless --backends says")  # fmt: skip
     cal.add_argument(
         "--backends",
         type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
@@ -131,7 +148,7 @@ def _run_calibrate(args) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
     start = time.perf_counter()
-    path = calibrate(args.out, backends=args.backends, progress=_plain_progress)
+    path = calibrate(args.out, backends=args.backends, progress=_plain_progress, quick=args.quick)
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     if args.out is None:
         print("\n".join(_dispatch.describe_thresholds()))

@@ -264,6 +264,21 @@ def test_calibrate_writes_the_user_cache_and_is_used(tiny_calibration, tmp_path,
         _dispatch.reload_calibration()
 
 
+def test_calibrate_quick_takes_half_the_sizes_and_cython(tmp_path, capsys):
+    compiled_backends_or_skip("cython")
+    from fastxent import _measure
+    from fastxent.cli import main
+
+    out = tmp_path / "quick.json"
+    try:
+        assert main(["calibrate", "--quick", "--out", str(out)]) == 0
+        table = json.loads(out.read_text())
+        assert table["sizes"] == list(_measure.QUICK_SIZES) == list(_calibration.SIZES[::2])
+        assert set(table["times"]) == {"cython"}
+    finally:
+        _dispatch.reload_calibration()
+
+
 def test_calibrate_cli(tiny_calibration, tmp_path, capsys):
     compiled_backends_or_skip("cython")
     from fastxent.cli import main
