@@ -13,6 +13,7 @@ from ._classes import BinaryCrossentropy, CategoricalCrossentropy, SparseCategor
 from ._config import config
 from ._dispatch import Plan
 from ._introspect import explain, show_config
+from ._metrics import Metrics, sparse_metrics
 from ._validate import ProbabilitiesAsLogitsWarning
 
 __all__ = [
@@ -29,4 +30,6 @@ __all__ = [
     "config",
     "explain",
     "show_config",
+    "sparse_metrics",
+    "Metrics",
 ]

@@ -82,8 +82,17 @@ def _document(extra: str):
     """    ignore_index : int, optional
         Samples whose label equals it give loss 0, gradient 0, and are left out of
         the mean (any integer, e.g. -100 as PyTorch).
-    class_weight : array of length C, optional
-        Weight ``w_c`` of each class.
+    class_weight : array of length C, or dict {class: weight}, optional
+        Weight ``w_c`` of each class (classes a dict leaves out weigh 1).
+    z_loss : float >= 0
+        From logits: adds ``z_loss * logsumexp(x)**2`` to each sample's loss (PaLM's
+        z-loss, e.g. 1e-4), and its gradient.
+    logit_softcap : float > 0, optional
+        From logits: the loss reads ``cap * tanh(x / cap)`` (Gemma's soft cap) in place
+        of each logit ``x``; the gradient is with respect to ``x``.
+    return_lse : bool
+        From logits: also return each sample's ``logsumexp`` (of the capped logits),
+        after the loss and the gradient: ``(loss, lse)`` or ``(loss, grad, lse)``.
 """
 )
 def sparse_categorical_crossentropy(
@@ -100,6 +109,9 @@ def sparse_categorical_crossentropy(
     epsilon=1e-7,
     return_grad=False,
     grad_out=None,
+    z_loss=0.0,
+    logit_softcap=None,
+    return_lse=False,
     backend="auto",
     threads=None,
 ):
@@ -121,7 +133,8 @@ def sparse_categorical_crossentropy(
     [[-0.1   0.05  0.05]
      [ 0.1   0.1  -0.2 ]]
     """
-    if _fast_sparse is not None:  # plain calls: the whole call in C
+    if _fast_sparse is not None and z_loss == 0 and logit_softcap is None and return_lse is False:
+        # a plain call already planned: the same plan, compiled (see _fastcall.pyx)
         result = _fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, class_weight,
                               sample_weight, axis, reduction, epsilon, return_grad, grad_out, backend, threads)
         if result is not None:
@@ -131,6 +144,7 @@ def sparse_categorical_crossentropy(
         from_logits=from_logits, label_smoothing=label_smoothing, ignore_index=ignore_index,
         class_weight=class_weight, sample_weight=sample_weight, axis=axis, reduction=reduction,
         epsilon=epsilon, return_grad=return_grad, grad_out=grad_out, backend=backend, threads=threads,
+        z_loss=z_loss, logit_softcap=logit_softcap, return_lse=return_lse,
     )  # fmt: skip
     return run(problem)
 
@@ -234,20 +248,28 @@ def run(problem: Problem):
     count, weight = _reduce.denominator_parts(problem)
     backend, threads = choose(problem)
     summed = kernel_sums(problem, backend)
-    out, grad = execute(problem, backend, threads, _reduce.denominator(problem.reduction, count, weight), summed)
+    out = execute(problem, backend, threads, _reduce.denominator(problem.reduction, count, weight), summed)
     if problem.reduction == "none":
-        loss = _reduce.per_sample(problem, out)
+        loss = _reduce.per_sample(problem, out.loss)
     else:
-        numerator = out if summed else _reduce.block_sums(out, problem.sample_weight)
+        numerator = out.loss if summed else _reduce.block_sums(out.loss, problem.sample_weight)
         loss = _reduce.finish(_reduce.Partial(numerator, count, weight), problem.reduction, problem.result_dtype)
-    return (loss, grad) if problem.return_grad else loss
+    result = (loss, out.grad) if problem.return_grad else (loss,)
+    if problem.return_lse:
+        result += (out.lse.astype(problem.result_dtype).reshape(problem.layout.sample_shape),)
+    return result if len(result) > 1 else loss
+
+
+def row_outputs(problem: Problem):
+    """The kernel's per-row outputs of a loss-only call (float64 losses before
+    sample weights, and the logsumexps and label ranks it asks for): the terms that
+    chunked evaluation and metrics sum (``_reduce.BlockSums``)."""
+    return execute(problem, *choose(problem), 1.0, summed=False)
 
 
 def row_losses(problem: Problem) -> np.ndarray:
-    """Per-row float64 losses of a loss-only call, before sample weights (the terms
-    that chunked evaluation sums with ``_reduce.BlockSums``)."""
-    loss_rows, _ = execute(problem, *choose(problem), 1.0, summed=False)
-    return loss_rows
+    """Per-row float64 losses of a loss-only call, before sample weights."""
+    return row_outputs(problem).loss
 
 
 def keyword_defaults(fn) -> dict:

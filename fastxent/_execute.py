@@ -11,6 +11,7 @@ would pass (Numba compiles per argument types), and ``fastxent.calibrate`` times
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,20 +49,52 @@ def kernel_calls(problem: Problem, backend: str) -> list[tuple[str, tuple, bool]
     return [loss_only, with_grad] if checks_first(problem) else [with_grad]
 
 
-def execute(problem: Problem, backend: str, threads: int, denom: float, summed: bool):
+@dataclass
+class Outputs:
+    """What a kernel run produced."""
+
+    loss: np.ndarray  # per-row float64 losses (O, I), or their block sums
+    grad: np.ndarray | None  # the gradient, y_pred's shape (the caller's grad_out if given)
+    lse: np.ndarray | None = None  # per-row logsumexp (O, I) float64, with return_lse
+    rank: np.ndarray | None = None  # per-row label rank (O, I) int64 (-1: ignored), with want_rank
+
+
+def execute(problem: Problem, backend: str, threads: int, denom: float, summed: bool) -> Outputs:
     """Run the kernel: per-row float64 losses (or their block sums) and, if asked,
-    the gradient (scaled by ``1 / denom`` and the sample weights)."""
+    the gradient (scaled by ``1 / denom`` and the sample weights), per-row
+    logsumexps and label ranks."""
     kernel = backends.module(backend).KERNELS[problem.kernel_name]
-    out = _loss_buffer(problem, summed)
-    grad_full = grad_view = grad_weight = None
+    out = Outputs(_loss_buffer(problem, summed), None)
+    grad_view = grad_weight = None
     if problem.return_grad:
-        grad_full, grad_view = _gradient_buffer(problem)
+        out.grad, grad_view = _gradient_buffer(problem)
         grad_weight = _reduce.grad_weight(problem, denom)
+    rows = (problem.layout.outer, problem.layout.inner)
+    if problem.return_lse:
+        out.lse = np.empty(rows)
+    if problem.want_rank:
+        out.rank = np.empty(rows, dtype=np.int64)
+    extras = _extras(problem, out)
     if problem.layout.n_rows:  # an empty batch has nothing to compute
         if checks_first(problem):
-            check(problem, _call(kernel, _arguments(problem, None, out, None), threads, summed))
-        check(problem, _call(kernel, _arguments(problem, grad_weight, out, grad_view), threads, summed))
-    return out, grad_full
+            check(problem, _call(kernel, _arguments(problem, None, out.loss, None), threads, summed, extras))
+        check(problem, _call(kernel, _arguments(problem, grad_weight, out.loss, grad_view), threads, summed, extras))
+    return out
+
+
+def _extras(problem: Problem, out: Outputs) -> dict:
+    """The kernel's optional keywords (KERNELS.md), only those the call uses: a
+    kernel without them is called exactly as before."""
+    extras = {}
+    if problem.z_loss:
+        extras["z_loss"] = problem.z_loss
+    if problem.softcap:
+        extras["softcap"] = problem.softcap
+    if out.lse is not None:
+        extras["lse_out"] = out.lse
+    if out.rank is not None:
+        extras["rank_out"] = out.rank
+    return extras
 
 
 def kernel_runner(problem: Problem, backend: str, threads: int):
@@ -73,8 +106,10 @@ def kernel_runner(problem: Problem, backend: str, threads: int):
     return lambda: _call(kernel, args, threads, summed)
 
 
-def _call(kernel, args: tuple, threads: int, summed: bool) -> int:
-    return kernel(*args, threads, block_sums=True) if summed else kernel(*args, threads)
+def _call(kernel, args: tuple, threads: int, summed: bool, extras: dict | None = None) -> int:
+    if summed:
+        return kernel(*args, threads, block_sums=True, **(extras or {}))
+    return kernel(*args, threads, **extras) if extras else kernel(*args, threads)
 
 
 def _arguments(p: Problem, grad_weight, loss_out, grad_view) -> tuple:

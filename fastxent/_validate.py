@@ -13,6 +13,7 @@ hint where the mistake is a common one (swapped arguments, ±1 binary labels, a 
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Mapping
@@ -82,6 +83,15 @@ class Problem:
     result_dtype: np.dtype
     backend: str | None
     threads: int | None
+    z_loss: float = 0.0  # sparse from logits: z_loss * logsumexp(x)**2 added to each row's loss
+    softcap: float = 0.0  # sparse from logits: logits taken as softcap * tanh(x / softcap); 0: off
+    return_lse: bool = False  # sparse from logits: also return each row's logsumexp
+    want_rank: bool = False  # sparse: each row's label rank (for accuracy and top-k metrics)
+
+    @property
+    def row_extras(self) -> bool:
+        """Whether the call asks the kernel for more than the plain loss and gradient."""
+        return bool(self.z_loss or self.softcap or self.return_lse or self.want_rank)
 
     @property
     def kernel_name(self) -> str:
@@ -147,6 +157,25 @@ def check_options(
     if threads is not None:
         threads = check_threads(threads)
     return bool(from_logits), ls, red, eps, bool(return_grad), threads
+
+
+def check_logit_options(from_logits: bool, z_loss, logit_softcap, return_lse) -> tuple:
+    """``z_loss``, ``logit_softcap`` and ``return_lse`` (sparse loss from logits):
+    ``(z_loss, softcap, return_lse)``, softcap 0.0 for None."""
+    z = _real("z_loss", z_loss)
+    if not (z >= 0 and math.isfinite(z)):
+        raise ValueError(f"z_loss: expected a finite number >= 0, got {z_loss!r}")
+    cap = 0.0
+    if logit_softcap is not None:
+        cap = _real("logit_softcap", logit_softcap)
+        if not (cap > 0 and math.isfinite(cap)):
+            raise ValueError(f"logit_softcap: expected None or a finite number > 0, got {logit_softcap!r}")
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise TypeError(f"return_lse: expected True or False, got {return_lse!r}")
+    for name, used in (("z_loss", z > 0), ("logit_softcap", cap > 0), ("return_lse", bool(return_lse))):
+        if used and not from_logits:
+            raise ValueError(f"{name}: needs logits; pass from_logits=True (got from_logits=False)")
+    return z, cap, bool(return_lse)
 
 
 def check_ignore_index(ignore_index) -> int | None:
@@ -592,6 +621,10 @@ def build_problem(
     pos_weight=None,
     sample_weight=None,
     ignore_index=None,
+    z_loss=0.0,
+    logit_softcap=None,
+    return_lse=False,
+    want_rank=False,
 ) -> Problem:
     from_logits, ls, red, eps, return_grad, threads = check_options(
         from_logits=from_logits,
@@ -603,6 +636,7 @@ def build_problem(
         threads=threads,
     )
     ignore_index = check_ignore_index(ignore_index)
+    z_loss, softcap, return_lse = check_logit_options(from_logits, z_loss, logit_softcap, return_lse)
 
     y_pred = as_array(y_pred, "y_pred")
     y_true = as_array(y_true, "y_true")
@@ -666,4 +700,8 @@ def build_problem(
         result_dtype=rdt,
         backend=backend,
         threads=threads,
+        z_loss=z_loss,
+        softcap=softcap,
+        return_lse=return_lse,
+        want_rank=bool(want_rank),
     )

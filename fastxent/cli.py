@@ -115,6 +115,8 @@ def _add_eval(commands) -> None:
                     help="budget for the data held at once, e.g. 512MiB (default), 2GB, 1g")  # fmt: skip
     ev.add_argument("--backend", default="auto", choices=["auto", "numpy", "numba", "cython"])
     ev.add_argument("--threads", metavar="N", help="threads (default: every available core)")
+    ev.add_argument("--metrics", metavar="LIST",
+                    help="sparse: also compute, in the same pass, any of loss,accuracy,topK (e.g. top5),perplexity")  # fmt: skip
     ev.add_argument("--json", action="store_true", help="print a JSON object instead of a line of text")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -163,6 +165,7 @@ _EVAL_OPTIONS = {
     "from_logits": "--from-logits", "reduction": "--reduction", "out": "--out", "class_weight": "--class-weight",
     "pos_weight": "--pos-weight", "ignore_index": "--ignore-index", "label_smoothing": "--label-smoothing",
     "epsilon": "--epsilon", "axis": "--axis", "memory": "--memory", "backend": "--backend", "threads": "--threads",
+    "metrics": "--metrics",
 }  # fmt: skip
 
 
@@ -198,6 +201,8 @@ def _eval_kwargs(args) -> dict:
     )  # fmt: skip
     if args.threads is not None:
         kwargs["threads"] = _number(args.threads, "--threads", int)
+    if args.metrics is not None:
+        kwargs["metrics"] = args.metrics
     if args.ignore_index is not None:
         kwargs["ignore_index"] = _number(args.ignore_index, "--ignore-index", int)
     if args.sample_weight is not None:

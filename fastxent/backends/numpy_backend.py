@@ -134,13 +134,15 @@ def _softmax_parts(z: np.ndarray):
     return m, k, e, rest, nan_rows, dead_rows
 
 
-def _logit_loss_and_grad(z, a, want_grad):
-    """Loss and gradient of ``sum_c a_c * (-log_softmax(z)_c)`` per row.
+def _logit_loss_and_grad(z, a, want_grad, z_loss=0.0, valid=None):
+    """Loss and gradient of ``sum_c a_c * (-log_softmax(z)_c)`` per row, plus
+    ``z_loss * lse**2`` for the rows in ``valid``; and each row's ``lse``.
 
     ``a`` (rows, C) holds the per-class target weights ``a_c`` (float64).
     """
     n = z.shape[0]
     m, k, e, rest, nan_rows, dead_rows = _softmax_parts(z)
+    lse = np.where(nan_rows, np.nan, np.where(dead_rows, -np.inf, m + np.log1p(rest)))
     big_a = a.sum(axis=1)
     # a_c * (m - z_c), with a_c == 0 contributing exactly 0 even where z_c = -inf.
     shifted = np.where(a != 0, a * (m[:, None] - z), 0.0)
@@ -148,18 +150,36 @@ def _logit_loss_and_grad(z, a, want_grad):
     # every class masked: A * (+inf), i.e. +inf, -inf (negative weights) or 0 when A == 0
     loss = np.where(dead_rows, np.where(big_a == 0, 0.0, np.copysign(np.inf, big_a)), loss)
     loss[nan_rows] = np.nan
+    extra = 0.0
+    if z_loss:
+        # d(z * lse**2)/dz_c = 2 z lse q_c: the softmax term's weight A grows by 2 z lse
+        zl = np.where(valid, z_loss, 0.0)
+        loss = loss + np.where(zl != 0, zl * lse * lse, 0.0)
+        extra = np.where(zl != 0, 2.0 * zl * lse, 0.0)
+        big_a = big_a + extra
     if not want_grad:
-        return loss, None
+        return loss, None, lse
     s = 1.0 + rest
     q = e / s[:, None]
     grad = big_a[:, None] * q - a
     idx = np.arange(n)
-    a_rest = np.where(np.arange(a.shape[1]) == k[:, None], 0.0, a).sum(axis=1)
+    a_rest = np.where(np.arange(a.shape[1]) == k[:, None], 0.0, a).sum(axis=1) + extra  # A - a_k
     grad[idx, k] = big_a * (-rest / s) + a_rest  # A*(q_k - 1) + (A - a_k), exactly
     grad[dead_rows & (big_a != 0)] = np.nan
     grad[dead_rows & (big_a == 0)] = 0.0
     grad[nan_rows] = np.nan
-    return loss, grad
+    return loss, grad, lse
+
+
+def _label_rank(z, y, valid):
+    """Classes ranked above each row's label: larger logits, and equal ones at a lower
+    index (as ``np.argmax`` picks the first); -1 for ignored rows, C for a row holding
+    NaN (never counted correct)."""
+    zy = z[np.arange(z.shape[0]), y][:, None]
+    before = np.arange(z.shape[1])[None, :] < y[:, None]
+    rank = ((z > zy) | ((z == zy) & before)).sum(axis=1)
+    rank = np.where(np.isnan(z).any(axis=1), z.shape[1], rank)
+    return np.where(valid, rank, -1)
 
 
 def _sparse_target_weights(y, valid, class_weight, label_smoothing, n_classes):
@@ -192,26 +212,36 @@ def _quiet(kernel):
     """Run a kernel with NumPy's floating-point warnings off: inf and NaN are data here."""
 
     @functools.wraps(kernel)
-    def run(*args):
+    def run(*args, **kwargs):
         with np.errstate(all="ignore"):
-            return kernel(*args)
+            return kernel(*args, **kwargs)
 
     return run
 
 
 @_quiet
 def sparse_from_logits(
-    x, labels, class_weight, label_smoothing, ignore_index, grad_weight, loss_out, grad_out, threads
-) -> int:
+    x, labels, class_weight, label_smoothing, ignore_index, grad_weight, loss_out, grad_out, threads,
+    *, z_loss=0.0, softcap=0.0, lse_out=None, rank_out=None,
+) -> int:  # fmt: skip
     outer, n_classes, inner = x.shape
     for os, is_ in _blocks(outer, n_classes, inner):
         z = _read(x, os, is_, np.float64)
+        if softcap:
+            t = np.tanh(z / softcap)
+            z = softcap * t
         y, valid = _valid_labels(labels, os, is_, ignore_index)
         a = _sparse_target_weights(y, valid, class_weight, label_smoothing, n_classes)
-        loss, grad = _logit_loss_and_grad(z, a, grad_out is not None)
+        loss, grad, lse = _logit_loss_and_grad(z, a, grad_out is not None, z_loss, valid)
         loss[~valid] = 0.0
         if grad is not None:
             grad[~valid] = 0.0
+            if softcap:
+                grad *= 1.0 - t * t  # d(cap tanh(x / cap))/dx
+        if lse_out is not None:
+            lse_out[os, is_] = lse.reshape(lse_out[os, is_].shape)
+        if rank_out is not None:
+            rank_out[os, is_] = _label_rank(z, y, valid).reshape(rank_out[os, is_].shape)
         _finish(loss_out, grad_out, grad_weight, os, is_, loss, grad)
     return -1
 
@@ -225,7 +255,7 @@ def categorical_from_logits(
         z = _read(x, os, is_, np.float64)
         t = _read(targets, os, is_, np.float64)
         a = _dense_target_weights(t, class_weight, label_smoothing, n_classes)
-        loss, grad = _logit_loss_and_grad(z, a, grad_out is not None)
+        loss, grad, _ = _logit_loss_and_grad(z, a, grad_out is not None)
         _finish(loss_out, grad_out, grad_weight, os, is_, loss, grad)
     return -1
 
