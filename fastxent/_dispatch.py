@@ -18,10 +18,11 @@ import math
 from dataclasses import dataclass
 
 from . import backends
-from ._calibration import family_of, load, work_of
+from ._calibration import cpu_vendor, family_of, load, work_of
 from ._config import resolve_backend
 from ._execute import kernel_calls
-from ._threads import resolve_threads, settings_key
+from ._threads import available_cores, resolve_threads, settings_key
+from .backends import cython_backend
 
 _AUTO_ORDER = ("cython", "numba", "numpy")
 
@@ -70,10 +71,17 @@ class _Table:
 _table: _Table | None = None
 
 
+def this_host() -> dict:
+    """What picks a calibration table: CPU vendor, the instruction set the compiled
+    kernels use here, and the cores this process may use."""
+    isa = cython_backend.simd_active() or "none"
+    return {"vendor": cpu_vendor(), "isa": isa, "cores": available_cores()}
+
+
 def table() -> _Table:
     global _table
     if _table is None:
-        _table = _Table(*load())
+        _table = _Table(*load(this_host()))
     return _table
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _calibration, _dispatch, backends
 from ._execute import kernel_runner
+from ._dispatch import this_host
 from ._threads import available_cores
 from ._validate import build_problem
 
@@ -106,21 +107,11 @@ def measure(backends_: list[str] | None = None, progress=None, quick: bool = Fal
     return {
         "version": _calibration.FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"processor": _cpu_name(), "cores": cores, "machine": platform.machine()},
+        "machine": dict(this_host(), processor=_calibration.cpu_name(), machine=platform.machine()),
         "sizes": list(sizes),
         "threads": thread_counts,
         "times": times,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def calibrate(path: str | os.PathLike | None = None, *, backends: list[str] | None = None, progress=None,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
+from ._calibration import cpu_name
 from ._version import __version__
 from ._api import categorical_crossentropy, sparse_categorical_crossentropy
 
@@ -258,7 +259,7 @@ def machine_info(config: BenchConfig) -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "threads": config.threads or resolve_threads(None)[0],
         "dtype": config.dtype,
     }
@@ -273,16 +274,6 @@ def machine_info(config: BenchConfig) -> dict:
     except ImportError:
         pass
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ratios(results: list[Measurement]) -> dict:

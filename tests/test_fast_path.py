@@ -27,9 +27,15 @@ def general_path(y, x, **options):
     return _api.run(build_problem("sparse", y, x, **{**DEFAULTS, **options}))
 
 
+#: Options the public function takes before it asks the compiled call (which never
+#: sees them: a call that uses them is not plain).
+NOT_PLAIN = ("z_loss", "logit_softcap", "return_lse")
+
+
 def fast(y, x, **options):
     """What the compiled call returns for ``sparse(y, x, **options)`` (None: not served)."""
-    return _api._fast_sparse(y, x, **{**DEFAULTS, **options})
+    options = {**DEFAULTS, **options}
+    return _api._fast_sparse(y, x, **{k: v for k, v in options.items() if k not in NOT_PLAIN})
 
 
 def served(y, x, **options) -> bool:

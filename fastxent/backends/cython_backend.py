@@ -34,6 +34,12 @@ def unsupported_reason(problem) -> str | None:
     return compiled_dtype_reason(problem, "Cython")
 
 
+def simd_active() -> str | None:
+    """The instruction-set table the kernels run here ("avx512", "avx2", "default"),
+    or None without the extension."""
+    return None if _cython_ext is None else _cython_ext.simd_info()["active"]
+
+
 def openmp_limit() -> int | None:
     """``omp_get_max_threads()`` of the extension's OpenMP runtime (it follows
     ``OMP_NUM_THREADS`` and threadpoolctl limits), or None without one."""
