@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._config import check_backend, check_threads
+from ._interop import as_array
 from ._layout import RowLayout, class_axis_layout, elementwise_layout
 
 REDUCTIONS = {
@@ -128,7 +129,7 @@ def _describe(a: np.ndarray) -> str:
 
 def coerce_y_pred(y_pred) -> np.ndarray:
     """``y_pred`` as an array of a dtype the kernels read (no copy when it is one)."""
-    a = y_pred if isinstance(y_pred, np.ndarray) else np.asarray(y_pred)
+    a = y_pred if isinstance(y_pred, np.ndarray) else as_array(y_pred, "y_pred")
     dt = a.dtype
     if dt in _FLOAT_INPUTS:
         return a
@@ -174,7 +175,7 @@ def _class_axis(a: np.ndarray, axis, kind: str) -> int:
 
 def coerce_labels(y_true, x: np.ndarray, axis: int, n_classes: int, ignore_index) -> np.ndarray:
     """Integer labels shaped like ``y_pred`` without its class axis, range-checked."""
-    labels = y_true if isinstance(y_true, np.ndarray) else np.asarray(y_true)
+    labels = y_true if isinstance(y_true, np.ndarray) else as_array(y_true, "y_true")
     dt = labels.dtype
     if dt.kind == "b":
         labels = labels.view(np.uint8)
@@ -249,7 +250,7 @@ def _first(mask: np.ndarray) -> tuple:
 
 def coerce_targets(y_true, x: np.ndarray, kind: str) -> np.ndarray:
     """Dense targets (float, int or bool) with ``y_pred``'s shape."""
-    t = y_true if isinstance(y_true, np.ndarray) else np.asarray(y_true)
+    t = y_true if isinstance(y_true, np.ndarray) else as_array(y_true, "y_true")
     if t.dtype.kind not in "fiub" or t.dtype.itemsize > 8:
         raise TypeError(f"y_true: expected float, integer or boolean targets, got dtype {t.dtype}")
     if t.shape != x.shape:
@@ -275,7 +276,7 @@ def _differ_by_trailing_unit(a: tuple, b: tuple) -> bool:
 
 
 def _float_weights(name: str, value) -> np.ndarray:
-    w = np.asarray(value)
+    w = as_array(value, name)
     if w.dtype.kind not in "fiub" or w.dtype.itemsize > 8:
         raise TypeError(f"{name}: expected numbers, got dtype {w.dtype}")
     return w.astype(np.float64, copy=False)
