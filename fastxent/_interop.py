@@ -65,6 +65,11 @@ def as_array(obj, name: str) -> np.ndarray:
 
 
 def _from_torch(t, name: str, torch) -> np.ndarray:
+    if t.is_cpu and t.dtype != torch.bfloat16:
+        try:  # the usual case: a dense CPU tensor of a NumPy dtype
+            return t.detach().numpy()
+        except (RuntimeError, TypeError):
+            pass  # the checks below say why
     if t.device.type != "cpu":
         raise ValueError(
             f"{name}: expected a tensor on the CPU, got one on device {t.device} "

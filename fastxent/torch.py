@@ -38,6 +38,7 @@ axis only; no second derivatives; no gradient for ``weight``/``pos_weight``.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -79,15 +80,17 @@ class _FusedLoss(torch.autograd.Function):
     """A loss whose forward runs the fused kernel once and keeps the gradient.
 
     ``plan`` (a :class:`_Plan`) holds NumPy views of the tensors and runs the kernel;
-    ``backward`` multiplies the kept gradient by ``grad_output``.
+    ``backward`` scales the kept gradient by ``grad_output`` in place and hands it
+    over (no second N x C array; not even a pass when ``grad_output`` is 1, as after
+    ``loss.backward()``). A later backward through the same graph
+    (``retain_graph=True``) computes the gradient again, from the saved inputs.
     """
 
     @staticmethod
     def forward(ctx, input, target, plan):
         value, grad = plan.run(need_grad=ctx.needs_input_grad[0])
         ctx.plan, ctx.grad = plan, grad
-        if ctx.needs_input_grad[1]:
-            ctx.save_for_backward(input, target)
+        ctx.save_for_backward(input, target)  # no copy; torch checks they are not modified
         return value
 
     @staticmethod
@@ -96,7 +99,14 @@ class _FusedLoss(torch.autograd.Function):
         plan = ctx.plan
         grad_input = grad_target = None
         if ctx.needs_input_grad[0]:
-            grad_input = (ctx.grad * plan.per_element(grad_output)).to(plan.input_dtype)
+            grad = ctx.grad
+            ctx.grad = None  # handed over: autograd may keep it as the leaf's .grad
+            if grad is None:
+                ctx.saved_tensors  # raises if an input was modified in place since forward
+                grad = plan.run(need_grad=True)[1]
+            if grad_output.dim() or grad_output.item() != 1.0:
+                grad.mul_(plan.per_element(grad_output))
+            grad_input = grad.to(plan.input_dtype)
         if ctx.needs_input_grad[1]:
             input, target = ctx.saved_tensors
             grad_target = plan.target_grad(input, target, grad_output)
@@ -149,7 +159,8 @@ class _Plan:
 
 
 def _result(value, dtype) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(value)).to(dtype)
+    result = torch.from_numpy(np.asarray(value))
+    return result if result.dtype == dtype else result.to(dtype)
 
 
 # --------------------------------------------------------------------------- cross_entropy
@@ -186,6 +197,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     """
     _check_reduction(reduction)
     _check_input(input)
+    _check_tensor("target", target)
     _check_option_tensor("weight", weight)
     class_dim = 0 if input.dim() == 1 else 1
     if target.dtype.is_floating_point:
@@ -197,7 +209,6 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
 
 class _ClassIndices(_Plan):
     def __init__(self, input, target, weight, ignore_index, reduction, label_smoothing, class_dim):
-        _check_tensor("target", target)
         if target.dtype == torch.bool or target.is_complex():
             raise TypeError(
                 f"target: expected class indices (an integer tensor) or class probabilities "
@@ -263,7 +274,6 @@ class _ClassIndices(_Plan):
 
 class _ProbabilityTargets(_Plan):
     def __init__(self, input, target, weight, ignore_index, reduction, label_smoothing, class_dim):
-        _check_tensor("target", target)
         if target.shape != input.shape:
             raise ValueError(
                 f"target: expected class probabilities of input's shape {tuple(input.shape)} "
@@ -314,8 +324,14 @@ def _ignore_value(dtype: np.dtype, ignore_index):
         raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
     if dtype.kind not in "iu":
         return int(ignore_index)
+    low, high = _integer_range(dtype)
+    return int(ignore_index) if low <= ignore_index <= high else None
+
+
+@functools.lru_cache(maxsize=None)
+def _integer_range(dtype: np.dtype) -> tuple:
     info = np.iinfo(dtype)
-    return int(ignore_index) if info.min <= ignore_index <= info.max else None
+    return int(info.min), int(info.max)
 
 
 # --------------------------------------------------------------------------- binary, logits
@@ -613,7 +629,7 @@ def _check_reduction(reduction) -> None:
 def _check_tensor(name: str, value) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
-    if value.device.type != "cpu":
+    if not value.is_cpu:
         raise ValueError(
             f"{name}: expected a tensor on the CPU, got one on device {value.device} "
             "(fastxent.torch runs on the CPU; use torch.nn.functional on that device)"

@@ -450,13 +450,44 @@ def test_no_gradient_work_when_none_is_needed(monkeypatch):
     assert fxt.cross_entropy(x, y).grad_fn is not None and calls[-1][2]["return_grad"] is True
 
 
-def test_backward_twice_with_retain_graph():
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_backward_twice_with_retain_graph(reduction):
+    """The first backward hands its gradient over (scaled in place); a second one
+    computes it again."""
     x = torch.randn(4, 3, requires_grad=True)
-    loss = fxt.cross_entropy(x, torch.tensor([0, 1, 2, 0]), reduction="none").sum()
+    y = torch.tensor([0, 1, 2, 0])
+    loss = fxt.cross_entropy(x, y, reduction=reduction).sum()
+    want = torch.autograd.grad(F.cross_entropy(x, y, reduction=reduction).sum(), x)[0]
+    for k in (1, 2, 3):
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(x.grad, k * want)
+    scaled = fxt.cross_entropy(x, y, reduction=reduction).sum() * 3.0
+    (first,) = torch.autograd.grad(scaled, x, retain_graph=True)
+    (second,) = torch.autograd.grad(scaled, x)
+    torch.testing.assert_close(first, 3 * want)
+    torch.testing.assert_close(second, 3 * want)
+
+
+def test_backward_after_backward_refuses_a_modified_input():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0])
+    loss = fxt.cross_entropy(x, y)
     loss.backward(retain_graph=True)
-    first = x.grad.clone()
-    loss.backward()
-    torch.testing.assert_close(x.grad, 2 * first)
+    with torch.no_grad():
+        x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_gradient_with_unit_grad_output_is_the_kernels_own(monkeypatch):
+    """After loss.backward() the leaf's .grad is the array the kernel wrote."""
+    calls = []
+    original = fastxent.sparse_categorical_crossentropy
+    monkeypatch.setattr(fastxent, "sparse_categorical_crossentropy",
+                        lambda *a, **kw: calls.append(original(*a, **kw)) or calls[-1])  # fmt: skip
+    x = torch.randn(8, 5, requires_grad=True)
+    fxt.cross_entropy(x, torch.randint(0, 5, (8,))).backward()
+    assert x.grad.data_ptr() == calls[0][1].__array_interface__["data"][0]
 
 
 def test_no_second_derivative():
