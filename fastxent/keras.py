@@ -112,7 +112,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
 # --------------------------------------------------------------------------- shared computation
 
 
-def _sparse(y_true, y_pred, from_logits, ignore_class, axis, reduction, sample_weight=None):
+def _sparse(y_true, y_pred, from_logits, ignore_class, axis, reduction):
     """The sparse loss with Keras's preprocessing, reduced by fastxent's ``reduction``."""
     x = as_array(y_pred, "y_pred")
     axis = _check_axis(axis, x)
@@ -121,11 +121,11 @@ def _sparse(y_true, y_pred, from_logits, ignore_class, axis, reduction, sample_w
     with _keras_names():
         return _fx.sparse_categorical_crossentropy(
             as_array(y_true, "y_true"), x, from_logits=from_logits, ignore_index=ignore_class, axis=axis,
-            reduction=reduction, sample_weight=sample_weight,
+            reduction=reduction,
         )  # fmt: skip
 
 
-def _categorical(y_true, y_pred, from_logits, label_smoothing, axis, reduction, sample_weight=None):
+def _categorical(y_true, y_pred, from_logits, label_smoothing, axis, reduction):
     x = as_array(y_pred, "y_pred")
     t = as_array(y_true, "y_true")
     axis = _check_axis(axis, x)
@@ -137,7 +137,8 @@ def _categorical(y_true, y_pred, from_logits, label_smoothing, axis, reduction, 
             SyntaxWarning,
             stacklevel=3,
         )
-    if label_smoothing and axis is not None and axis % max(x.ndim, 1) != x.ndim - 1 and t.ndim:
+    smoothing = isinstance(label_smoothing, (int, float)) and 0 < label_smoothing <= 1  # else fastxent refuses it
+    if smoothing and isinstance(axis, int) and x.ndim and t.ndim and axis % x.ndim != x.ndim - 1:
         # Keras smooths over y_true.shape[-1] classes whatever the axis: do it here.
         ls = float(label_smoothing)
         t = t.astype(np.float64) * (1.0 - ls) + ls / t.shape[-1]
@@ -147,21 +148,21 @@ def _categorical(y_true, y_pred, from_logits, label_smoothing, axis, reduction, 
     with _keras_names():
         return _fx.categorical_crossentropy(
             t, x, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis, reduction=reduction,
-            sample_weight=sample_weight,
         )  # fmt: skip
 
 
-def _binary(y_true, y_pred, from_logits, label_smoothing, axis, reduction, sample_weight=None):
+def _binary(y_true, y_pred, from_logits, label_smoothing, axis, reduction):
     x = as_array(y_pred, "y_pred")
     t = as_array(y_true, "y_true")
     axis = _check_axis(axis, x)
-    one_sample = x.ndim == 1  # Keras averages a 1-D y_pred over its only axis
+    # Keras averages a 1-D y_pred over its only axis, and any y_pred over all of it
+    # for axis=None: one sample.
+    one_sample = x.ndim == 1 or axis is None
     if one_sample:
-        x, t = x.reshape(1, -1), t.reshape(1, -1)
+        x, t, axis = x.reshape(1, -1), t.reshape(1, -1), -1
     with _keras_names():
         out = _fx.binary_crossentropy(
-            t, x, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis if not one_sample else -1,
-            reduction=reduction, sample_weight=sample_weight,
+            t, x, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis, reduction=reduction,
         )  # fmt: skip
     return out[0] if one_sample and reduction == "none" else out
 
@@ -350,7 +351,7 @@ class BinaryCrossentropy(_KerasLoss):
                          label_smoothing=label_smoothing, axis=axis)  # fmt: skip
 
     def _label_axis(self, y_pred):
-        return self.axis if y_pred.ndim > 1 else None
+        return self.axis if y_pred.ndim > 1 and self.axis is not None else None
 
     def _losses(self, y_true, y_pred, reduction):
         return _binary(y_true, y_pred, self.from_logits, self.label_smoothing, self.axis, reduction)

@@ -83,6 +83,8 @@ def test_binary_averages_over_axis_and_a_1d_input_is_one_sample():
     np.testing.assert_allclose(fk.binary_crossentropy(y, p, label_smoothing=ls, axis=0), elem.mean(0), rtol=1e-12)
     one = fk.binary_crossentropy(y[0], p[0], label_smoothing=ls)
     assert np.ndim(one) == 0 and one == pytest.approx(elem[0].mean(), rel=1e-12)
+    everything = fk.binary_crossentropy(y, p, label_smoothing=ls, axis=None)  # ops.mean(axis=None)
+    assert np.ndim(everything) == 0 and everything == pytest.approx(elem.mean(), rel=1e-12)
     z = np.array([[-30.0, 30.0]])  # exact from logits, no clip
     np.testing.assert_allclose(fk.binary_crossentropy(np.array([[1.0, 0.0]]), z, from_logits=True), [30.0], rtol=1e-12)
 
@@ -167,6 +169,8 @@ def test_bad_input():
         fk.binary_crossentropy(np.array([[1.0]]), np.array([[1.5]]))
     with pytest.raises(TypeError, match="^axis"):
         fk.categorical_crossentropy(np.eye(2), np.eye(2), axis=True)
+    with pytest.raises(ValueError, match="^label_smoothing"):  # also where Keras's smoothing is done here
+        fk.categorical_crossentropy(np.ones((2, 3, 4)) / 3, np.ones((2, 3, 4)) / 3, label_smoothing=1.5, axis=1)
 
 
 # --------------------------------------------------------------------------- against Keras 3
@@ -320,3 +324,16 @@ def test_configs_load_both_ways(keras):
         assert {k: v for k, v in ours.get_config().items() if k in theirs_config} == theirs_config
         assert type(ours).from_config(theirs_config).get_config() == ours.get_config()
         assert type(theirs).from_config(ours.get_config()).get_config() == theirs_config
+
+
+def test_keras_tensors_are_read_as_they_are(keras):
+    """JAX arrays (Keras's tensors here) go in directly; results are NumPy."""
+    import jax.numpy as jnp
+
+    z, p, y = _data(8)
+    want = fk.sparse_categorical_crossentropy(y, z, from_logits=True, ignore_class=2)
+    got = fk.sparse_categorical_crossentropy(jnp.asarray(y), jnp.asarray(z), from_logits=True, ignore_class=2)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, want)
+    loss = fk.CategoricalCrossentropy()
+    assert loss(jnp.asarray(np.eye(5)[y]), jnp.asarray(p)) == loss(np.eye(5)[y], p)
