@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._config import check_backend, check_threads
+from ._interop import as_array as interop_as_array
 from ._layout import RowLayout, class_axis_layout, elementwise_layout
 
 REDUCTIONS = {
@@ -223,6 +224,8 @@ def as_array(value, name: str) -> np.ndarray:
 
     Subclasses (``np.matrix``) become base-class views. A masked array with masked
     values is refused: dropping its mask would silently use the values behind it.
+    Other libraries' arrays (torch tensors, DLPack, ``__array__``) go through
+    ``_interop.as_array``: viewed without a copy where their layout allows.
     """
     if type(value) is np.ndarray:
         return value
@@ -234,7 +237,9 @@ def as_array(value, name: str) -> np.ndarray:
                 "value of your choice, or leave samples out with sample_weight=0 or ignore_index"
             )
         return np.asarray(value.data)
-    return np.asarray(value)
+    if isinstance(value, np.ndarray):
+        return np.asarray(value)  # a subclass (np.matrix): its base-class view
+    return interop_as_array(value, name)  # torch tensors, DLPack and __array__ objects
 
 
 def _is_bfloat16(dt: np.dtype) -> bool:
