@@ -219,4 +219,41 @@ def _threads(backend: str, family: str, work: int, requested: int | None) -> tup
 
 def _numba_ready(problem) -> bool:
     """Whether Numba has this kernel compiled in this process already."""
-    return backends.module("numba").is_ready(problem)
+    return backends.module("numba").is_ready(_numba_calls(problem))
+
+
+def _numba_calls(problem) -> list:
+    """The (kernel arguments, block_sums) pairs a call of ``problem`` on Numba passes
+    (loss-only first when the probabilities are checked before writing into the
+    caller's grad_out). Outputs are fresh ``np.empty`` arrays: never touched, so
+    they cost no memory.
+
+    Compatibility shim: it borrows ``_api``'s argument builders (an upward import);
+    the argument building belongs in a module below the dispatcher that ``_api``
+    calls too."""
+    from . import _api, _reduce
+
+    weights = problem.pos_weight if problem.kind == "binary" else problem.class_weight
+    if weights is None:
+        weights = _api._unit_weights(problem)
+    head = [problem.x, problem.aux, weights, problem.label_smoothing]
+    if problem.kind == "sparse":
+        head.append(-1 if problem.ignore_index is None else problem.ignore_index)
+    if not problem.from_logits:
+        head.append(problem.epsilon)
+    summed = _api._kernel_sums(problem, "numba")
+    loss_out = _api._loss_buffer(problem, summed)
+    no_grad = _reduce.constant(0.0, (problem.layout.outer, problem.layout.inner))
+    calls = []
+    if problem.return_grad:
+        _, grad_view = _api._gradient_buffer(problem)
+        if problem.grad_out is not None and not problem.from_logits:
+            calls.append((tuple(head + [no_grad, loss_out, None]), summed))
+        calls.append((tuple(head + [_reduce.grad_weight(problem, 1.0), loss_out, grad_view]), summed))
+    else:
+        calls.append((tuple(head + [no_grad, loss_out, None]), summed))
+    return calls
+
+
+# A call that compiled a new Numba kernel changes what ``auto`` may choose.
+backends.module("numba").on_compile(forget_choices)

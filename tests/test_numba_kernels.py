@@ -34,9 +34,9 @@ PATHS = {"rows": "rows", "padded": "rows", "chlast": "rows", "cols": "cols", "nc
 
 @pytest.fixture(scope="module")
 def nk():
-    from fastxent.backends import _numba_kernels
+    from fastxent.backends import _numba
 
-    return _numba_kernels
+    return _numba
 
 
 def _run_python(code: str, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -71,17 +71,18 @@ def test_import_fastxent_does_not_import_numba():
 READY_PROBE = """
 import sys, numpy as np, fastxent
 from fastxent import backends
+from fastxent._dispatch import _numba_calls
 from fastxent._validate import build_problem
 y = np.array([0, 2, 1]); z = np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0], [2.0, 2.0, 2.0]])
 problem = build_problem("sparse", y, z, from_logits=True, label_smoothing=0.0, ignore_index=None,
                         class_weight=None, sample_weight=None, axis=-1, reduction="mean", epsilon=1e-7,
                         return_grad=False, grad_out=None, backend="numba", threads=None)
 mod = backends.module("numba")
-before = mod.is_ready(problem)
+before = mod.is_ready(_numba_calls(problem))
 imported = "numba" in sys.modules
 if {call!r}:
     fastxent.sparse_categorical_crossentropy(y, z, from_logits=True, backend="numba")
-print("ready", before, mod.is_ready(problem), "imported-before-call", imported)
+print("ready", before, mod.is_ready(_numba_calls(problem)), "imported-before-call", imported)
 """
 
 
@@ -114,7 +115,7 @@ def test_auto_does_not_wait_for_a_compile(tmp_path):
 
 CACHE_PROBE = """
 import numpy as np, fastxent
-from fastxent.backends import _numba_kernels as K
+from fastxent.backends._numba import jit as K
 {before}
 z = np.random.default_rng(0).standard_normal((50, 6))
 y = np.arange(50) % 6
@@ -252,7 +253,7 @@ def check_against_numpy(nk, kernel, dtype, layout, grad, ls=0.1, seed=0):
     args = make_case(kernel, dtype, layout, grad, np.random.default_rng(seed), ls=ls)
     x, aux = args[0], args[1]
     dense = aux if kernel.split("_")[0] != "sparse" else None
-    plan = nk._Layout(x, None, dense=dense)
+    plan = nk.layout._Layout(x, None, dense=dense)
     assert plan.path == PATHS[layout]
     want = run(backends.module("numpy"), kernel, list(args), grad)
     got = run(nk, kernel, list(args), grad)
@@ -304,8 +305,8 @@ def test_dtype_layout_gradient_cases_agree_with_numpy(nk, kernel, dtype, layout,
 
 def test_float16_is_read_through_a_record_view_without_a_copy(nk):
     x = np.linspace(-4, 4, 60, dtype=F16).reshape(10, 6, 1)
-    view = nk._numba_view(x)
-    assert view.dtype == nk._HALF and np.shares_memory(view, x)
+    view = nk.layout._numba_view(x)
+    assert view.dtype == nk.layout._HALF and np.shares_memory(view, x)
 
 
 def test_gather_reads_one_value_per_row(nk):
@@ -372,8 +373,8 @@ def test_pairwise_sum_is_numpys(nk):
     additions shows)."""
     from numba import njit
 
-    part = njit(lambda a, lo, n: nk._pairwise_sum(a, lo, n))
-    whole = njit(lambda a: nk._pairwise_sum_all(a))
+    part = njit(lambda a, lo, n: nk.sums._pairwise_sum(a, lo, n))
+    whole = njit(lambda a: nk.sums._pairwise_sum_all(a))
     rng = np.random.default_rng(11)
     a = rng.standard_normal(300_000) * 10.0 ** rng.uniform(-8, 8, 300_000)
     sizes = list(range(2_000)) + [2**k + d for k in range(11, 18) for d in (-8, -1, 0, 1, 8)]
@@ -414,7 +415,7 @@ def test_block_sums_are_numpy_sums_of_the_rows(nk, kernel, shape, in_kernel, pos
     assert nk.KERNELS[kernel](*args, rows, None, 1) == -1
     want = _reduce.block_sums(rows)
     sums = np.full(want.shape, np.nan)
-    _, _, after = nk._prepared(nk._PREPARE[kernel], args + [sums, None], True)
+    _, _, after = nk.kernels._prepared(nk.kernels._PREPARE[kernel], args + [sums, None], True)
     assert (after is None) == in_kernel
     grads = [None, np.empty(shape, F32)] if kernel == "binary_from_logits" and shape[1] == 1 else [None]
     for g in grads:
@@ -445,7 +446,7 @@ def test_first_out_of_range_row_whatever_the_thread_count(nk):
 def test_claims_hand_out_every_work_item_once(nk, n_items, item_size, workers):
     from numba import njit, prange
 
-    make_claims, claim, next_item = nk._claims, nk._claim, nk._next_item
+    make_claims, claim, next_item = nk.schedule._claims, nk.schedule._claim, nk.schedule._next_item
 
     @njit(parallel=True)
     def times_claimed(n_items, item_size, workers):  # the drivers' loop
@@ -461,8 +462,8 @@ def test_claims_hand_out_every_work_item_once(nk, n_items, item_size, workers):
     seen, step = times_claimed(n_items, item_size, workers)
     assert (seen == 1).all()
     # claims of at most ~_CLAIM_ELEMENTS elements, at least _CLAIMS_PER_WORKER a worker
-    assert step == 1 or (step * item_size <= nk._CLAIM_ELEMENTS
-                         and step * nk._CLAIMS_PER_WORKER * workers <= n_items)  # fmt: skip
+    assert step == 1 or (step * item_size <= nk.schedule._CLAIM_ELEMENTS
+                         and step * nk.schedule._CLAIMS_PER_WORKER * workers <= n_items)  # fmt: skip
 
 
 @pytest.mark.parametrize("layout", ["rows", "cols"])
@@ -490,7 +491,7 @@ def test_forked_child_is_detected_and_uses_serial_twins(nk):
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            ok = backends.forked_child() and nk._pick(nk._sparse_logits_rows) is not nk._sparse_logits_rows
+            ok = backends.forked_child() and nk.kernels._pick(nk.softmax._sparse_logits_rows) is not nk.softmax._sparse_logits_rows
             os.write(write, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -530,13 +531,13 @@ def elementwise(nk):
         out = np.empty_like(x)
         for k in range(x.shape[0]):
             if which == 0:
-                out[k] = nk._exp(x[k])
+                out[k] = nk.math._exp(x[k])
             elif which == 1:
-                out[k] = nk._exp_neg(x[k])
+                out[k] = nk.math._exp_neg(x[k])
             elif which == 2:
-                out[k] = nk._log(x[k])
+                out[k] = nk.math._log(x[k])
             else:
-                out[k] = nk._log1p_unit(x[k])
+                out[k] = nk.math._log1p_unit(x[k])
         return out
 
     return lambda which, x: apply({"exp": 0, "exp_neg": 1, "log": 2, "log1p_unit": 3}[which], x)
