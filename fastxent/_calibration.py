@@ -6,7 +6,8 @@ per family: for each measured size, the fastest (backend, threads). Defaults mea
 on the machine kind fastxent is developed on ship with the package
 (``calibration_default.json``); :func:`calibrate` re-measures on the user's machine
 in well under a minute and saves the result in the user's cache directory
-(``$XDG_CACHE_HOME/fastxent``, else ``~/.cache/fastxent``), which is read from then on.
+(``$FASTXENT_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastxent``, else ``~/.cache/fastxent``),
+which is read from then on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from ._paths import cache_dir
 
 #: Work sizes measured: elements of y_pred read (rows for the gather family). Larger
 #: calls take the largest size's choice: past a few million elements every kernel
@@ -58,8 +61,7 @@ def work_of(problem) -> int:
 
 
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastxent" / "calibration.json"
+    return cache_dir() / "calibration.json"
 
 
 def load() -> tuple[dict | None, str]:

@@ -126,14 +126,19 @@ print("cache", K._CACHE)
 """
 
 
-@pytest.fixture
-def package_copy(tmp_path):
-    """A copy of the fastxent package whose backends/__pycache__ cannot be created."""
+def _copy_package(tmp_path):
     import shutil
 
     dst = tmp_path / "src"
     shutil.copytree(os.path.join(ROOT, "fastxent"), dst / "fastxent",
                     ignore=shutil.ignore_patterns("__pycache__", "*.c"))  # fmt: skip
+    return dst
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    """A copy of the fastxent package whose backends/__pycache__ cannot be created."""
+    dst = _copy_package(tmp_path)
     (dst / "fastxent" / "backends" / "__pycache__").write_text("a file: no cache directory here")
     return dst
 
@@ -151,6 +156,29 @@ def test_no_writable_cache_directory_falls_back(package_copy):
     out = _run_copy(package_copy, CACHE_PROBE.format(before=""), env)
     assert out.returncode == 0, out.stderr
     assert "cache False" in out.stdout
+
+
+def _files(top):
+    return {str(p.relative_to(top)): (p.stat().st_size, p.stat().st_mtime_ns) for p in top.rglob("*")}
+
+
+def test_compiled_kernels_are_cached_outside_the_package(tmp_path):
+    """A kernel's first call with an empty cache writes nothing inside the package
+    (a folder there outlives ``pip uninstall`` and shadows another install) and
+    its compiled code into $FASTXENT_CACHE_DIR, whatever NUMBA_CACHE_DIR says."""
+    src = _copy_package(tmp_path)
+    package = src / "fastxent"
+    before = _files(package)
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTXENT_NUMBA_CACHE", "XDG_CACHE_HOME")}
+    env.update(FASTXENT_CACHE_DIR=str(cache), NUMBA_CACHE_DIR=str(tmp_path / "numba-own"))
+    out = _run_copy(src, CACHE_PROBE.format(before=""), env)
+    assert out.returncode == 0, out.stderr
+    assert "cache True" in out.stdout
+    assert _files(package) == before
+    written = [p.name for p in cache.rglob("*")]
+    assert any(n.endswith(".nbi") for n in written) and any(n.endswith(".nbc") for n in written), written
+    assert not (tmp_path / "numba-own").exists()
 
 
 @pytest.mark.slow
