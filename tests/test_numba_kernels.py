@@ -113,6 +113,84 @@ def test_auto_does_not_wait_for_a_compile(tmp_path):
     assert "auto numba" not in out.stdout
 
 
+COMPILE_PROBE = """
+import io, logging, sys, numpy as np, fastxent
+from fastxent.backends import numba_backend as nb
+from fastxent._dispatch import _numba_calls
+from fastxent._validate import build_problem
+log = io.StringIO()
+logging.getLogger("fastxent").addHandler(logging.StreamHandler(log))
+logging.getLogger("fastxent").setLevel(logging.INFO)
+events = []
+nb.on_compile(lambda: events.append(len(log.getvalue())))
+y = np.array([0, 2, 1]); z = np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0], [2.0, 2.0, 2.0]])
+problem = build_problem("sparse", y, z, from_logits=True, label_smoothing=0.0, ignore_index=None,
+                        class_weight=None, sample_weight=None, axis=-1, reduction="mean", epsilon=1e-7,
+                        return_grad=False, grad_out=None, backend="numba", threads=None)
+calls = _numba_calls(problem)
+print("before import:", nb.compiling_hint(calls), "| numba imported:", "numba" in sys.modules)
+nb.KERNELS["sparse_from_logits"]
+print("before call:", nb.compiling_hint(calls))
+fastxent.sparse_categorical_crossentropy(y, z, from_logits=True, backend="numba")
+print("after call:", nb.compiling_hint(calls), "| ready:", nb.is_ready(calls))
+fastxent.sparse_categorical_crossentropy(y, z, from_logits=True, backend="numba")
+print("events:", len(events), "| logged before the callback:", bool(events) and events[0] > 0)
+print("log:", log.getvalue().strip().replace(chr(10), " / "))
+"""
+
+
+def test_first_call_logs_the_compile_and_tells_the_listener(tmp_path):
+    """The first call of a specialization logs, once and before compiling, what it
+    compiles; compiling_hint says so beforehand and nothing afterwards; on_compile
+    callbacks run once. A second process loads from the disk cache: the hint says
+    so, nothing is logged, and the callbacks still run (a new kernel in memory)."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTXENT_NUMBA_CACHE"}
+    env["FASTXENT_CACHE_DIR"] = str(tmp_path / "cache")
+    first = _run_python(COMPILE_PROBE, env)
+    assert first.returncode == 0, first.stderr
+    lines = dict(line.split(": ", 1) for line in first.stdout.splitlines())
+    assert lines["before import"].startswith("importing numba") and lines["before import"].endswith("numba imported: False")
+    assert lines["before call"].startswith("compiling numba kernel sparse_from_logits (rows) for float64 y_pred")
+    assert lines["after call"] == "None | ready: True"
+    assert lines["events"] == "1 | logged before the callback: True"
+    assert lines["log"].count("compiling numba kernel sparse_from_logits") == 1
+    assert "first use; cached on disk afterwards" in lines["log"]
+    second = _run_python(COMPILE_PROBE, env)
+    assert second.returncode == 0, second.stderr
+    lines = dict(line.split(": ", 1) for line in second.stdout.splitlines())
+    assert lines["before call"].startswith("loading numba kernel sparse_from_logits (rows)")
+    assert lines["events"] == "1 | logged before the callback: False" and lines["log"] == ""
+
+
+def test_unavailable_reason_reads_no_package_metadata():
+    """Asking whether numba can run costs a find_spec, not importlib.metadata (~30 ms)."""
+    out = _run_python(
+        """
+        import importlib.metadata, sys
+        def refuse(*args, **kwargs):
+            raise AssertionError("importlib.metadata read")
+        importlib.metadata.version = importlib.metadata.distribution = refuse
+        from fastxent.backends import numba_backend
+        assert numba_backend.unavailable_reason() is None
+        assert "numba" not in sys.modules
+        """
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_numba_code_imports_neither_the_api_nor_the_dispatcher():
+    """Imports point down: the backend is handed what it needs (calls, a callback)."""
+    import ast
+    import pathlib
+
+    backend = pathlib.Path(ROOT, "fastxent", "backends")
+    for path in [backend / "numba_backend.py", *sorted((backend / "_numba").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+                assert not any(n.split(".")[-1] in ("_api", "_dispatch") for n in names), (path.name, names)
+
+
 CACHE_PROBE = """
 import numpy as np, fastxent
 from fastxent.backends._numba import jit as K

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from fastxent import _calibration, _paths
 
 
