@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .intrinsics import _acc, _imax, _key
+from .intrinsics import _acc, _half_to_float, _imax, _key
 from .jit import _OPTS, _POLY_OPTS, _driver, _helper
 from .layout import _bounds, _Layout, _small_input
 from .math import (_as, _at, _clip, _compute_scalar, _exp_neg, _inf_like, _log, _log1p_unit, _one_like, _sigmoids,
@@ -22,19 +22,44 @@ from .views import (_col_view_c, _compute_empty, _compute_zeros, _grad_cview, _g
                     _rview)
 
 
-@_helper(inline=True)
-def _bce_logit_loss(v, y, pw):
-    """(1-y) softplus(v) + pw y softplus(-v): a zero coefficient gives exactly 0 even
-    where its softplus is inf; a NaN logit gives NaN."""
-    return _bce_logit_loss_l(v, _log1p_unit(_exp_neg(-abs(v))), y, pw)
+def _bad_target(t):
+    """A binary target outside [0, 1] (NaN is not; bool never is; unsigned only
+    above 1): KERNELS.md reports its row like an out-of-range probability."""
+
+
+@overload(_bad_target, jit_options=_OPTS)
+def _bad_target_ol(t):
+    if isinstance(t, types.Boolean):
+        return lambda t: False
+    if isinstance(t, types.Integer) and not t.signed:
+        return lambda t: t > 1
+    if isinstance(t, types.Record):  # float16 bits
+        return lambda t: _out_of_range(_half_to_float(t.bits))
+    return lambda t: (t < 0) | (t > 1)
 
 
 @_helper(inline=True)
-def _bce_logit_loss_l(v, tail, y, pw):
+def _smoothed(t, keep, half_ls, like):
+    """(y, 1 - y) in like's type, for the smoothed target y = t keep + half_ls formed
+    in float64 (keep = 1 - ls, half_ls = ls / 2): a target 1 - 1e-9, or ls = 1e-9,
+    leaves 1 - y = 1e-9 where float32 arithmetic would make it 0."""
+    y = _as(t, 1.0) * keep + half_ls
+    return _as(y, like), _as(1.0 - y, like)
+
+
+@_helper(inline=True)
+def _bce_logit_loss(v, y, neg, pw):
+    """(1-y) softplus(v) + pw y softplus(-v) with neg = 1 - y: a zero coefficient gives
+    exactly 0 even where its softplus is inf; a NaN logit gives NaN."""
+    return _bce_logit_loss_l(v, _log1p_unit(_exp_neg(-abs(v))), y, neg, pw)
+
+
+@_helper(inline=True)
+def _bce_logit_loss_l(v, tail, y, neg, pw):
     """_bce_logit_loss with the softplus tail log1p(exp(-|v|)) given (taken in loops
     of their own, see _bce_tails); the tail may be anything where v is NaN."""
-    zero, one = _zero_like(v), _one_like(v)
-    neg, pos = one - y, pw * y
+    zero = _zero_like(v)
+    pos = pw * y
     sp_pos = ((v if v > zero else zero) + tail) if neg != zero else zero  # softplus(v)
     sp_neg = ((-v if v < zero else zero) + tail) if pos != zero else zero  # softplus(-v)
     loss = neg * sp_pos + pos * sp_neg
@@ -42,33 +67,30 @@ def _bce_logit_loss_l(v, tail, y, pw):
 
 
 @_helper(inline=True)
-def _bce_logit_loss_fin(v, tail, y, pw):
+def _bce_logit_loss_fin(v, tail, y, neg, pw):
     """_bce_logit_loss_l for a finite v: every softplus is finite, so the selects that
     keep 0 * inf from making NaN have nothing to do. The same operations otherwise,
     hence the same bits (no contraction: these helpers carry no fast-math flag)."""
-    zero, one = _zero_like(v), _one_like(v)
-    neg, pos = one - y, pw * y
-    return neg * ((v if v > zero else zero) + tail) + pos * ((-v if v < zero else zero) + tail)
-
-
-@njit(**_POLY_OPTS)
-def _bce_logit_loss_unit_fin(v, tail, t, keep, half_ls):
-    """_bce_logit_loss_fin with pos_weight 1 (the default), for the target t smoothed
-    to y = t keep + half_ls: (1-y) softplus(v) + y softplus(-v) = (max(v, 0) - y v) +
-    tail, three operations where the general form takes about ten, and no
-    cancellation for y in [0, 1] (both terms are >= 0). Its two multiply-adds are
-    contracted, as in the Cython kernels (one product each: no choice of which)."""
     zero = _zero_like(v)
-    return ((v if v > zero else zero) - (t * keep + half_ls) * v) + tail
+    return neg * ((v if v > zero else zero) + tail) + pw * y * ((-v if v < zero else zero) + tail)
 
 
 @njit(**_POLY_OPTS)
-def _bce_logit_loss_unit(v, tail, t, keep, half_ls):
+def _bce_logit_loss_unit_fin(v, tail, y, neg):
+    """_bce_logit_loss_fin with pos_weight 1 (the default): (1-y) softplus(v) +
+    y softplus(-v) = (1-y) v + tail for v > 0, -y v + tail otherwise -- one multiply-add
+    where the general form takes about ten, and no cancellation (both terms >= 0
+    for y in [0, 1], and 1 - y comes formed)."""
+    return (neg if v > _zero_like(v) else -y) * v + tail
+
+
+@njit(**_POLY_OPTS)
+def _bce_logit_loss_unit(v, tail, y, neg):
     """_bce_logit_loss_unit_fin's bits for a finite v, _bce_logit_loss_l's values (with
     pos_weight 1) for an infinite or NaN one."""
     if v - v != _zero_like(v):
-        return _bce_logit_loss_l(v, tail, t * keep + half_ls, _one_like(v))
-    return _bce_logit_loss_unit_fin(v, tail, t, keep, half_ls)
+        return _bce_logit_loss_l(v, tail, y, neg, _one_like(v))
+    return _bce_logit_loss_unit_fin(v, tail, y, neg)
 
 
 @_helper
@@ -90,43 +112,46 @@ def _bce_tails(xv, tail):
 
 
 @_helper(inline=True)
-def _bce_logit_grad(v, y, pw):
+def _bce_logit_grad(v, y, neg, pw):
     """(1-y) sigmoid(v) - pw y sigmoid(-v)."""
     s_pos, s_neg = _sigmoids(v)
-    return (_one_like(v) - y) * s_pos - pw * y * s_neg
+    return neg * s_pos - pw * y * s_neg
 
 
 @_helper(inline=True)
-def _bce_prob_loss(p, y, pw, lo, hi):
+def _bce_prob_loss(p, y, neg, pw, lo, hi):
     """-(pw y log p + (1-y) log(1-p)), p clipped, 1 - p formed in the compute dtype."""
-    one = _one_like(p)
     pc, _ = _clip(p, lo, hi)
-    return -(pw * y * _log(pc) + (one - y) * _log(one - pc))
+    return -(pw * y * _log(pc) + neg * _log(_one_like(p) - pc))
 
 
 @_helper(inline=True)
-def _bce_prob_grad(p, y, pw, lo, hi):
+def _bce_prob_grad(p, y, neg, pw, lo, hi):
     """-pw y / p + (1-y) / (1-p); 0 where p was clipped."""
-    one = _one_like(p)
     pc, clipped = _clip(p, lo, hi)
-    g = -pw * y / pc + (one - y) / (one - pc)
+    g = -pw * y / pc + neg / (_one_like(p) - pc)
     return _zero_like(p) if clipped else g
 
 
 @_helper
 def _bce_logits_row(xr, tr, pwr, keep, half_ls):
+    """(sum_c of the row's element losses, count of its targets outside [0, 1])."""
     n = xr.shape[0]
     loss = 0.0
+    bad = 0.0
     for b0 in range(0, n, _BLOCK):
         b1 = min(n, b0 + _BLOCK)
         xb, tb, pb = xr[b0:b1], tr[b0:b1], _part(pwr, b0, b1)  # indexed from 0
-        part = _zero_like(keep)
+        part = _zero_like(_x_value(xb[0]))
+        count = _zero_like(part)
         for c in range(xb.shape[0]):
             v = _x_value(xb[c])
-            y = _as(tb[c], v) * keep + half_ls
-            part = _acc(part, _bce_logit_loss(v, y, _as(_at(pb, c), v)))
+            y, neg = _smoothed(tb[c], keep, half_ls, v)
+            part = _acc(part, _bce_logit_loss(v, y, neg, _as(_at(pb, c), v)))
+            count = _acc(count, _one_like(v) if _bad_target(tb[c]) else _zero_like(v))
         loss += np.float64(part)
-    return loss
+        bad += np.float64(count)  # (counts in float: an int64 lane halves the width)
+    return loss, bad
 
 
 @_helper
@@ -134,12 +159,14 @@ def _bce_logits_grad_row(xr, g, o, i, layout, tr, pwr, keep, half_ls, scale):
     gr = _grad_rview(xr, g, o, i, xr.shape[0], layout)  # (see _softmax_grad_row)
     for c in range(xr.shape[0]):
         v = _x_value(xr[c])
-        y = _as(tr[c], v) * keep + half_ls
-        gr[c] = scale * _bce_logit_grad(v, y, _as(_at(pwr, c), v))
+        y, neg = _smoothed(tr[c], keep, half_ls, v)
+        gr[c] = scale * _bce_logit_grad(v, y, neg, _as(_at(pwr, c), v))
 
 
 @_helper
 def _bce_probs_row(xr, tr, pwr, keep, half_ls, lo, hi):
+    """(sum_c of the row's element losses, count of its probabilities and targets
+    outside [0, 1])."""
     n = xr.shape[0]
     loss = 0.0
     bad = 0.0
@@ -150,11 +177,11 @@ def _bce_probs_row(xr, tr, pwr, keep, half_ls, lo, hi):
         count = _zero_like(lo)
         for c in range(xb.shape[0]):
             p = _x_value(xb[c])
-            y = _as(tb[c], p) * keep + half_ls
-            part = _acc(part, _bce_prob_loss(p, y, _as(_at(pb, c), p), lo, hi))
-            count = _acc(count, _one_like(p) if _out_of_range(p) else _zero_like(p))
+            y, neg = _smoothed(tb[c], keep, half_ls, p)
+            part = _acc(part, _bce_prob_loss(p, y, neg, _as(_at(pb, c), p), lo, hi))
+            count = _acc(count, _one_like(p) if _out_of_range(p) | _bad_target(tb[c]) else _zero_like(p))
         loss += np.float64(part)
-        bad += np.float64(count)  # (counts in float: an int64 lane halves the width)
+        bad += np.float64(count)
     return loss, bad
 
 
@@ -163,8 +190,30 @@ def _bce_probs_grad_row(xr, g, o, i, layout, tr, pwr, keep, half_ls, lo, hi, sca
     gr = _grad_rview(xr, g, o, i, xr.shape[0], layout)  # (see _softmax_grad_row)
     for c in range(xr.shape[0]):
         p = _x_value(xr[c])
-        y = _as(tr[c], p) * keep + half_ls
-        gr[c] = scale * _bce_prob_grad(p, y, _as(_at(pwr, c), p), lo, hi)
+        y, neg = _smoothed(tr[c], keep, half_ls, p)
+        gr[c] = scale * _bce_prob_grad(p, y, neg, _as(_at(pwr, c), p), lo, hi)
+
+
+@_helper
+def _count_bad_targets(tv, bad):
+    """bad[j] += 1 where the target tv[j] is outside [0, 1] (a loop of its own, as
+    _count_out_of_range)."""
+    for j in range(bad.shape[0]):
+        bad[j] += _one_like(bad[0]) if _bad_target(tv[j]) else _zero_like(bad[0])
+
+
+@_helper
+def _first_bad_target(tv):
+    """The index of the first target of tv outside [0, 1], or -1: a counting loop
+    (vectorised) first, the scan only when one is found."""
+    count = 0.0
+    for j in range(tv.shape[0]):
+        count = _acc(count, 1.0 if _bad_target(tv[j]) else 0.0)
+    if count != 0.0:
+        for j in range(tv.shape[0]):
+            if _bad_target(tv[j]):
+                return j
+    return -1
 
 
 def _put_loss(acc, tail, j, loss):
@@ -209,21 +258,23 @@ def _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, acc, tail):
         if fin:
             for j in range(nb):
                 v = _x_value(xv[j])
-                _put_loss(acc, tail, j, _bce_logit_loss_unit_fin(v, tail[j], _as(tv[j], v), keep, half_ls))
+                y, neg = _smoothed(tv[j], keep, half_ls, v)
+                _put_loss(acc, tail, j, _bce_logit_loss_unit_fin(v, tail[j], y, neg))
         else:
             for j in range(nb):
                 v = _x_value(xv[j])
-                _put_loss(acc, tail, j, _bce_logit_loss_unit(v, tail[j], _as(tv[j], v), keep, half_ls))
+                y, neg = _smoothed(tv[j], keep, half_ls, v)
+                _put_loss(acc, tail, j, _bce_logit_loss_unit(v, tail[j], y, neg))
     elif fin:
         for j in range(nb):
             v = _x_value(xv[j])
-            y = _as(tv[j], v) * keep + half_ls
-            _put_loss(acc, tail, j, _bce_logit_loss_fin(v, tail[j], y, _as(_at(pwv, j), v)))
+            y, neg = _smoothed(tv[j], keep, half_ls, v)
+            _put_loss(acc, tail, j, _bce_logit_loss_fin(v, tail[j], y, neg, _as(_at(pwv, j), v)))
     else:
         for j in range(nb):
             v = _x_value(xv[j])
-            y = _as(tv[j], v) * keep + half_ls
-            _put_loss(acc, tail, j, _bce_logit_loss_l(v, tail[j], y, _as(_at(pwv, j), v)))
+            y, neg = _smoothed(tv[j], keep, half_ls, v)
+            _put_loss(acc, tail, j, _bce_logit_loss_l(v, tail[j], y, neg, _as(_at(pwv, j), v)))
 
 
 #: Elements per run of a flat binary loss: its x, t, tails and float64 losses stay in L1
@@ -232,13 +283,14 @@ _TAIL_RUN = 1024
 
 
 @_helper
-def _cols_bce_logits(x, t, pw, o, i0, nb, keep, half_ls, loss, p_loss, tail, leaves):
+def _cols_bce_logits(x, t, pw, o, i0, nb, keep, half_ls, loss, p_loss, tail, leaves, bad):
     """loss[j] (float64) = the summed losses of rows i0..i0+nb-1: in compute-dtype
     partial sums of _BLOCK classes (loss and p_loss zeroed), or with one class (a
-    flat binary loss) the losses themselves, run by run (nothing zeroed: a zeroing
-    pass over the block cost ~10%); with ``leaves`` (one class, nb whole leaves) only
-    the pairwise leaf sums of every 128 losses, loss[k] for rows 128k..128k+127,
-    taken from the run's float32 losses without storing them as float64."""
+    flat binary loss) the losses themselves, run by run (nothing zeroed); with
+    ``leaves`` (one class, nb whole leaves) only the pairwise leaf sums of every 128
+    losses, loss[k] for rows 128k..128k+127, taken from the run's float32 losses
+    without storing them as float64. Returns the first row (j) whose targets are
+    outside [0, 1], or -1 (``bad``: a zeroed (nb,) scratch, unused for one class)."""
     n_c = x.shape[1]
     if n_c == 1:
         for s0 in range(0, nb, _TAIL_RUN):
@@ -251,25 +303,30 @@ def _cols_bce_logits(x, t, pw, o, i0, nb, keep, half_ls, loss, p_loss, tail, lea
                 lr = loss[s0 : s0 + tr.shape[0]]
                 for j in range(lr.shape[0]):
                     lr[j] = np.float64(tr[j])
-        return
+            j = _first_bad_target(_col_view_c(t, o, 0, i0 + s0, tr.shape[0]))
+            if j >= 0:
+                return s0 + j
+        return -1
     for c0 in range(0, n_c, _BLOCK):
         for c in range(c0, min(n_c, c0 + _BLOCK)):
             _bce_logits_class(x, t, pw, o, c, i0, keep, half_ls, p_loss, tail)
+            _count_bad_targets(_col_view_c(t, o, c, i0, nb), bad)
         _flush(loss, p_loss)
+    return _first_bad_in_block(bad, 0, 0, 0, -1)
 
 
 @_helper
-def _cols_bce_logits_grad(x, g, t, pw, o, i0, keep, half_ls, gw):
+def _cols_bce_logits_grad(x, g, glayout, t, pw, o, i0, keep, half_ls, gw):
     nb = gw.shape[0]
     for c in range(x.shape[1]):
         xv = _col_view_c(x, o, c, i0, nb)
-        gv = _grad_cview(xv, g, o, c, i0, nb)
+        gv = _grad_cview(xv, g, o, c, i0, nb, glayout)
         tv = _col_view_c(t, o, c, i0, nb)
         pwv = _pw_col(pw, c, i0, nb)
         for j in range(nb):
             v = _x_value(xv[j])
-            y = _as(tv[j], v) * keep + half_ls
-            gv[j] = gw[j] * _bce_logit_grad(v, y, _as(_at(pwv, j), v))
+            y, neg = _smoothed(tv[j], keep, half_ls, v)
+            gv[j] = gw[j] * _bce_logit_grad(v, y, neg, _as(_at(pwv, j), v))
 
 
 @_helper
@@ -282,34 +339,35 @@ def _cols_bce_probs(x, t, pw, o, i0, keep, half_ls, lo, hi, loss, bad, p_loss, p
             pwv = _pw_col(pw, c, i0, nb)
             for j in range(nb):
                 p = _x_value(xv[j])
-                y = _as(tv[j], p) * keep + half_ls
-                p_loss[j] += _bce_prob_loss(p, y, _as(_at(pwv, j), p), lo, hi)
+                y, neg = _smoothed(tv[j], keep, half_ls, p)
+                p_loss[j] += _bce_prob_loss(p, y, neg, _as(_at(pwv, j), p), lo, hi)
             _count_out_of_range(xv, p_bad)
+            _count_bad_targets(tv, p_bad)
         _flush(loss, p_loss)
         _flush(bad, p_bad)
 
 
 @_helper
-def _cols_bce_probs_grad(x, g, t, pw, o, i0, keep, half_ls, lo, hi, gw):
+def _cols_bce_probs_grad(x, g, glayout, t, pw, o, i0, keep, half_ls, lo, hi, gw):
     nb = gw.shape[0]
     for c in range(x.shape[1]):
         xv = _col_view_c(x, o, c, i0, nb)
-        gv = _grad_cview(xv, g, o, c, i0, nb)
+        gv = _grad_cview(xv, g, o, c, i0, nb, glayout)
         tv = _col_view_c(t, o, c, i0, nb)
         pwv = _pw_col(pw, c, i0, nb)
         for j in range(nb):
             p = _x_value(xv[j])
-            y = _as(tv[j], p) * keep + half_ls
-            gv[j] = gw[j] * _bce_prob_grad(p, y, _as(_at(pwv, j), p), lo, hi)
+            y, neg = _smoothed(tv[j], keep, half_ls, p)
+            gv[j] = gw[j] * _bce_prob_grad(p, y, neg, _as(_at(pwv, j), p), lo, hi)
 
 
 @_driver("binary_from_logits")
-def _binary_logits_rows(x, t, pw, keep, half_ls, gw, loss, g, layout, workers):
+def _binary_logits_rows(x, t, pw, keep, half_ls, gw, loss, g, glayout, layout, workers):
     n_o, n_c, n_i = x.shape
-    keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
-    n_items = n_o * n_i
-    claims = _claims(n_items, n_c, workers)
-    for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
+    n = n_o * n_i
+    first = _slot(n)  # lowered by _lower: the first row with a bad target
+    claims = _claims(n, n_c, workers)
+    for worker in prange(min(workers, n)):  # one worker a thread (see _claims)
         r, end = _claim(claims)
         while r < end:
             o = r // n_i
@@ -317,19 +375,23 @@ def _binary_logits_rows(x, t, pw, keep, half_ls, gw, loss, g, layout, workers):
             xr = _rview(x, o, i, n_c, layout)
             tr = _rview(t, o, i, n_c, layout)
             pwr = _pw_row(pw, i)
-            loss[o, i] = _bce_logits_row(xr, tr, pwr, keep_c, half_c) / n_c
+            total, bad = _bce_logits_row(xr, tr, pwr, keep, half_ls)
+            if bad != 0:
+                _lower(first, r)
+            loss[o, i] = total / n_c
             if g is not None:
-                _bce_logits_grad_row(xr, g, o, i, layout, tr, pwr, keep_c, half_c,
+                _bce_logits_grad_row(xr, g, o, i, glayout, tr, pwr, keep, half_ls,
                                      _compute_scalar(x, gw[o, i] / n_c))
             r, end = _next_item(claims, r, end)
-    return -1
+    return first[0] if first[0] < n else -1
 
 
 @_driver("binary_from_logits")
-def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block, workers):
+def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, glayout, block, workers):
     n_o, n_c, n_i = x.shape
     n_blocks = (n_i + block - 1) // block
-    keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
+    none = n_o * n_i
+    first = _slot(none)  # lowered by _lower: the first row with a bad target
     n_items = n_o * n_blocks
     claims = _claims(n_items, block * n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
@@ -341,7 +403,10 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block, workers):
             total = np.empty(nb // 128 if leaves else nb) if flat else np.zeros(nb)
             p_total = _compute_zeros(x, 1, 0 if flat else nb)[0]
             tail = _compute_empty(x, min(nb, _TAIL_RUN) if flat else nb)  # written before read
-            _cols_bce_logits(x, t, pw, o, i0, nb, keep_c, half_c, total, p_total, tail, leaves)
+            bad = np.zeros(0 if flat else nb)
+            j = _cols_bce_logits(x, t, pw, o, i0, nb, keep, half_ls, total, p_total, tail, leaves, bad)
+            if j >= 0:
+                _lower(first, o * n_i + i0 + j)
             if leaves:
                 _store_leaf_tree(loss, q, total)
             else:
@@ -350,17 +415,16 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, block, workers):
                 gw_c = _compute_empty(x, nb)  # (a loss-only call allocates no gradient weights)
                 for j in range(nb):
                     gw_c[j] = gw[o, i0 + j] / n_c
-                _cols_bce_logits_grad(x, g, t, pw, o, i0, keep_c, half_c, gw_c)
+                _cols_bce_logits_grad(x, g, glayout, t, pw, o, i0, keep, half_ls, gw_c)
             q, end = _next_item(claims, q, end)
-    return -1
+    return first[0] if first[0] < none else -1
 
 
 @_driver("binary_from_probs")
-def _binary_probs_rows(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, layout, workers):
+def _binary_probs_rows(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, glayout, layout, workers):
     n_o, n_c, n_i = x.shape
     n = n_o * n_i
     first = _slot(n)  # lowered by _lower: the first bad row
-    keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
     claims = _claims(n, n_c, workers)
     for worker in prange(min(workers, n)):  # one worker a thread (see _claims)
         r, end = _claim(claims)
@@ -370,24 +434,23 @@ def _binary_probs_rows(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, layout, wor
             xr = _rview(x, o, i, n_c, layout)
             tr = _rview(t, o, i, n_c, layout)
             pwr = _pw_row(pw, i)
-            total, bad = _bce_probs_row(xr, tr, pwr, keep_c, half_c, lo, hi)
+            total, bad = _bce_probs_row(xr, tr, pwr, keep, half_ls, lo, hi)
             if bad != 0:
                 _lower(first, r)
             loss[o, i] = total / n_c
             if g is not None:
-                _bce_probs_grad_row(xr, g, o, i, layout, tr, pwr, keep_c, half_c,
+                _bce_probs_grad_row(xr, g, o, i, glayout, tr, pwr, keep, half_ls,
                                     lo, hi, _compute_scalar(x, gw[o, i] / n_c))
             r, end = _next_item(claims, r, end)
     return first[0] if first[0] < n else -1
 
 
 @_driver("binary_from_probs")
-def _binary_probs_cols(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, block, workers):
+def _binary_probs_cols(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, glayout, block, workers):
     n_o, n_c, n_i = x.shape
     n_blocks = (n_i + block - 1) // block
     none = n_o * n_i
     first = _slot(none)  # lowered by _lower: the first bad row
-    keep_c, half_c = _compute_scalar(x, keep), _compute_scalar(x, half_ls)
     n_items = n_o * n_blocks
     claims = _claims(n_items, block * n_c, workers)
     for worker in prange(min(workers, n_items)):  # one worker a thread (see _claims)
@@ -398,34 +461,34 @@ def _binary_probs_cols(x, t, pw, keep, half_ls, lo, hi, gw, loss, g, block, work
             total, bad = s[0], s[1]
             cs = _compute_zeros(x, 3, nb)
             p_total, p_bad, gw_c = cs[0], cs[1], cs[2]
-            _cols_bce_probs(x, t, pw, o, i0, keep_c, half_c, lo, hi, total, bad, p_total, p_bad)
+            _cols_bce_probs(x, t, pw, o, i0, keep, half_ls, lo, hi, total, bad, p_total, p_bad)
             _store_losses(loss, q, o, i0, 1, total, n_c)
             _lower(first, _first_bad_in_block(bad, o, i0, n_i, none))
             if g is not None:
                 for j in range(nb):
                     gw_c[j] = gw[o, i0 + j] / n_c
-                _cols_bce_probs_grad(x, g, t, pw, o, i0, keep_c, half_c, lo, hi, gw_c)
+                _cols_bce_probs_grad(x, g, glayout, t, pw, o, i0, keep, half_ls, lo, hi, gw_c)
             q, end = _next_item(claims, q, end)
     return first[0] if first[0] < none else -1
 
 
-def _prepare_binary_from_logits(x, targets, pos_weight, label_smoothing, grad_weight, loss_out, grad_out):
-    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), pos_weight=pos_weight)
+def _prepare_binary_from_logits(x, targets, pos_weight, label_smoothing, grad_weight, loss_out, grad_out, threads=1):
+    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), pos_weight=pos_weight, threads=threads)
     grad_weight, loss_out = p.flat
     grad_weight = _small_input(grad_weight, np.float64)
     ls = float(label_smoothing)
     return p.driver(_binary_logits_rows, _binary_logits_cols), (
-        p.x, p.dense, p.pos_weight, 1.0 - ls, ls / 2, grad_weight, loss_out, p.g, p.last)
+        p.x, p.dense, p.pos_weight, 1.0 - ls, ls / 2, grad_weight, loss_out, p.g, p.glayout, p.last)
 
 
-def _prepare_binary_from_probs(x, targets, pos_weight, label_smoothing, epsilon, grad_weight, loss_out, grad_out):
+def _prepare_binary_from_probs(x, targets, pos_weight, label_smoothing, epsilon, grad_weight, loss_out, grad_out, threads=1):
     lo, hi = _bounds(x, epsilon)
-    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), pos_weight=pos_weight)
+    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), pos_weight=pos_weight, threads=threads)
     grad_weight, loss_out = p.flat
     grad_weight = _small_input(grad_weight, np.float64)
     ls = float(label_smoothing)
     return p.driver(_binary_probs_rows, _binary_probs_cols), (
-        p.x, p.dense, p.pos_weight, 1.0 - ls, ls / 2, lo, hi, grad_weight, loss_out, p.g, p.last)
+        p.x, p.dense, p.pos_weight, 1.0 - ls, ls / 2, lo, hi, grad_weight, loss_out, p.g, p.glayout, p.last)
 
 
 def _few_outputs_along_one_axis(x) -> bool:

@@ -11,7 +11,7 @@ from numba import prange
 
 from .intrinsics import _prefetch
 from .jit import _driver, _helper
-from .layout import _bounds, _Layout, _small_input
+from .layout import _bounds, _int64, _Layout, _small_input
 from .math import _neg_log_clip, _x_value, _xent_prob_grad
 from .ranges import _lower, _out_of_range, _slot
 from .schedule import _claim, _claims, _next_item
@@ -106,20 +106,28 @@ def _sparse_probs_gather(x, labels, w, ignore, lo, hi, gw, layout, loss, g, bloc
 
 
 def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, ignore_index, epsilon,
-                               grad_weight, loss_out, grad_out):  # fmt: skip
+                               grad_weight, loss_out, grad_out, threads=1):  # fmt: skip
     """sparse_from_probs without label smoothing: one value per row; contiguous
     gradient rows when possible."""
     n_c = x.shape[1]
     lo, hi = _bounds(x, epsilon)
-    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out))
+    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out), threads=threads)
     labels, grad_weight, loss_out = p.flat
     labels, grad_weight = _small_input(labels, np.int64), _small_input(grad_weight, np.float64)
     class_weight = _small_input(class_weight, np.float64)
-    layout = None if p.path == "generic" or (p.path == "cols" and n_c > 1) else True
-    if p.g is not None and p.g is not True and p.g.strides[1] != p.g.itemsize and n_c > 1:
-        layout = None
-    return _sparse_probs_gather, (p.x, labels, class_weight, int(ignore_index), lo, hi,
-                                  grad_weight, layout, loss_out, p.g, _GATHER_ROWS)  # fmt: skip
+    rows = p.x if p.g is True else p.g  # where the gradient rows are
+    layout = None if rows is not None and n_c > 1 and rows.strides[1] != rows.itemsize else True
+    return _sparse_probs_gather, (p.x, labels, class_weight, _int64(ignore_index), lo, hi,
+                                  grad_weight, layout, loss_out, p.g, _gather_rows(p.x.shape[0], p.x.shape[2], threads))
+
+
+def _gather_rows(n_o: int, n_i: int, threads: int) -> int:
+    """Rows per work item: _GATHER_ROWS, or fewer when every thread would not get one
+    (the work items are runs along the inner axis when I > 1, else the outer)."""
+    if n_i == 1:
+        return max(1, min(_GATHER_ROWS, -(-n_o // threads)))
+    per_o = -(-threads // max(n_o, 1))  # work items each outer index must provide
+    return max(1, min(_GATHER_ROWS, -(-n_i // per_o)))
 
 
 def _few_rows_axes(x) -> bool:

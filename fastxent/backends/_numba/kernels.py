@@ -22,13 +22,14 @@ from .. import forked_child
 from . import binary, cache, gather, jit, probs, softmax
 
 
-def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, *rest):
+def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, *rest, threads=1):
     """Whole rows with label smoothing (:mod:`.probs`), else the gather-log (:mod:`.gather`)."""
     family = probs if float(label_smoothing) else gather
-    return family._prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, *rest)
+    return family._prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, *rest, threads=threads)
 
 
-#: Per kernel: its KERNELS.md arguments (without ``threads``) -> (driver, driver arguments).
+#: Per kernel: its KERNELS.md arguments (``threads`` as a keyword: it sizes the work
+#: items so that every thread gets some) -> (driver, driver arguments).
 _PREPARE = {
     "sparse_from_logits": softmax._prepare_sparse_from_logits,
     "sparse_from_probs": _prepare_sparse_from_probs,
@@ -39,7 +40,7 @@ _PREPARE = {
 }
 
 #: Drivers whose work items can be the blocks of ``BLOCK_ROWS`` rows that block-sums
-#: mode sums (their ``loss`` argument third from last, ``block`` last), and whether a
+#: mode sums (``block``, their last argument, is then BLOCK_ROWS), and whether a
 #: call's x (after the layout step) allows it.
 _SUMMABLE = {**gather.SUMMABLE, **binary.SUMMABLE}
 
@@ -106,7 +107,7 @@ def _run(driver, args, threads) -> int:
                 _listener()
 
 
-def _prepared(prepare, call_args, block_sums: bool):
+def _prepared(prepare, call_args, block_sums: bool, threads: int = 1):
     """(driver, its arguments, per-row losses to block-sum after the run or None).
 
     With ``block_sums``, ``loss_out`` (``call_args[-2]``) receives the float64 sum of
@@ -114,14 +115,19 @@ def _prepared(prepare, call_args, block_sums: bool):
     driver itself where its work items are those blocks -- 10M binary losses then
     never reach memory -- else from per-row losses afterwards."""
     if not block_sums:
-        return (*prepare(*call_args), None)
+        return (*prepare(*call_args, threads=threads), None)
     call_args = list(call_args)
     x, sums = call_args[0], call_args[-2]
     rows = call_args[-2] = np.empty((x.shape[0], x.shape[2]))  # pages untouched unless used
-    driver, driver_args = prepare(*call_args)
+    driver, driver_args = prepare(*call_args, threads=threads)
     allowed = _SUMMABLE.get(driver)
     if allowed is not None and allowed(driver_args[0]):
-        return driver, (*driver_args[:-3], sums, driver_args[-2], _reduce.BLOCK_ROWS), None
+        driver_args = list(driver_args)
+        data = rows.__array_interface__["data"][0]  # loss_out, perhaps as a flattened view
+        at = next(k for k, a in enumerate(driver_args)
+                  if isinstance(a, np.ndarray) and a.__array_interface__["data"][0] == data)  # fmt: skip
+        driver_args[at], driver_args[-1] = sums, _reduce.BLOCK_ROWS
+        return driver, tuple(driver_args), None
     return driver, driver_args, rows
 
 
@@ -130,7 +136,7 @@ def _kernel(name):
 
     def kernel(*args, block_sums=False):
         *call_args, threads = args
-        driver, driver_args, rows = _prepared(prepare, call_args, block_sums)
+        driver, driver_args, rows = _prepared(prepare, call_args, block_sums, int(threads))
         first_bad = _run(driver, driver_args, threads)
         if rows is not None and first_bad == -1:
             call_args[-2][:] = _reduce.block_sums(rows)

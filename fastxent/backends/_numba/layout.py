@@ -6,6 +6,8 @@ Imports no numba.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -63,19 +65,30 @@ def _flatten(a):
     return np.lib.stride_tricks.as_strided(a, shape, (0,) * (a.ndim - 1) + (s_i,))
 
 
-def _block_size(n_c: int, n_i: int) -> int:
+def _block_size(n_c: int, n_i: int, threads: int) -> int:
     """Rows per block of the column path: about 256K elements (1 MiB of float32; the
     block's second pass then comes from L2/L3) and at least 64 rows, so that each
-    class contributes 256 contiguous bytes. Measured on (1, 1000, 65536) float32,
-    1 thread: 16 rows 400 ms, 32 226, 64 137, 256 101, 1024 93."""
-    return int(min(n_i, max(64, min(4096, (1 << 18) // max(n_c, 1)))))
+    class contributes 256 contiguous bytes -- but small enough that every thread
+    gets a block. A row's results do not depend on its block."""
+    block = min(n_i, max(64, min(4096, (1 << 18) // max(n_c, 1))))
+    return int(max(1, min(block, -(-n_i // threads))))
+
+
+def _contiguous(a, axis: int) -> bool:
+    return a.shape[axis] == 1 or a.strides[axis] == a.itemsize
 
 
 class _Layout:
     """Canonical arguments of one call: float16 as records, the gradient mode, C == 1
-    rows flattened into one long row axis, and the path with its last argument."""
+    rows flattened into one long row axis, the path with its last argument (the
+    views' layout, or the column path's rows per block for ``threads`` threads), and
+    the gradient views' layout.
 
-    def __init__(self, x, grad_out, dense=None, flat=(), pos_weight=None):
+    The path depends on x and the targets only: a gradient array of another layout
+    is written through strided views (``glayout`` None), so that asking for a
+    gradient never changes how -- and so with which bits -- the loss is summed."""
+
+    def __init__(self, x, grad_out, dense=None, flat=(), pos_weight=None, threads=1):
         in_place = grad_out is not None and _same_memory(x, grad_out)
         grad = None if grad_out is None or in_place else grad_out
         flat = list(flat)
@@ -89,14 +102,16 @@ class _Layout:
                 flat = [next(it) for _ in flat]
                 if pos_weight is not None:
                     pos_weight = np.broadcast_to(pos_weight[:, :1], (1, x.shape[2]))
-        walked = [a for a in (x, dense, grad) if a is not None]
+        walked = [a for a in (x, dense) if a is not None]
         n_c, n_i = x.shape[1], x.shape[2]
-        rows_ok = n_c == 1 or all(a.strides[1] == a.itemsize for a in walked)
-        cols_ok = n_i > 1 and all(a.strides[2] == a.itemsize for a in walked)
+        rows_ok = n_c == 1 or all(_contiguous(a, 1) for a in walked)
+        cols_ok = n_i > 1 and all(_contiguous(a, 2) for a in walked)
         if cols_ok and (n_c == 1 or not rows_ok):
-            self.path, self.last = "cols", _block_size(n_c, n_i)
+            self.path, self.last = "cols", _block_size(n_c, n_i, threads)
+            self.glayout = True if grad is None or _contiguous(grad, 2) else None
         else:
             self.path, self.last = ("rows", True) if rows_ok else ("generic", None)
+            self.glayout = True if grad is None or n_c == 1 or _contiguous(grad, 1) else None
         self.x = _numba_view(x) if in_place else _input(_numba_view(x))  # in place: the kernel writes x
         self.dense = _input(_numba_view(dense))
         self.g = True if in_place else grad
@@ -111,6 +126,27 @@ class _Layout:
 
     def driver(self, rows, cols):
         return cols if self.path == "cols" else rows
+
+
+def _zero_weights(x, n_classes: int):
+    """Zero class weights in the compute dtype: what the sparse kernels' element loops
+    read when no label smoothing spreads weight over every class (so an inf or NaN
+    class weight of a class no row has never reaches them)."""
+    return _zeros(n_classes, np.dtype(np.float64 if x.dtype == np.float64 else np.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _zeros(n: int, dtype) -> np.ndarray:
+    zeros = np.zeros(n, dtype)
+    zeros.flags.writeable = False
+    return zeros
+
+
+def _int64(value) -> int:
+    """An integer as the int64 of its two's complement bits, as C's (int64_t) of a
+    uint64: a label is compared with ignore_index that way (KERNELS.md), so
+    2**64 - 1 and -1 ignore the same uint64 label."""
+    return (int(value) + 2**63) % 2**64 - 2**63
 
 
 def _compute_weights(x, class_weight):

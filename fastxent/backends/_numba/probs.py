@@ -9,7 +9,7 @@ from numba import prange
 
 from .intrinsics import _acc
 from .jit import _driver, _helper
-from .layout import _bounds, _compute_weights, _Layout, _small_input
+from .layout import _bounds, _compute_weights, _int64, _Layout, _small_input
 from .math import _compute_scalar, _neg_log_clip, _one_like, _x_value, _xent_prob_grad, _zero_like
 from .ranges import _count_out_of_range, _first_bad_in_block, _lower, _out_of_range, _slot
 from .schedule import _block, _claim, _claims, _next_item
@@ -63,11 +63,11 @@ def _cols_xent_probs(x, t, wc, o, i0, keep, ls_c, lo, hi, loss, bad, p_loss, p_b
 
 
 @_helper
-def _cols_xent_probs_grad(x, g, t, wc, o, i0, keep, ls_c, scale, lo, hi, gw):
+def _cols_xent_probs_grad(x, g, glayout, t, wc, o, i0, keep, ls_c, scale, lo, hi, gw):
     nb = gw.shape[0]
     for c in range(x.shape[1]):
         xv = _col_view_c(x, o, c, i0, nb)
-        gv = _grad_cview(xv, g, o, c, i0, nb)
+        gv = _grad_cview(xv, g, o, c, i0, nb, glayout)
         tv = _t_cview(t, o, c, i0, nb)
         w_c = wc[c]
         for j in range(nb):
@@ -76,7 +76,7 @@ def _cols_xent_probs_grad(x, g, t, wc, o, i0, keep, ls_c, scale, lo, hi, gw):
 
 
 @_driver("sparse_from_probs")
-def _sparse_probs_rows(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g, layout, workers):
+def _sparse_probs_rows(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g, glayout, layout, workers):
     n_o, n_c, n_i = x.shape
     n = n_o * n_i
     first = _slot(n)  # lowered by _lower: the first bad row
@@ -90,7 +90,7 @@ def _sparse_probs_rows(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g
             i = r - o * n_i
             y = np.int64(labels[o, i])
             xr = _rview(x, o, i, n_c, layout)
-            gr = _grad_rview(xr, g, o, i, n_c, layout)
+            gr = _grad_rview(xr, g, o, i, n_c, glayout)
             if y == ignore:
                 loss[o, i] = 0.0
                 if g is not None:
@@ -104,7 +104,7 @@ def _sparse_probs_rows(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g
                 loss[o, i] = ls_c * smooth + keep * w_y * np.float64(_neg_log_clip(p_y, lo, hi))
                 if g is not None:
                     gw_r = gw[o, i]
-                    _xent_probs_grad_row(xr, g, o, i, layout, None, wc, keep_c, ls_cc, ls_cc,
+                    _xent_probs_grad_row(xr, g, o, i, glayout, None, wc, keep_c, ls_cc, ls_cc,
                                          lo, hi, _compute_scalar(x, gw_r))
                     _put(gr, y, gw_r * _xent_prob_grad(np.float64(p_y), (keep + ls_c) * w_y, lo64, hi64))
             r, end = _next_item(claims, r, end)
@@ -112,7 +112,7 @@ def _sparse_probs_rows(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g
 
 
 @_driver("sparse_from_probs")
-def _sparse_probs_cols(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g, block, workers):
+def _sparse_probs_cols(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g, glayout, block, workers):
     n_o, n_c, n_i = x.shape
     n_blocks = (n_i + block - 1) // block
     none = n_o * n_i
@@ -144,7 +144,7 @@ def _sparse_probs_cols(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g
                     loss[o, i] = ls_c * smooth[j] + keep * w[y[j]] * np.float64(_neg_log_clip(p_y[j], lo, hi))
             _lower(first, _first_bad_in_block(bad, o, i0, n_i, none))
             if g is not None:
-                _cols_xent_probs_grad(x, g, None, wc, o, i0, keep_c, ls_cc, ls_cc, lo, hi, gw_c)
+                _cols_xent_probs_grad(x, g, glayout, None, wc, o, i0, keep_c, ls_cc, ls_cc, lo, hi, gw_c)
                 for j in range(nb):
                     gw_r = gw[o, i0 + j]
                     if y[j] == ignore:
@@ -157,7 +157,7 @@ def _sparse_probs_cols(x, labels, w, wc, keep, ls_c, ignore, lo, hi, gw, loss, g
 
 
 @_driver("categorical_from_probs")
-def _categorical_probs_rows(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, layout, workers):
+def _categorical_probs_rows(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, glayout, layout, workers):
     n_o, n_c, n_i = x.shape
     n = n_o * n_i
     first = _slot(n)  # lowered by _lower: the first bad row
@@ -175,14 +175,14 @@ def _categorical_probs_rows(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, layout, w
                 _lower(first, r)
             loss[o, i] = total
             if g is not None:
-                _xent_probs_grad_row(xr, g, o, i, layout, tr, wc, keep_c, ls_cc, one,
+                _xent_probs_grad_row(xr, g, o, i, glayout, tr, wc, keep_c, ls_cc, one,
                                      lo, hi, _compute_scalar(x, gw[o, i]))
             r, end = _next_item(claims, r, end)
     return first[0] if first[0] < n else -1
 
 
 @_driver("categorical_from_probs")
-def _categorical_probs_cols(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, block, workers):
+def _categorical_probs_cols(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, glayout, block, workers):
     n_o, n_c, n_i = x.shape
     n_blocks = (n_i + block - 1) // block
     none = n_o * n_i
@@ -204,33 +204,33 @@ def _categorical_probs_cols(x, t, wc, keep, ls_c, lo, hi, gw, loss, g, block, wo
                 gw_c[j] = gw[o, i0 + j]
             _lower(first, _first_bad_in_block(bad, o, i0, n_i, none))
             if g is not None:
-                _cols_xent_probs_grad(x, g, t, wc, o, i0, keep_c, ls_cc, one, lo, hi, gw_c)
+                _cols_xent_probs_grad(x, g, glayout, t, wc, o, i0, keep_c, ls_cc, one, lo, hi, gw_c)
             q, end = _next_item(claims, q, end)
     return first[0] if first[0] < none else -1
 
 
 def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, ignore_index, epsilon,
-                               grad_weight, loss_out, grad_out):  # fmt: skip
+                               grad_weight, loss_out, grad_out, threads=1):  # fmt: skip
     """sparse_from_probs with label smoothing (> 0): whole rows are read."""
     n_c = x.shape[1]
     lo, hi = _bounds(x, epsilon)
-    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out))
+    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out), threads=threads)
     labels, grad_weight, loss_out = p.flat
     labels, grad_weight = _small_input(labels, np.int64), _small_input(grad_weight, np.float64)
     class_weight = _small_input(class_weight, np.float64)
     ls = float(label_smoothing)
     return p.driver(_sparse_probs_rows, _sparse_probs_cols), (
-        p.x, labels, class_weight, _compute_weights(x, class_weight), 1.0 - ls, ls / n_c, int(ignore_index),
-        lo, hi, grad_weight, loss_out, p.g, p.last)  # fmt: skip
+        p.x, labels, class_weight, _compute_weights(x, class_weight), 1.0 - ls, ls / n_c, _int64(ignore_index),
+        lo, hi, grad_weight, loss_out, p.g, p.glayout, p.last)  # fmt: skip
 
 
 def _prepare_categorical_from_probs(x, targets, class_weight, label_smoothing, epsilon,
-                                    grad_weight, loss_out, grad_out):  # fmt: skip
+                                    grad_weight, loss_out, grad_out, threads=1):  # fmt: skip
     lo, hi = _bounds(x, epsilon)
-    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out))
+    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), threads=threads)
     grad_weight, loss_out = p.flat
     grad_weight = _small_input(grad_weight, np.float64)
     ls = float(label_smoothing)
     return p.driver(_categorical_probs_rows, _categorical_probs_cols), (
         p.x, p.dense, _compute_weights(x, class_weight), 1.0 - ls, ls / x.shape[1], lo, hi,
-        grad_weight, loss_out, p.g, p.last)  # fmt: skip
+        grad_weight, loss_out, p.g, p.glayout, p.last)  # fmt: skip

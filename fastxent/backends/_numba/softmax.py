@@ -14,7 +14,7 @@ from numba import prange
 
 from .intrinsics import _acc, _key, _maximum, _prefetch, _unkey
 from .jit import _driver, _helper
-from .layout import _compute_weights, _Layout, _small_input
+from .layout import _compute_weights, _int64, _Layout, _small_input, _zero_weights
 from .math import _compute_scalar, _exp, _exp_near, _exp_neg, _inf_like, _NEAR, _one_like, _x_value, _zero_like
 from .schedule import _block, _claim, _claims, _next_item
 from .sums import _BLOCK, _flush
@@ -45,19 +45,20 @@ def _grad_coefs(rest, big_a):
 @_helper
 def _softmax_loss(m, rest, gap, big_a):
     """Row loss: sum_{a_c != 0} a_c (m - x_c) + A log1p(R) (``gap`` is the sum).
-    NaN or +inf in the row: NaN. Every logit -inf: +inf if A > 0, else 0."""
+    NaN or +inf in the row: NaN. Every logit -inf: A * inf (-inf for a negative A
+    from negative class weights), and 0 when A == 0."""
     if not m < _inf_like(m):
         return np.nan
     if m == -_inf_like(m):
-        return np.inf if big_a > 0.0 else 0.0
+        return big_a * np.inf if big_a != 0.0 else 0.0
     return gap + big_a * math.log1p(rest)
 
 
 @_helper
 def _special_grad(m, big_a):
     """The gradient of a row whose max is not finite: NaN, or 0 for an all -inf row
-    without target weight."""
-    return 0.0 if (m == -_inf_like(m)) & (big_a <= 0.0) else np.nan
+    without target weight (A == 0)."""
+    return 0.0 if (m == -_inf_like(m)) & (big_a == 0.0) else np.nan
 
 
 @_helper
@@ -319,11 +320,11 @@ def _cols_gap_sum(x, t, w, o, i0, m, keep, ls_c, gap, total):
 
 
 @_helper
-def _cols_softmax_grad(x, g, t, wc, o, i0, keep, ls_c, scale, m, big_a, a_over_s, ar_over_s, gw):
+def _cols_softmax_grad(x, g, glayout, t, wc, o, i0, keep, ls_c, scale, m, big_a, a_over_s, ar_over_s, gw):
     nb = m.shape[0]
     for c in range(x.shape[1]):
         xv = _col_view_c(x, o, c, i0, nb)
-        gv = _grad_cview(xv, g, o, c, i0, nb)
+        gv = _grad_cview(xv, g, o, c, i0, nb, glayout)
         tv = _t_cview(t, o, c, i0, nb)
         w_c = wc[c]
         for j in range(nb):
@@ -342,7 +343,7 @@ def _cols_softmax_grad(x, g, t, wc, o, i0, keep, ls_c, scale, m, big_a, a_over_s
 
 
 @_driver("sparse_from_logits")
-def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g, layout, workers):
+def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g, glayout, layout, workers):
     n_o, n_c, n_i = x.shape
     ahead = _rows_follow(x)
     dense = ls_c != 0.0  # label smoothing: every class carries weight
@@ -356,7 +357,7 @@ def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
             i = r - o * n_i
             y = np.int64(labels[o, i])
             xr = _rview(x, o, i, n_c, layout)
-            gr = _grad_rview(xr, g, o, i, n_c, layout)
+            gr = _grad_rview(xr, g, o, i, n_c, glayout)
             if y == ignore:
                 loss[o, i] = 0.0
                 if g is not None:
@@ -375,7 +376,7 @@ def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
                     gw_r = gw[o, i]
                     if _finite(m):
                         a_over_s, ar_over_s = _softmax_row_grad(
-                            x, xr, g, gr, o, i, layout, None, wc, keep_c, ls_cc, ls_cc,
+                            x, xr, g, gr, o, i, glayout, None, wc, keep_c, ls_cc, ls_cc,
                             m, rest, big_a, gw_r, near, stored)
                         # the label's own weight, in float64
                         g_y = _softmax_grad(np.float64(x_y), np.float64(m),
@@ -388,7 +389,7 @@ def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
 
 
 @_driver("sparse_from_logits")
-def _sparse_logits_cols(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g, block, workers):
+def _sparse_logits_cols(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g, glayout, block, workers):
     n_o, n_c, n_i = x.shape
     n_blocks = (n_i + block - 1) // block
     dense = ls_c != 0.0
@@ -427,7 +428,7 @@ def _sparse_logits_cols(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
                     a_over_s[j], ar_over_s[j] = _grad_coefs(rest[j], big_a[j])
                     big_a_c[j], a_over_s_c[j], ar_over_s_c[j] = big_a[j], a_over_s[j], ar_over_s[j]
             if g is not None:
-                _cols_softmax_grad(x, g, None, wc, o, i0, keep_c, ls_cc, ls_cc,
+                _cols_softmax_grad(x, g, glayout, None, wc, o, i0, keep_c, ls_cc, ls_cc,
                                    m, big_a_c, a_over_s_c, ar_over_s_c, gw_c)
                 for j in range(nb):  # the label's own weight (float64), ignored and special rows
                     gw_r = gw[o, i0 + j]
@@ -445,7 +446,7 @@ def _sparse_logits_cols(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
 
 
 @_driver("categorical_from_logits")
-def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout, workers):
+def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, glayout, layout, workers):
     n_o, n_c, n_i = x.shape
     ahead = _rows_follow(x)
     keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
@@ -458,7 +459,7 @@ def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout, worke
             i = r - o * n_i
             xr = _rview(x, o, i, n_c, layout)
             tr = _rview(t, o, i, n_c, layout)
-            gr = _grad_rview(xr, g, o, i, n_c, layout)
+            gr = _grad_rview(xr, g, o, i, n_c, glayout)
             stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
             if stored:
                 m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, _exps_store(gr, g), ahead)
@@ -468,7 +469,7 @@ def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout, worke
             if g is not None:
                 gw_r = gw[o, i]
                 if _finite(m):
-                    _softmax_row_grad(x, xr, g, gr, o, i, layout, tr, wc, keep_c, ls_cc, one,
+                    _softmax_row_grad(x, xr, g, gr, o, i, glayout, tr, wc, keep_c, ls_cc, one,
                                       m, rest, big_a, gw_r, near, stored)
                 else:
                     _fill(gr, gw_r * _special_grad(m, big_a))
@@ -477,7 +478,7 @@ def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, layout, worke
 
 
 @_driver("categorical_from_logits")
-def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, block, workers):
+def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, glayout, block, workers):
     n_o, n_c, n_i = x.shape
     n_blocks = (n_i + block - 1) // block
     keep_c, ls_cc, one = _compute_scalar(x, keep), _compute_scalar(x, ls_c), _compute_scalar(x, 1.0)
@@ -504,7 +505,7 @@ def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, block, worker
                 a_over_s, ar_over_s = _grad_coefs(rest[j], big_a[j])
                 big_a_c[j], a_over_s_c[j], ar_over_s_c[j] = big_a[j], a_over_s, ar_over_s
             if g is not None:
-                _cols_softmax_grad(x, g, t, wc, o, i0, keep_c, ls_cc, one,
+                _cols_softmax_grad(x, g, glayout, t, wc, o, i0, keep_c, ls_cc, one,
                                    m, big_a_c, a_over_s_c, ar_over_s_c, gw_c)
                 for j in range(nb):
                     if not _finite(m[j]):
@@ -514,23 +515,23 @@ def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, block, worker
 
 
 def _prepare_sparse_from_logits(x, labels, class_weight, label_smoothing, ignore_index,
-                                grad_weight, loss_out, grad_out):  # fmt: skip
-    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out))
+                                grad_weight, loss_out, grad_out, threads=1):  # fmt: skip
+    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out), threads=threads)
     labels, grad_weight, loss_out = p.flat
     labels, grad_weight = _small_input(labels, np.int64), _small_input(grad_weight, np.float64)
     class_weight = _small_input(class_weight, np.float64)
     ls = float(label_smoothing)
     w_sum = float(class_weight.sum()) if ls else 0.0
     return p.driver(_sparse_logits_rows, _sparse_logits_cols), (
-        p.x, labels, class_weight, _compute_weights(x, class_weight), w_sum, 1.0 - ls, ls / x.shape[1],
-        int(ignore_index), grad_weight, loss_out, p.g, p.last)  # fmt: skip
+        p.x, labels, class_weight, _compute_weights(x, class_weight) if ls else _zero_weights(x, x.shape[1]), w_sum, 1.0 - ls, ls / x.shape[1],
+        _int64(ignore_index), grad_weight, loss_out, p.g, p.glayout, p.last)  # fmt: skip
 
 
-def _prepare_categorical_from_logits(x, targets, class_weight, label_smoothing, grad_weight, loss_out, grad_out):
-    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out))
+def _prepare_categorical_from_logits(x, targets, class_weight, label_smoothing, grad_weight, loss_out, grad_out, threads=1):
+    p = _Layout(x, grad_out, dense=targets, flat=(grad_weight, loss_out), threads=threads)
     grad_weight, loss_out = p.flat
     grad_weight = _small_input(grad_weight, np.float64)
     ls = float(label_smoothing)
     return p.driver(_categorical_logits_rows, _categorical_logits_cols), (
         p.x, p.dense, _small_input(class_weight, np.float64), _compute_weights(x, class_weight), 1.0 - ls, ls / x.shape[1],
-        grad_weight, loss_out, p.g, p.last)  # fmt: skip
+        grad_weight, loss_out, p.g, p.glayout, p.last)  # fmt: skip

@@ -50,6 +50,7 @@ def _make_view(axis: int, layout: str):
 _row_view_c = _make_view(1, "C")  # a[o, c:c+n, i], contiguous
 _row_view_a = _make_view(1, "A")  # a[o, c:c+n, i], any stride
 _col_view_c = _make_view(2, "C")  # a[o, c, i:i+n], contiguous
+_col_view_a = _make_view(2, "A")  # a[o, c, i:i+n], any stride
 
 
 # --------------------------------------------------------------------------- argument kinds
@@ -57,7 +58,9 @@ _col_view_c = _make_view(2, "C")  # a[o, c, i:i+n], contiguous
 # per type and prunes `is None` branches):
 #   g       None (loss only) | array (grad_out) | True (in place: write into x)
 #   t       None (sparse: target weights from class weights) | array (dense targets)
-#   layout  True (views with stride == itemsize) | None (any stride)
+#   layout  True (x and target views with stride == itemsize) | None (any stride)
+#   glayout the same for the gradient's views, chosen apart from x's: the loss's
+#           path (and so its bits) never depends on where the gradient goes
 #   pw      1-D (C,) pos_weight constant over the inner axis | 2-D (C, I)
 
 
@@ -138,15 +141,18 @@ def _keep_exp_ol(eb, c, e):
     return keep
 
 
-def _grad_cview(xv, g, o, c, i0, n):
-    """The gradient column block matching ``xv`` (``xv`` itself in place)."""
+def _grad_cview(xv, g, o, c, i0, n, glayout):
+    """The gradient column block matching ``xv`` (``xv`` itself in place); glayout:
+    True when the gradient's inner axis is contiguous, None for any stride."""
 
 
 @overload(_grad_cview, jit_options=_OPTS)
-def _grad_cview_ol(xv, g, o, c, i0, n):
-    if isinstance(g, types.Array):
-        return lambda xv, g, o, c, i0, n: _col_view_c(g, o, c, i0, n)
-    return lambda xv, g, o, c, i0, n: xv
+def _grad_cview_ol(xv, g, o, c, i0, n, glayout):
+    if not isinstance(g, types.Array):
+        return lambda xv, g, o, c, i0, n, glayout: xv
+    if isinstance(glayout, types.NoneType):
+        return lambda xv, g, o, c, i0, n, glayout: _col_view_a(g, o, c, i0, n)
+    return lambda xv, g, o, c, i0, n, glayout: _col_view_c(g, o, c, i0, n)
 
 
 def _t_rview(t, o, i, n, layout):
@@ -173,14 +179,19 @@ def _t_cview_ol(t, o, c, i0, n):
 
 def _weight(t, j, w_c, keep, ls_c):
     """Target weight of one class: w_c (sparse smoothing part, t None) or, for a
-    dense target t[j], a_c = w_c (t keep + ls/C)."""
+    dense target t[j], a_c = w_c (t keep + ls/C) -- exactly 0 where t keep + ls/C is
+    0, whatever w_c holds (a weight the formula does not use: inf, NaN)."""
 
 
 @overload(_weight, jit_options=_OPTS)
 def _weight_ol(t, j, w_c, keep, ls_c):
     if isinstance(t, types.NoneType):
         return lambda t, j, w_c, keep, ls_c: w_c
-    return lambda t, j, w_c, keep, ls_c: w_c * (_as(t[j], w_c) * keep + ls_c)
+
+    def dense(t, j, w_c, keep, ls_c):
+        coef = _as(t[j], w_c) * keep + ls_c
+        return w_c * coef if coef != 0 else coef
+    return dense
 
 
 def _pw_row(pw, i):
