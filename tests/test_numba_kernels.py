@@ -679,3 +679,233 @@ def test_exp_neg_specials(elementwise):
     payload = np.array([0x7FC001FF, 0xFFC000FF], np.uint32).view(F32)
     assert np.isnan(elementwise("exp_neg", payload)).all()
     assert np.isnan(elementwise("exp", np.array([np.nan], F32))[0])
+
+
+# --------------------------------------------------------------------------- the lead's decisions
+# Each against a reference written plainly in float64 here.
+
+
+def _softplus(z):
+    return np.logaddexp(0.0, z)
+
+
+def _sigmoid(z):
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def _binary_reference(x, t, ls, pw=1.0, eps=None):
+    """Per-row losses and gradients (mean over the C axis of an (N, C) pair), float64;
+    from probabilities when eps is given (clip and 1 - p formed in x's dtype)."""
+    y = np.asarray(t, np.float64) * (1.0 - ls) + ls / 2
+    if eps is None:
+        z = x.astype(np.float64)
+        elem = (1.0 - y) * _softplus(z) + pw * y * _softplus(-z)
+        grad = (1.0 - y) * _sigmoid(z) - pw * y * _sigmoid(-z)
+    else:
+        dt = x.dtype.type
+        pc = np.clip(x, dt(eps), dt(1) - dt(eps))
+        one_minus = (dt(1) - pc).astype(np.float64)
+        pc = pc.astype(np.float64)
+        elem = -(pw * y * np.log(pc) + (1.0 - y) * np.log(one_minus))
+        grad = -pw * y / pc + (1.0 - y) / one_minus
+    n_c = x.shape[1]
+    return elem.mean(axis=1), grad / n_c
+
+
+def _binary_call(nk, kernel, x2, t2, ls, threads=1, fortran=False, grad=True):
+    """(return value, per-row losses, gradient) of a binary kernel on (N, C) arrays;
+    ``fortran``: both arrays Fortran-ordered, the column path."""
+    if fortran:
+        x3, t3 = np.asfortranarray(x2).T[None], np.asfortranarray(t2).T[None]  # (1, C, N)
+    else:
+        x3, t3 = x2[:, :, None], t2[:, :, None]
+    o, c, i = x3.shape
+    loss = np.full((o, i), np.nan)
+    g = np.full(x3.shape, np.nan, F64 if x3.dtype == F64 else F32) if grad else None
+    args = [x3, t3, np.ones((c, i)), ls] + ([1e-7] if kernel.endswith("probs") else [])
+    r = nk.KERNELS[kernel](*args, np.ones((o, i)), loss, g, threads)
+    g2 = None if g is None else (g[0].T if fortran else g[:, :, 0])
+    return r, loss.reshape(-1), g2
+
+
+@pytest.mark.parametrize("fortran", [False, True], ids=["rows", "cols"])
+@pytest.mark.parametrize("kernel", ["binary_from_logits", "binary_from_probs"])
+def test_binary_targets_are_smoothed_in_float64(nk, kernel, fortran):
+    """Decision 1: float32 y_pred, float64 targets 1 - 1e-9 (or label_smoothing 1e-9):
+    1 - y is 1e-9 (5e-10), not 0 as float32 arithmetic would make it."""
+    probs = kernel.endswith("probs")
+    x = np.full((4, 3), np.float32(1 - 2.0**-20) if probs else np.float32(1e4), F32)
+    x[:, 1] = np.float32(0.25) if probs else np.float32(-3.0)
+    t = np.ones((4, 3))
+    t[:2] = 1 - 1e-9
+    for ls in (0.0, 1e-9):
+        r, loss, grad = _binary_call(nk, kernel, x, t, ls, fortran=fortran)
+        want_loss, want_grad = _binary_reference(x, t, ls, eps=1e-7 if probs else None)
+        assert r == -1
+        np.testing.assert_allclose(loss, want_loss, rtol=2e-6)
+        np.testing.assert_allclose(grad, want_grad, rtol=2e-6, atol=1e-30)
+    if not probs:  # the numbers the decision names
+        r, loss, _ = _binary_call(nk, kernel, x[:, :1], t[:, :1], 0.0, fortran=fortran)
+        np.testing.assert_allclose(loss[:2], 1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fortran", [False, True], ids=["rows", "cols"])
+@pytest.mark.parametrize("kernel", ["binary_from_logits", "binary_from_probs"])
+def test_binary_targets_outside_0_1_report_the_first_row(nk, kernel, fortran):
+    """Decision 2: the unsmoothed target is range-checked (NaN is not out of range) and
+    the first bad row is returned, whatever the thread count; bool targets never
+    fail, unsigned ones only above 1."""
+    rng = np.random.default_rng(2)
+    n = 700
+    x = rng.uniform(0.1, 0.9, (n, 3)).astype(F32)
+    t = rng.integers(0, 2, (n, 3)).astype(F32)
+    t[5, 0] = np.nan
+    for rows, values in (((650, 2), (1.5, -0.5)), ((300, 90), (-1e-7, 1.0000001))):
+        bad = t.copy()
+        bad[rows[0], 2], bad[rows[1], 1] = values
+        for threads in (1, 2):
+            r = _binary_call(nk, kernel, x, bad, 0.1, threads, fortran, grad=False)[0]
+            assert r == min(rows)
+    assert _binary_call(nk, kernel, x, t, 0.0, 2, fortran, grad=False)[0] == -1
+    flags = t == 1
+    assert _binary_call(nk, kernel, x, flags, 0.0, 1, fortran, grad=False)[0] == -1
+    small = flags.astype(np.uint8)
+    assert _binary_call(nk, kernel, x, small, 0.0, 1, fortran, grad=False)[0] == -1
+    small[123, 1] = 2
+    assert _binary_call(nk, kernel, x, small, 0.0, 2, fortran, grad=False)[0] == 123
+
+
+def _sparse_logits_reference(z, labels, w, ls):
+    """Loss and gradient of sum_c a_c (-log softmax(z)_c), a_c = (1-ls) w_y [c=y] + ls/C w_c,
+    terms with a_c == 0 left out (so unused weights never enter)."""
+    n, c = z.shape
+    a = np.zeros((n, c))
+    a[np.arange(n), labels] = (1 - ls) * w[labels]
+    if ls:
+        a += ls / c * w
+    logq = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        loss = np.where(a != 0, -a * logq, 0.0).sum(axis=1)
+    return loss, a.sum(axis=1, keepdims=True) * np.exp(logq) - a
+
+
+@pytest.mark.parametrize("fortran", [False, True], ids=["rows", "cols"])
+def test_unused_class_weights_do_not_reach_the_result(nk, fortran):
+    """Decision 3: an inf or NaN weight on a class no row has (sparse without label
+    smoothing), or whose target is 0 (categorical), gives the same finite loss and
+    gradient as any other value there."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((300, 5))
+    labels = rng.integers(0, 4, 300)  # class 4 never appears
+    onehot = np.eye(5)[labels]
+    place3 = (lambda a: np.asfortranarray(a).T[None]) if fortran else (lambda a: a[:, :, None])
+    x3, t3 = place3(z), place3(onehot)
+    lab2 = labels[None] if fortran else labels[:, None]
+    w_ok = np.array([0.5, 2.0, 1.0, 1.5, 1.0])
+    want_loss, want_grad = _sparse_logits_reference(z, labels, w_ok, 0.0)
+    p3 = place3(np.exp(z) / np.exp(z).sum(axis=1, keepdims=True))
+    for bad in (np.inf, np.nan, 1e308):
+        w = w_ok.copy()
+        w[4] = bad
+        cases = [("sparse_from_logits", [x3, lab2, w, 0.0, -100]), ("categorical_from_logits", [x3, t3, w, 0.0]),
+                 ("categorical_from_probs", [p3, t3, w, 0.0, 1e-7])]  # fmt: skip
+        for kernel, args in cases:
+            loss = np.full(lab2.shape, np.nan)
+            g = np.full(x3.shape, np.nan)
+            assert nk.KERNELS[kernel](*args, np.ones(lab2.shape), loss, g, 2) == -1
+            loss, g = loss.reshape(-1), (g[0].T if fortran else g[:, :, 0])
+            assert np.isfinite(loss).all() and np.isfinite(g).all(), (kernel, bad)
+            if kernel.endswith("logits"):
+                np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+                np.testing.assert_allclose(g, want_grad, rtol=1e-10, atol=1e-15)
+
+
+def test_all_masked_row_gives_a_times_inf(nk):
+    """Decision 4: a row of -inf logits gives loss A * inf (-inf for a negative A),
+    gradient NaN; with A == 0, loss and gradient 0."""
+    z = np.array([[1.0, 2.0, 3.0], [-np.inf] * 3, [-np.inf] * 3, [-np.inf] * 3])
+    labels = np.array([1, 0, 1, 2])
+    w = np.array([-2.0, 0.0, 3.0])
+    for kernel, aux in (("sparse_from_logits", labels[:, None]), ("categorical_from_logits", np.eye(3)[labels][:, :, None])):
+        loss = np.full((4, 1), np.nan)
+        g = np.full((4, 3, 1), 7.0)
+        extra = [-100] if kernel.startswith("sparse") else []
+        nk.KERNELS[kernel](z[:, :, None], aux, w, 0.0, *extra, np.ones((4, 1)), loss, g, 1)
+        assert loss[1, 0] == -np.inf and np.isnan(g[1]).all()
+        assert loss[2, 0] == 0.0 and (g[2] == 0).all()
+        assert loss[3, 0] == np.inf and np.isnan(g[3]).all()
+        assert np.isfinite(loss[0, 0]) and np.isfinite(g[0]).all()
+
+
+@pytest.mark.parametrize("dtype, value, ignore", [
+    (np.uint64, 2**64 - 1, -1), (np.uint64, 2**64 - 1, 2**64 - 1), (np.int64, -1, 2**64 - 1),
+    (np.uint32, 2**32 - 1, 2**32 - 1), (np.uint8, 255, 255), (np.int8, -1, -1), (np.int16, -100, -100),
+])  # fmt: skip
+@pytest.mark.parametrize("kernel, ls", [("sparse_from_logits", 0.0), ("sparse_from_probs", 0.0), ("sparse_from_probs", 0.1)])
+def test_ignore_index_compares_int64_bits(nk, kernel, ls, dtype, value, ignore):
+    """Decision 7: a label equal to ignore_index as int64 bits (uint64 2**64 - 1 and
+    -1 alike) is ignored -- loss 0, gradient 0, never an index -1 (which would read
+    the last class) -- and every integer label dtype gives the same results."""
+    rng = np.random.default_rng(7)
+    p = rng.dirichlet(np.ones(4), 6)
+    x = np.log(p) if kernel.endswith("logits") else p
+    labels = np.array([0, 1, 2, 3, 1, 0])
+    extra = [1e-7] if kernel.endswith("probs") else []
+    want_loss, want_g = np.empty((6, 1)), np.empty((6, 4, 1))
+    nk.KERNELS[kernel](x[:, :, None], labels[:, None], np.ones(4), ls, -100, *extra, np.ones((6, 1)),
+                       want_loss, want_g, 1)  # fmt: skip
+    typed = labels.astype(dtype)
+    typed[2] = np.array(value).astype(dtype)
+    loss, g = np.full((6, 1), np.nan), np.full((6, 4, 1), np.nan)
+    assert nk.KERNELS[kernel](x[:, :, None], typed[:, None], np.ones(4), ls, ignore, *extra, np.ones((6, 1)),
+                              loss, g, 1) == -1  # fmt: skip
+    assert loss[2, 0] == 0 and (g[2] == 0).all()
+    keep = [0, 1, 3, 4, 5]
+    np.testing.assert_array_equal(loss[keep], want_loss[keep])
+    np.testing.assert_array_equal(g[keep], want_g[keep])
+
+
+@pytest.mark.parametrize("layout", ["rows", "chlast", "cols"])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_loss_bits_do_not_depend_on_gradient_block_sums_or_threads(nk, kernel, layout):
+    """Decision 8: the same loss, bit for bit, with or without a gradient (whatever
+    the gradient array's layout: C, Fortran, in place), with block sums or per row,
+    on 1 or 2 threads."""
+    from fastxent import _reduce
+
+    args = make_case(kernel, F32, layout, "out", np.random.default_rng(9), n=600, ls=0.1)
+    x = args[0]
+    o, c, i = x.shape
+    want = None
+    for grad in ("none", "C", "F", "inplace"):
+        for threads in (1, 2):
+            call = list(args)
+            g = {"none": None, "C": np.empty(x.shape, F32), "F": np.asfortranarray(np.empty(x.shape, F32))}.get(grad)
+            if grad == "inplace":
+                call[0] = g = np.empty_like(x)  # (same strides as x)
+                g[...] = x
+            loss = np.empty((o, i))
+            nk.KERNELS[kernel](*call, loss, g, threads)
+            if want is None:
+                want = loss.copy()
+            assert loss.tobytes() == want.tobytes(), (grad, threads)
+    sums = np.empty(-(-o * i // _reduce.BLOCK_ROWS))
+    for threads in (1, 2):
+        nk.KERNELS[kernel](*args, sums, None, threads, block_sums=True)
+        assert sums.tobytes() == _reduce.block_sums(want).tobytes()
+
+
+def test_every_thread_gets_a_work_item(nk):
+    """Decision 9: work items are sized so that a call given T threads has at least T
+    of them whenever its rows allow (no serial run of small inputs decided here)."""
+    from fastxent.backends._numba.gather import _gather_rows
+
+    for n_c, n_i, threads in [(1000, 100, 2), (1000, 3, 2), (10, 5000, 4), (1, 7, 8)]:
+        block = nk.layout._block_size(n_c, n_i, threads)
+        assert -(-n_i // block) >= min(threads, n_i)
+    for n_o, n_i, threads in [(500, 1, 2), (1, 700, 2), (3, 40, 8), (1, 5, 8)]:
+        rows = _gather_rows(n_o, n_i, threads)
+        items = -(-n_o // rows) if n_i == 1 else n_o * -(-n_i // rows)
+        assert items >= min(threads, n_o * n_i)
+    x = np.asfortranarray(np.random.default_rng(1).standard_normal((100, 1000)).astype(F32)).T[None]
+    assert nk.layout._Layout(x, None, threads=2).last == 50

@@ -40,9 +40,8 @@ def _gather_log(xb, lb, w, ignore, lo, hi, losses, p):
 
     The probabilities are fetched first, in a loop that does nothing else, so that
     dozens of cache misses are in flight at once (with the log in the same loop only
-    a few were: 4x slower on 200,000 x 1,000). The logs are then taken in a loop of
-    their own, which vectorises (with the class-weight lookup in it, it did not: 4x
-    slower), and weighted in a third."""
+    a few are). The logs are then taken in a loop of their own, which vectorises
+    (with the class-weight lookup in it, it does not), and weighted in a third."""
     nb = lb.shape[0]
     for j in range(min(_GATHER_AHEAD, nb)):  # the block's first rows: all at once
         _gather_prefetch(xb, lb, ignore, j)

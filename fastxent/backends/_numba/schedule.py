@@ -28,14 +28,12 @@ def _claims(n_items, item_size, workers):
     a cache line further, the items a claim takes at [8] and n_items at [9].
 
     Drivers schedule dynamically: one worker a thread takes its items a claim at a
-    time (``_claim``, ``_next_item``) until none are left. Numba's 'omp' layer
-    splits a prange statically, so one thread slowed by another process (or a busy
-    neighbour on a VM) held up the whole call: 10M binary losses, 2 threads, next to
-    a process busy on one core, took a median 7.5 ms that way and 6.0 ms with
-    claims (the Cython kernel, scheduled dynamically by OpenMP: 5.7 ms). Claims are
-    about _CLAIM_ELEMENTS elements (an atomic add on a shared line costs ~0.1 µs)
-    and at least _CLAIMS_PER_WORKER a worker, so the last claims even out the
-    threads' finishing times. Which thread takes an item never changes a result:
+    time (``_claim``, ``_next_item``) until none are left, as OpenMP's dynamic
+    schedule does for the Cython kernels: Numba's 'omp' layer splits a prange
+    statically, so one thread slowed by another process held up the whole call.
+    Claims are about _CLAIM_ELEMENTS elements (an atomic add on a shared cache line
+    is not free) and at least _CLAIMS_PER_WORKER a worker, so the last claims even
+    out the threads' finishing times. Which thread takes an item never changes a result:
     every item writes outputs of its own."""
     claims = np.zeros(16, np.int64)
     claims[8] = max(1, min(_CLAIM_ELEMENTS // max(item_size, 1), n_items // (_CLAIMS_PER_WORKER * workers)))

@@ -83,8 +83,8 @@ _CHUNK = 4096
 
 
 #: The same for the softmax exp sums: 16 terms per float32 lane (two 8-lane
-#: accumulators), as in the Cython kernels' runs; each block's horizontal sum and
-#: conversion cost ~5% of a 64-element block.
+#: accumulators), as in the Cython kernels' runs, so that each block's horizontal
+#: sum and conversion to float64 is a small share of its work.
 _SUM_BLOCK = 256
 
 
@@ -246,7 +246,7 @@ def _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, m, big_a, 
     The destination view is made here, from the gradient mode ``g``: in place it
     is ``xr`` itself, the same value, so LLVM vectorises the read-then-write loop.
     Passed in as a second parameter, it would be a possibly-overlapping pointer:
-    the runtime overlap check fails in place and the scalar loop runs (4x slower)."""
+    the runtime overlap check fails in place and the scalar loop runs."""
     gr = _grad_rview(xr, g, o, i, xr.shape[0], layout)
     if near and ar_over_s < _zero_like(ar_over_s):
         for c in range(xr.shape[0]):

@@ -33,8 +33,7 @@ def _leaf128(typingctx, a, lo):
     """The pairwise leaf of a full run a[lo:lo+128] (contiguous; float32 values
     summed as float64): the eight running sums as one <8 x double> vector, added in
     NumPy's order. Numba runs no SLP vectoriser, so written as eight scalars they
-    stay scalar (0.25 ns an element, with the leaf sums of a binary loss's
-    16,384-row blocks a fifth of its time); lane j still adds a[lo + j],
+    stay scalar (a large share of a flat binary loss's time); lane j still adds a[lo + j],
     a[lo + 8 + j], ... in turn: the bits of NumPy's sum of a.astype(float64)."""
     sig = types.float64(a, lo)
 
@@ -62,7 +61,7 @@ def _leaf128(typingctx, a, lo):
 def _pairwise_leaf(a, lo, n):
     """NumPy's pairwise summation of a[lo:lo+n] for n <= 128: eight running sums.
     Over a view from 0 with range loops: with ``a[lo + k]`` in a while loop numba's
-    negative-index wraparound stayed in, every load was scalar (0.7 ns an element)."""
+    negative-index wraparound stays in and every load is scalar."""
     if n == 128:
         return _leaf128(a, lo)
     v = a[lo : lo + n]
@@ -100,7 +99,7 @@ def _pairwise_sum(a, lo, n):
     ``np.sum`` of a contiguous float64 array (what ``_reduce.block_sums`` takes).
     NumPy's recursion (n <= 128: a leaf; else the first n2 = n / 2 rounded down to a
     multiple of 8, plus the rest) with a stack of its own: numba's recursion crashed
-    inside a parallel driver, and one function per level took ~10 s to compile."""
+    inside a parallel driver, and one function per level took seconds to compile."""
     if n <= 128:
         return _pairwise_leaf(a, lo, n)
     f_lo = np.empty(_PAIRWISE_DEPTH, np.int64)
@@ -130,7 +129,7 @@ def _pairwise_sum(a, lo, n):
 @_helper
 def _pairwise_sum_all(a):
     """_pairwise_sum(a, 0, a.size) of a contiguous 1-D float64 array, without its
-    call per leaf (~15 ns each) when the size is 128 * 2**k, as in every full block
+    call per leaf when the size is 128 * 2**k, as in every full block
     of BLOCK_ROWS rows: NumPy's tree is then balanced, its leaves the consecutive
     runs of 128. The leaves are summed in one loop, then added level by level, left
     + right, as the recursion adds them: the same bits."""
