@@ -364,7 +364,7 @@ def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
                     _fill(gr, 0.0)
             else:
                 x_y = _x_value(xr[y])  # read before an in-place gradient overwrites it
-                stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
+                stored = g is not None and glayout is not None and n_c <= _CHUNK  # exps kept in a contiguous gradient row
                 if stored:
                     m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, _exps_store(gr, g), ahead)
                 else:
@@ -460,7 +460,7 @@ def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, glayout, layo
             xr = _rview(x, o, i, n_c, layout)
             tr = _rview(t, o, i, n_c, layout)
             gr = _grad_rview(xr, g, o, i, n_c, glayout)
-            stored = g is not None and n_c <= _CHUNK  # the exps kept in the gradient row
+            stored = g is not None and glayout is not None and n_c <= _CHUNK  # exps kept in a contiguous gradient row
             if stored:
                 m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, _exps_store(gr, g), ahead)
             else:
