@@ -20,6 +20,7 @@ import os
 import platform
 from pathlib import Path
 
+from ._paths import cache_dir
 
 #: Work sizes measured: elements of y_pred read (rows for the gather family). Larger
 #: calls take the largest size's choice: past a few million elements every kernel
@@ -54,11 +55,7 @@ def work_of(problem) -> int:
 
 
 def cache_file() -> Path:
-    base = os.environ.get("FASTXENT_CACHE_DIR")
-    if base:
-        return Path(base) / "calibration.json"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastxent" / "calibration.json"
+    return cache_dir() / "calibration.json"
 
 
 def cpu_vendor() -> str:

@@ -21,9 +21,10 @@ PACKAGE = pathlib.Path(fastxent.__file__).parent
 #: Lowest first. Modules in one layer may not import each other, except inside a
 #: package listed in SAME_LAYER_PACKAGES (the files of one backend).
 LAYERS = [
-    ["_version", "_reduce", "_layout", "_calibration", "_paths", "_constants"],
+    ["_version", "_paths", "_constants"],
+    ["_reduce", "_layout", "_calibration"],
     ["backends._common", "backends._constants"],
-    ["backends.numpy_backend", "backends._cython_ext", "backends._numba_kernels", "backends._numba"],
+    ["backends.numpy_backend", "backends._cython_ext", "backends._numba"],
     ["backends.numba_backend", "backends.cython_backend"],
     ["backends"],
     ["_config", "_interop"],

@@ -34,9 +34,9 @@ PATHS = {"rows": "rows", "padded": "rows", "chlast": "rows", "cols": "cols", "nc
 
 @pytest.fixture(scope="module")
 def nk():
-    from fastxent.backends import _numba_kernels
+    from fastxent.backends import _numba
 
-    return _numba_kernels
+    return _numba
 
 
 def _run_python(code: str, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -113,9 +113,87 @@ def test_auto_does_not_wait_for_a_compile(tmp_path):
     assert "auto numba" not in out.stdout
 
 
+COMPILE_PROBE = """
+import io, logging, sys, numpy as np, fastxent
+from fastxent.backends import numba_backend as nb
+from fastxent._execute import kernel_calls
+from fastxent._validate import build_problem
+log = io.StringIO()
+logging.getLogger("fastxent").addHandler(logging.StreamHandler(log))
+logging.getLogger("fastxent").setLevel(logging.INFO)
+events = []
+nb.on_compile(lambda: events.append(len(log.getvalue())))
+y = np.array([0, 2, 1]); z = np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0], [2.0, 2.0, 2.0]])
+problem = build_problem("sparse", y, z, from_logits=True, label_smoothing=0.0, ignore_index=None,
+                        class_weight=None, sample_weight=None, axis=-1, reduction="mean", epsilon=1e-7,
+                        return_grad=False, grad_out=None, backend="numba", threads=None)
+calls = kernel_calls(problem, "numba")
+print("before import:", nb.compiling_hint(calls), "| numba imported:", "numba" in sys.modules)
+nb.KERNELS["sparse_from_logits"]
+print("before call:", nb.compiling_hint(calls))
+fastxent.sparse_categorical_crossentropy(y, z, from_logits=True, backend="numba")
+print("after call:", nb.compiling_hint(calls), "| ready:", nb.is_ready(calls))
+fastxent.sparse_categorical_crossentropy(y, z, from_logits=True, backend="numba")
+print("events:", len(events), "| logged before the callback:", bool(events) and events[0] > 0)
+print("log:", log.getvalue().strip().replace(chr(10), " / "))
+"""
+
+
+def test_first_call_logs_the_compile_and_tells_the_listener(tmp_path):
+    """The first call of a specialization logs, once and before compiling, what it
+    compiles; compiling_hint says so beforehand and nothing afterwards; on_compile
+    callbacks run once. A second process loads from the disk cache: the hint says
+    so, nothing is logged, and the callbacks still run (a new kernel in memory)."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTXENT_NUMBA_CACHE"}
+    env["FASTXENT_CACHE_DIR"] = str(tmp_path / "cache")
+    first = _run_python(COMPILE_PROBE, env)
+    assert first.returncode == 0, first.stderr
+    lines = dict(line.split(": ", 1) for line in first.stdout.splitlines())
+    assert lines["before import"].startswith("importing numba") and lines["before import"].endswith("numba imported: False")
+    assert lines["before call"].startswith("compiling numba kernel sparse_from_logits (rows) for float64 y_pred")
+    assert lines["after call"] == "None | ready: True"
+    assert lines["events"] == "1 | logged before the callback: True"
+    assert lines["log"].count("compiling numba kernel sparse_from_logits") == 1
+    assert "first use; cached on disk afterwards" in lines["log"]
+    second = _run_python(COMPILE_PROBE, env)
+    assert second.returncode == 0, second.stderr
+    lines = dict(line.split(": ", 1) for line in second.stdout.splitlines())
+    assert lines["before call"].startswith("loading numba kernel sparse_from_logits (rows)")
+    assert lines["events"] == "1 | logged before the callback: False" and lines["log"] == ""
+
+
+def test_unavailable_reason_reads_no_package_metadata():
+    """Asking whether numba can run costs a find_spec, not importlib.metadata (~30 ms)."""
+    out = _run_python(
+        """
+        import importlib.metadata, sys
+        def refuse(*args, **kwargs):
+            raise AssertionError("importlib.metadata read")
+        importlib.metadata.version = importlib.metadata.distribution = refuse
+        from fastxent.backends import numba_backend
+        assert numba_backend.unavailable_reason() is None
+        assert "numba" not in sys.modules
+        """
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_numba_code_imports_neither_the_api_nor_the_dispatcher():
+    """Imports point down: the backend is handed what it needs (calls, a callback)."""
+    import ast
+    import pathlib
+
+    backend = pathlib.Path(ROOT, "fastxent", "backends")
+    for path in [backend / "numba_backend.py", *sorted((backend / "_numba").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+                assert not any(n.split(".")[-1] in ("_api", "_dispatch") for n in names), (path.name, names)
+
+
 CACHE_PROBE = """
 import numpy as np, fastxent
-from fastxent.backends import _numba_kernels as K
+from fastxent.backends._numba import jit as K
 {before}
 z = np.random.default_rng(0).standard_normal((50, 6))
 y = np.arange(50) % 6
@@ -126,14 +204,19 @@ print("cache", K._CACHE)
 """
 
 
-@pytest.fixture
-def package_copy(tmp_path):
-    """A copy of the fastxent package whose backends/__pycache__ cannot be created."""
+def _copy_package(tmp_path):
     import shutil
 
     dst = tmp_path / "src"
     shutil.copytree(os.path.join(ROOT, "fastxent"), dst / "fastxent",
                     ignore=shutil.ignore_patterns("__pycache__", "*.c"))  # fmt: skip
+    return dst
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    """A copy of the fastxent package whose backends/__pycache__ cannot be created."""
+    dst = _copy_package(tmp_path)
     (dst / "fastxent" / "backends" / "__pycache__").write_text("a file: no cache directory here")
     return dst
 
@@ -151,6 +234,29 @@ def test_no_writable_cache_directory_falls_back(package_copy):
     out = _run_copy(package_copy, CACHE_PROBE.format(before=""), env)
     assert out.returncode == 0, out.stderr
     assert "cache False" in out.stdout
+
+
+def _files(top):
+    return {str(p.relative_to(top)): (p.stat().st_size, p.stat().st_mtime_ns) for p in top.rglob("*")}
+
+
+def test_compiled_kernels_are_cached_outside_the_package(tmp_path):
+    """A kernel's first call with an empty cache writes nothing inside the package
+    (a folder there outlives ``pip uninstall`` and shadows another install) and
+    its compiled code into $FASTXENT_CACHE_DIR, whatever NUMBA_CACHE_DIR says."""
+    src = _copy_package(tmp_path)
+    package = src / "fastxent"
+    before = _files(package)
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTXENT_NUMBA_CACHE", "XDG_CACHE_HOME")}
+    env.update(FASTXENT_CACHE_DIR=str(cache), NUMBA_CACHE_DIR=str(tmp_path / "numba-own"))
+    out = _run_copy(src, CACHE_PROBE.format(before=""), env)
+    assert out.returncode == 0, out.stderr
+    assert "cache True" in out.stdout
+    assert _files(package) == before
+    written = [p.name for p in cache.rglob("*")]
+    assert any(n.endswith(".nbi") for n in written) and any(n.endswith(".nbc") for n in written), written
+    assert not (tmp_path / "numba-own").exists()
 
 
 @pytest.mark.slow
@@ -253,7 +359,7 @@ def check_against_numpy(nk, kernel, dtype, layout, grad, ls=0.1, seed=0):
     args = make_case(kernel, dtype, layout, grad, np.random.default_rng(seed), ls=ls)
     x, aux = args[0], args[1]
     dense = aux if kernel.split("_")[0] != "sparse" else None
-    plan = nk._Layout(x, None, dense=dense)
+    plan = nk.layout._Layout(x, None, dense=dense)
     assert plan.path == PATHS[layout]
     want = run(backends.module("numpy"), kernel, list(args), grad)
     got = run(nk, kernel, list(args), grad)
@@ -305,8 +411,8 @@ def test_dtype_layout_gradient_cases_agree_with_numpy(nk, kernel, dtype, layout,
 
 def test_float16_is_read_through_a_record_view_without_a_copy(nk):
     x = np.linspace(-4, 4, 60, dtype=F16).reshape(10, 6, 1)
-    view = nk._numba_view(x)
-    assert view.dtype == nk._HALF and np.shares_memory(view, x)
+    view = nk.layout._numba_view(x)
+    assert view.dtype == nk.layout._HALF and np.shares_memory(view, x)
 
 
 def test_gather_reads_one_value_per_row(nk):
@@ -373,8 +479,8 @@ def test_pairwise_sum_is_numpys(nk):
     additions shows)."""
     from numba import njit
 
-    part = njit(lambda a, lo, n: nk._pairwise_sum(a, lo, n))
-    whole = njit(lambda a: nk._pairwise_sum_all(a))
+    part = njit(lambda a, lo, n: nk.sums._pairwise_sum(a, lo, n))
+    whole = njit(lambda a: nk.sums._pairwise_sum_all(a))
     rng = np.random.default_rng(11)
     a = rng.standard_normal(300_000) * 10.0 ** rng.uniform(-8, 8, 300_000)
     sizes = list(range(2_000)) + [2**k + d for k in range(11, 18) for d in (-8, -1, 0, 1, 8)]
@@ -415,7 +521,7 @@ def test_block_sums_are_numpy_sums_of_the_rows(nk, kernel, shape, in_kernel, pos
     assert nk.KERNELS[kernel](*args, rows, None, 1) == -1
     want = _reduce.block_sums(rows)
     sums = np.full(want.shape, np.nan)
-    _, _, after = nk._prepared(nk._PREPARE[kernel], args + [sums, None], True)
+    _, _, after = nk.kernels._prepared(nk.kernels._PREPARE[kernel], args + [sums, None], True)
     assert (after is None) == in_kernel
     grads = [None, np.empty(shape, F32)] if kernel == "binary_from_logits" and shape[1] == 1 else [None]
     for g in grads:
@@ -446,7 +552,7 @@ def test_first_out_of_range_row_whatever_the_thread_count(nk):
 def test_claims_hand_out_every_work_item_once(nk, n_items, item_size, workers):
     from numba import njit, prange
 
-    make_claims, claim, next_item = nk._claims, nk._claim, nk._next_item
+    make_claims, claim, next_item = nk.schedule._claims, nk.schedule._claim, nk.schedule._next_item
 
     @njit(parallel=True)
     def times_claimed(n_items, item_size, workers):  # the drivers' loop
@@ -462,8 +568,8 @@ def test_claims_hand_out_every_work_item_once(nk, n_items, item_size, workers):
     seen, step = times_claimed(n_items, item_size, workers)
     assert (seen == 1).all()
     # claims of at most ~_CLAIM_ELEMENTS elements, at least _CLAIMS_PER_WORKER a worker
-    assert step == 1 or (step * item_size <= nk._CLAIM_ELEMENTS
-                         and step * nk._CLAIMS_PER_WORKER * workers <= n_items)  # fmt: skip
+    assert step == 1 or (step * item_size <= nk.schedule._CLAIM_ELEMENTS
+                         and step * nk.schedule._CLAIMS_PER_WORKER * workers <= n_items)  # fmt: skip
 
 
 @pytest.mark.parametrize("layout", ["rows", "cols"])
@@ -491,7 +597,7 @@ def test_forked_child_is_detected_and_uses_serial_twins(nk):
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            ok = backends.forked_child() and nk._pick(nk._sparse_logits_rows) is not nk._sparse_logits_rows
+            ok = backends.forked_child() and nk.kernels._pick(nk.softmax._sparse_logits_rows) is not nk.softmax._sparse_logits_rows
             os.write(write, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -531,13 +637,13 @@ def elementwise(nk):
         out = np.empty_like(x)
         for k in range(x.shape[0]):
             if which == 0:
-                out[k] = nk._exp(x[k])
+                out[k] = nk.math._exp(x[k])
             elif which == 1:
-                out[k] = nk._exp_neg(x[k])
+                out[k] = nk.math._exp_neg(x[k])
             elif which == 2:
-                out[k] = nk._log(x[k])
+                out[k] = nk.math._log(x[k])
             else:
-                out[k] = nk._log1p_unit(x[k])
+                out[k] = nk.math._log1p_unit(x[k])
         return out
 
     return lambda which, x: apply({"exp": 0, "exp_neg": 1, "log": 2, "log1p_unit": 3}[which], x)
@@ -573,3 +679,233 @@ def test_exp_neg_specials(elementwise):
     payload = np.array([0x7FC001FF, 0xFFC000FF], np.uint32).view(F32)
     assert np.isnan(elementwise("exp_neg", payload)).all()
     assert np.isnan(elementwise("exp", np.array([np.nan], F32))[0])
+
+
+# --------------------------------------------------------------------------- the lead's decisions
+# Each against a reference written plainly in float64 here.
+
+
+def _softplus(z):
+    return np.logaddexp(0.0, z)
+
+
+def _sigmoid(z):
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def _binary_reference(x, t, ls, pw=1.0, eps=None):
+    """Per-row losses and gradients (mean over the C axis of an (N, C) pair), float64;
+    from probabilities when eps is given (clip and 1 - p formed in x's dtype)."""
+    y = np.asarray(t, np.float64) * (1.0 - ls) + ls / 2
+    if eps is None:
+        z = x.astype(np.float64)
+        elem = (1.0 - y) * _softplus(z) + pw * y * _softplus(-z)
+        grad = (1.0 - y) * _sigmoid(z) - pw * y * _sigmoid(-z)
+    else:
+        dt = x.dtype.type
+        pc = np.clip(x, dt(eps), dt(1) - dt(eps))
+        one_minus = (dt(1) - pc).astype(np.float64)
+        pc = pc.astype(np.float64)
+        elem = -(pw * y * np.log(pc) + (1.0 - y) * np.log(one_minus))
+        grad = -pw * y / pc + (1.0 - y) / one_minus
+    n_c = x.shape[1]
+    return elem.mean(axis=1), grad / n_c
+
+
+def _binary_call(nk, kernel, x2, t2, ls, threads=1, fortran=False, grad=True):
+    """(return value, per-row losses, gradient) of a binary kernel on (N, C) arrays;
+    ``fortran``: both arrays Fortran-ordered, the column path."""
+    if fortran:
+        x3, t3 = np.asfortranarray(x2).T[None], np.asfortranarray(t2).T[None]  # (1, C, N)
+    else:
+        x3, t3 = x2[:, :, None], t2[:, :, None]
+    o, c, i = x3.shape
+    loss = np.full((o, i), np.nan)
+    g = np.full(x3.shape, np.nan, F64 if x3.dtype == F64 else F32) if grad else None
+    args = [x3, t3, np.ones((c, i)), ls] + ([1e-7] if kernel.endswith("probs") else [])
+    r = nk.KERNELS[kernel](*args, np.ones((o, i)), loss, g, threads)
+    g2 = None if g is None else (g[0].T if fortran else g[:, :, 0])
+    return r, loss.reshape(-1), g2
+
+
+@pytest.mark.parametrize("fortran", [False, True], ids=["rows", "cols"])
+@pytest.mark.parametrize("kernel", ["binary_from_logits", "binary_from_probs"])
+def test_binary_targets_are_smoothed_in_float64(nk, kernel, fortran):
+    """Decision 1: float32 y_pred, float64 targets 1 - 1e-9 (or label_smoothing 1e-9):
+    1 - y is 1e-9 (5e-10), not 0 as float32 arithmetic would make it."""
+    probs = kernel.endswith("probs")
+    x = np.full((4, 3), np.float32(1 - 2.0**-20) if probs else np.float32(1e4), F32)
+    x[:, 1] = np.float32(0.25) if probs else np.float32(-3.0)
+    t = np.ones((4, 3))
+    t[:2] = 1 - 1e-9
+    for ls in (0.0, 1e-9):
+        r, loss, grad = _binary_call(nk, kernel, x, t, ls, fortran=fortran)
+        want_loss, want_grad = _binary_reference(x, t, ls, eps=1e-7 if probs else None)
+        assert r == -1
+        np.testing.assert_allclose(loss, want_loss, rtol=2e-6)
+        np.testing.assert_allclose(grad, want_grad, rtol=2e-6, atol=1e-30)
+    if not probs:  # the numbers the decision names
+        r, loss, _ = _binary_call(nk, kernel, x[:, :1], t[:, :1], 0.0, fortran=fortran)
+        np.testing.assert_allclose(loss[:2], 1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fortran", [False, True], ids=["rows", "cols"])
+@pytest.mark.parametrize("kernel", ["binary_from_logits", "binary_from_probs"])
+def test_binary_targets_outside_0_1_report_the_first_row(nk, kernel, fortran):
+    """Decision 2: the unsmoothed target is range-checked (NaN is not out of range) and
+    the first bad row is returned, whatever the thread count; bool targets never
+    fail, unsigned ones only above 1."""
+    rng = np.random.default_rng(2)
+    n = 700
+    x = rng.uniform(0.1, 0.9, (n, 3)).astype(F32)
+    t = rng.integers(0, 2, (n, 3)).astype(F32)
+    t[5, 0] = np.nan
+    for rows, values in (((650, 2), (1.5, -0.5)), ((300, 90), (-1e-7, 1.0000001))):
+        bad = t.copy()
+        bad[rows[0], 2], bad[rows[1], 1] = values
+        for threads in (1, 2):
+            r = _binary_call(nk, kernel, x, bad, 0.1, threads, fortran, grad=False)[0]
+            assert r == min(rows)
+    assert _binary_call(nk, kernel, x, t, 0.0, 2, fortran, grad=False)[0] == -1
+    flags = t == 1
+    assert _binary_call(nk, kernel, x, flags, 0.0, 1, fortran, grad=False)[0] == -1
+    small = flags.astype(np.uint8)
+    assert _binary_call(nk, kernel, x, small, 0.0, 1, fortran, grad=False)[0] == -1
+    small[123, 1] = 2
+    assert _binary_call(nk, kernel, x, small, 0.0, 2, fortran, grad=False)[0] == 123
+
+
+def _sparse_logits_reference(z, labels, w, ls):
+    """Loss and gradient of sum_c a_c (-log softmax(z)_c), a_c = (1-ls) w_y [c=y] + ls/C w_c,
+    terms with a_c == 0 left out (so unused weights never enter)."""
+    n, c = z.shape
+    a = np.zeros((n, c))
+    a[np.arange(n), labels] = (1 - ls) * w[labels]
+    if ls:
+        a += ls / c * w
+    logq = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        loss = np.where(a != 0, -a * logq, 0.0).sum(axis=1)
+    return loss, a.sum(axis=1, keepdims=True) * np.exp(logq) - a
+
+
+@pytest.mark.parametrize("fortran", [False, True], ids=["rows", "cols"])
+def test_unused_class_weights_do_not_reach_the_result(nk, fortran):
+    """Decision 3: an inf or NaN weight on a class no row has (sparse without label
+    smoothing), or whose target is 0 (categorical), gives the same finite loss and
+    gradient as any other value there."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((300, 5))
+    labels = rng.integers(0, 4, 300)  # class 4 never appears
+    onehot = np.eye(5)[labels]
+    place3 = (lambda a: np.asfortranarray(a).T[None]) if fortran else (lambda a: a[:, :, None])
+    x3, t3 = place3(z), place3(onehot)
+    lab2 = labels[None] if fortran else labels[:, None]
+    w_ok = np.array([0.5, 2.0, 1.0, 1.5, 1.0])
+    want_loss, want_grad = _sparse_logits_reference(z, labels, w_ok, 0.0)
+    p3 = place3(np.exp(z) / np.exp(z).sum(axis=1, keepdims=True))
+    for bad in (np.inf, np.nan, 1e308):
+        w = w_ok.copy()
+        w[4] = bad
+        cases = [("sparse_from_logits", [x3, lab2, w, 0.0, -100]), ("categorical_from_logits", [x3, t3, w, 0.0]),
+                 ("categorical_from_probs", [p3, t3, w, 0.0, 1e-7])]  # fmt: skip
+        for kernel, args in cases:
+            loss = np.full(lab2.shape, np.nan)
+            g = np.full(x3.shape, np.nan)
+            assert nk.KERNELS[kernel](*args, np.ones(lab2.shape), loss, g, 2) == -1
+            loss, g = loss.reshape(-1), (g[0].T if fortran else g[:, :, 0])
+            assert np.isfinite(loss).all() and np.isfinite(g).all(), (kernel, bad)
+            if kernel.endswith("logits"):
+                np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+                np.testing.assert_allclose(g, want_grad, rtol=1e-10, atol=1e-15)
+
+
+def test_all_masked_row_gives_a_times_inf(nk):
+    """Decision 4: a row of -inf logits gives loss A * inf (-inf for a negative A),
+    gradient NaN; with A == 0, loss and gradient 0."""
+    z = np.array([[1.0, 2.0, 3.0], [-np.inf] * 3, [-np.inf] * 3, [-np.inf] * 3])
+    labels = np.array([1, 0, 1, 2])
+    w = np.array([-2.0, 0.0, 3.0])
+    for kernel, aux in (("sparse_from_logits", labels[:, None]), ("categorical_from_logits", np.eye(3)[labels][:, :, None])):
+        loss = np.full((4, 1), np.nan)
+        g = np.full((4, 3, 1), 7.0)
+        extra = [-100] if kernel.startswith("sparse") else []
+        nk.KERNELS[kernel](z[:, :, None], aux, w, 0.0, *extra, np.ones((4, 1)), loss, g, 1)
+        assert loss[1, 0] == -np.inf and np.isnan(g[1]).all()
+        assert loss[2, 0] == 0.0 and (g[2] == 0).all()
+        assert loss[3, 0] == np.inf and np.isnan(g[3]).all()
+        assert np.isfinite(loss[0, 0]) and np.isfinite(g[0]).all()
+
+
+@pytest.mark.parametrize("dtype, value, ignore", [
+    (np.uint64, 2**64 - 1, -1), (np.uint64, 2**64 - 1, 2**64 - 1), (np.int64, -1, 2**64 - 1),
+    (np.uint32, 2**32 - 1, 2**32 - 1), (np.uint8, 255, 255), (np.int8, -1, -1), (np.int16, -100, -100),
+])  # fmt: skip
+@pytest.mark.parametrize("kernel, ls", [("sparse_from_logits", 0.0), ("sparse_from_probs", 0.0), ("sparse_from_probs", 0.1)])
+def test_ignore_index_compares_int64_bits(nk, kernel, ls, dtype, value, ignore):
+    """Decision 7: a label equal to ignore_index as int64 bits (uint64 2**64 - 1 and
+    -1 alike) is ignored -- loss 0, gradient 0, never an index -1 (which would read
+    the last class) -- and every integer label dtype gives the same results."""
+    rng = np.random.default_rng(7)
+    p = rng.dirichlet(np.ones(4), 6)
+    x = np.log(p) if kernel.endswith("logits") else p
+    labels = np.array([0, 1, 2, 3, 1, 0])
+    extra = [1e-7] if kernel.endswith("probs") else []
+    want_loss, want_g = np.empty((6, 1)), np.empty((6, 4, 1))
+    nk.KERNELS[kernel](x[:, :, None], labels[:, None], np.ones(4), ls, -100, *extra, np.ones((6, 1)),
+                       want_loss, want_g, 1)  # fmt: skip
+    typed = labels.astype(dtype)
+    typed[2] = np.array(value).astype(dtype)
+    loss, g = np.full((6, 1), np.nan), np.full((6, 4, 1), np.nan)
+    assert nk.KERNELS[kernel](x[:, :, None], typed[:, None], np.ones(4), ls, ignore, *extra, np.ones((6, 1)),
+                              loss, g, 1) == -1  # fmt: skip
+    assert loss[2, 0] == 0 and (g[2] == 0).all()
+    keep = [0, 1, 3, 4, 5]
+    np.testing.assert_array_equal(loss[keep], want_loss[keep])
+    np.testing.assert_array_equal(g[keep], want_g[keep])
+
+
+@pytest.mark.parametrize("layout", ["rows", "chlast", "cols"])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_loss_bits_do_not_depend_on_gradient_block_sums_or_threads(nk, kernel, layout):
+    """Decision 8: the same loss, bit for bit, with or without a gradient (whatever
+    the gradient array's layout: C, Fortran, in place), with block sums or per row,
+    on 1 or 2 threads."""
+    from fastxent import _reduce
+
+    args = make_case(kernel, F32, layout, "out", np.random.default_rng(9), n=600, ls=0.1)
+    x = args[0]
+    o, c, i = x.shape
+    want = None
+    for grad in ("none", "C", "F", "inplace"):
+        for threads in (1, 2):
+            call = list(args)
+            g = {"none": None, "C": np.empty(x.shape, F32), "F": np.asfortranarray(np.empty(x.shape, F32))}.get(grad)
+            if grad == "inplace":
+                call[0] = g = np.empty_like(x)  # (same strides as x)
+                g[...] = x
+            loss = np.empty((o, i))
+            nk.KERNELS[kernel](*call, loss, g, threads)
+            if want is None:
+                want = loss.copy()
+            assert loss.tobytes() == want.tobytes(), (grad, threads)
+    sums = np.empty(-(-o * i // _reduce.BLOCK_ROWS))
+    for threads in (1, 2):
+        nk.KERNELS[kernel](*args, sums, None, threads, block_sums=True)
+        assert sums.tobytes() == _reduce.block_sums(want).tobytes()
+
+
+def test_every_thread_gets_a_work_item(nk):
+    """Decision 9: work items are sized so that a call given T threads has at least T
+    of them whenever its rows allow (no serial run of small inputs decided here)."""
+    from fastxent.backends._numba.gather import _gather_rows
+
+    for n_c, n_i, threads in [(1000, 100, 2), (1000, 3, 2), (10, 5000, 4), (1, 7, 8)]:
+        block = nk.layout._block_size(n_c, n_i, threads)
+        assert -(-n_i // block) >= min(threads, n_i)
+    for n_o, n_i, threads in [(500, 1, 2), (1, 700, 2), (3, 40, 8), (1, 5, 8)]:
+        rows = _gather_rows(n_o, n_i, threads)
+        items = -(-n_o // rows) if n_i == 1 else n_o * -(-n_i // rows)
+        assert items >= min(threads, n_o * n_i)
+    x = np.asfortranarray(np.random.default_rng(1).standard_normal((100, 1000)).astype(F32)).T[None]
+    assert nk.layout._Layout(x, None, threads=2).last == 50

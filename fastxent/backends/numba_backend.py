@@ -1,12 +1,14 @@
 """The Numba backend: the kernel table JIT-compiled by Numba, threads by ``prange``.
 
-The kernels live in :mod:`._numba_kernels`, which imports numba; this module does
-not. ``import fastxent`` and :func:`unavailable_reason` only look for the package
-(``importlib.util.find_spec``); numba is imported on the first access to a kernel
-(``KERNELS[name]``), and each kernel is compiled for the argument types of its
-first call, ``cache=True`` (Numba's on-disk cache; no cache when no directory is
-writable). :func:`is_ready` tells the dispatcher whether a call would have to
-compile (or load) first; it never imports numba.
+The kernels live in the package :mod:`._numba`, which imports numba; this module
+does not. ``import fastxent`` and :func:`unavailable_reason` only look for the
+package (``importlib.util.find_spec``); numba is imported on the first access to a
+kernel (``KERNELS[name]``), and each kernel is compiled for the argument types of
+its first call and cached on disk in the user's cache directory (see
+:func:`fastxent._paths.numba_cache_root`; no cache when none is writable).
+:func:`is_ready` and :func:`compiling_hint` tell whether calls would have to
+compile (or load) first; neither imports numba. :func:`on_compile` registers what
+to do once a call has compiled something new.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+from . import _common
 from ._common import compiled_dtype_reason
-
 
 NAME = "numba"
 
@@ -31,13 +33,32 @@ KERNEL_NAMES = (
 )
 
 _MIN_VERSION = (0, 60)
+_PACKAGE = f"{__package__}._numba"
+
+def on_compile(callback) -> None:
+    """Call ``callback()`` (no arguments) after any kernel call that compiled, or
+    loaded from the disk cache, a new specialization (the dispatcher forgets its
+    remembered choices there: ``backend="auto"`` may now take Numba). The registry is
+    shared by every backend (``backends.on_compile``).
+
+    >>> from fastxent.backends import numba_backend
+    >>> numba_backend.on_compile(lambda: None)
+    """
+    _common.on_compile(callback)
 
 
 def _kernels_module():
-    """The compiled-kernel module (imports numba on first call)."""
-    from . import _numba_kernels
-
-    return _numba_kernels
+    """The compiled-kernel package (imports numba on first call)."""
+    loaded = sys.modules.get(_PACKAGE)
+    if loaded is not None:
+        return loaded
+    reason = _version_reason()  # numba is imported here
+    if reason is not None:
+        _unavailable[:] = [reason]
+        raise RuntimeError(reason)
+    module = importlib.import_module(_PACKAGE)
+    module.set_compile_listener(_common.notify_compiled)
+    return module
 
 
 class _LazyKernels(Mapping):
@@ -63,27 +84,28 @@ KERNELS = _LazyKernels()
 
 
 def _loaded() -> bool:
-    return f"{__package__}._numba_kernels" in sys.modules
+    return _PACKAGE in sys.modules
 
 
 _unavailable: list = []  # memo: [reason] once computed (find_spec reads the disk)
 
 
 def unavailable_reason() -> str | None:
+    """Why the Numba backend cannot run in this process, or None. Looks for the
+    package only (its version is checked once numba is imported)."""
     if not _unavailable:
-        _unavailable.append(_find_numba())
+        if importlib.util.find_spec("numba") is None:
+            _unavailable.append("numba is not installed (pip install numba)")
+        else:
+            _unavailable.append(_version_reason() if "numba" in sys.modules else None)
     return _unavailable[0]
 
 
-def _find_numba() -> str | None:
-    if importlib.util.find_spec("numba") is None:
-        return "numba is not installed (pip install numba)"
-    try:
-        from importlib.metadata import version
+def _version_reason() -> str | None:
+    """Why the installed numba is too old, or None (imports numba)."""
+    import numba
 
-        found = version("numba")
-    except Exception:  # noqa: BLE001 - metadata missing: let the import decide
-        return None
+    found = numba.__version__
     parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
     if len(parts) == 2 and parts < _MIN_VERSION:
         return f"numba {found} is too old (fastxent needs numba >= {'.'.join(map(str, _MIN_VERSION))})"
@@ -97,13 +119,14 @@ def unsupported_reason(problem) -> str | None:
 
 
 def is_ready(calls) -> bool:
-    """Whether the kernel calls ``calls`` -- ``(kernel name, arguments, block_sums)``, as
-    ``fastxent._execute.kernel_calls`` lists them -- are compiled in this process for
-    their argument types.
+    """Whether every driver ``calls`` would run is compiled in this process for their
+    argument types. ``calls`` lists ``(kernel name, args, block_sums)``, as
+    ``fastxent._execute.kernel_calls`` makes them: ``args`` the positional arguments
+    of the kernel (without ``threads``), ``block_sums`` its keyword.
 
-    False means the call would first import numba and compile or load from the disk
-    cache (from half a second to seconds), which ``backend="auto"`` never makes a call
-    wait for when another compiled backend can serve it. Never imports numba.
+    False means a call would first import numba and compile or load from the disk
+    cache (from half a second to seconds), which ``backend="auto"`` never makes a
+    call wait for when another compiled backend can serve it. Never imports numba.
     """
     if not _loaded():
         return False
@@ -111,6 +134,17 @@ def is_ready(calls) -> bool:
         return _kernels_module().is_ready(calls)
     except Exception:  # noqa: BLE001 - a readiness probe never breaks a call
         return False
+
+
+def compiling_hint(calls) -> str | None:
+    """A short message when running ``calls`` (as for :func:`is_ready`) would first
+    compile or load a kernel (for a progress display), else None. Never imports numba."""
+    if not _loaded():
+        return "importing numba and loading or compiling its kernel (first use in this process)"
+    try:
+        return _kernels_module().compiling_hint(calls)
+    except Exception:  # noqa: BLE001 - a hint never breaks a call
+        return None
 
 
 def info() -> dict:
@@ -132,9 +166,12 @@ def _version() -> str:
 
 def _config_without_import() -> dict:
     """What can be said before numba is imported: the environment's settings."""
+    from .._paths import numba_cache_root
+
     layer = os.environ.get("NUMBA_THREADING_LAYER", "default")
     threads = os.environ.get("NUMBA_NUM_THREADS") or f"{os.cpu_count()} (all cores; numba's default)"
-    cache = os.environ.get("NUMBA_CACHE_DIR") or "numba's default (__pycache__ next to the kernels)"
+    cache = "off (FASTXENT_NUMBA_CACHE=0)" if os.environ.get("FASTXENT_NUMBA_CACHE") == "0" else (
+        f"{numba_cache_root()}/<version of the kernels>")
     return {
         "threading layer": f"{layer} (requested; chosen when the first parallel kernel runs)",
         "NUMBA_NUM_THREADS": threads,
