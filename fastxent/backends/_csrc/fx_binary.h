@@ -1,0 +1,227 @@
+/* Binary cross-entropy: binary_from_logits and binary_from_probs, row and column
+ * forms.
+ * A template for one compute type, included by fx_kernels_isa.h once per type with
+ * FX_T (float/double), FX_S (f32/f64), FX_K (int32_t/int64_t: ordering keys) and
+ * FX_CODE (FX_F32/FX_F64) defined; T, FXN(name) (this type's functions: name_f32)
+ * and FXM(name) (fx_math.h helpers) follow from them. */
+
+
+/* From probabilities: p = clip(x), 1 - p formed in T; gradient 0 where clipped. */
+FX_INLINE T FXN(bce_probs_loss)(T v, T y, T w, T lo, T hi)
+{
+    T p = FXM(fx_clip)(v, lo, hi);
+    return -(w * y * FXM(fx_log)(p) + ((T)1 - y) * FXM(fx_log)((T)1 - p));
+}
+FX_INLINE T FXN(bce_probs_grad)(T v, T y, T w, T lo, T hi)
+{
+    return SEL((v < lo) | (v > hi), (T)0, -w * y / v + ((T)1 - y) / ((T)1 - v));
+}
+
+/* e = exp(-|x|) and the softplus tails l = log1p(e) over a block, for the logits
+ * loss and gradient, each in a loop of its own: one loop computing exp, log1p (a
+ * division) and the loss is one long dependency chain per vector, and the
+ * out-of-order window holds too few vectors to overlap them (10M elements: the
+ * exps apart ~1.5x faster, the tails apart a few % more). Returns whether every
+ * x is finite: the loss may then take its select-free _fin form. */
+FX_INLINE int FXN(bce_tails)(const T *x, fx_ssize n, T *e, T *l)
+{
+    FX_K big = 0; /* the largest |x|, by its bits: one integer max an element */
+    for (fx_ssize j = 0; j < n; j++) {
+        const T a = FXM(fx_abs)(x[j]);
+        e[j] = FXM(fx_exp_neg)(-a);
+        const FX_K b = FXM(fx_key)(a); /* |x|'s bits: keys of x >= 0 are the bits */
+        big = b > big ? b : big;
+    }
+    for (fx_ssize j = 0; j < n; j++) l[j] = FXM(fx_log1p_unit)(e[j]);
+    return big < FXM(fx_key)((T)INFINITY); /* NaN's bits are above inf's */
+}
+
+/* One block of a binary row: element losses summed in float64 lanes, gradients
+ * times gscale (grad_weight / C), out-of-range probabilities flagged. */
+FX_INLINE double FXN(bce_block_w)(int probs, int unit, const T *x, const T *t, const T *pw, T pw0,
+                                  fx_ssize n, T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale);
+
+/* pw == NULL: every pos_weight is pw0 (the usual case), no per-element load;
+ * unit: pw0 is 1 (the default), from logits: the short form of the loss */
+FX_INLINE double FXN(bce_block)(int probs, const T *x, const T *t, const T *pw, T pw0, fx_ssize n,
+                                T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale)
+{
+    if (pw) return FXN(bce_block_w)(probs, 0, x, t, pw, 0, n, keep, half_ls, lo, hi, bad, g, gscale);
+    if (!probs && pw0 == (T)1)
+        return FXN(bce_block_w)(0, 1, x, t, NULL, 1, n, keep, half_ls, lo, hi, bad, g, gscale);
+    return FXN(bce_block_w)(probs, 0, x, t, NULL, pw0, n, keep, half_ls, lo, hi, bad, g, gscale);
+}
+
+FX_INLINE double FXN(bce_block_w)(int probs, int unit, const T *x, const T *t, const T *pw, T pw0,
+                                  fx_ssize n, T keep, T half_ls, T lo, T hi, int *bad, T *g, T gscale)
+{
+    double s;
+    T e[FX_BLOCK], l[FX_BLOCK];
+    const int fin = probs ? 0 : FXN(bce_tails)(x, n, e, l);
+#define FX_BL(c) (probs  ? FXN(bce_probs_loss)(x[c], t[c] * keep + half_ls, pw ? pw[c] : pw0, lo, hi) \
+                  : unit ? FXM(fx_bce_logits_loss_unit)(x[c], l[c], t[c] * keep + half_ls)          \
+                         : FXM(fx_bce_logits_loss)(x[c], l[c], t[c] * keep + half_ls, pw ? pw[c] : pw0))
+#define FX_BL_FIN(c) (unit ? FXM(fx_bce_logits_loss_unit_fin)(x[c], l[c], t[c] * keep + half_ls) \
+                           : FXM(fx_bce_logits_loss_fin)(x[c], l[c], t[c] * keep + half_ls, pw ? pw[c] : pw0))
+    if (fin)
+        FX_LANESUM(s, n, FX_BL_FIN, FX_NOPRE);
+    else
+        FX_LANESUM(s, n, FX_BL, FX_NOPRE);
+#undef FX_BL
+#undef FX_BL_FIN
+    if (probs) {
+        int o = 0;
+        for (fx_ssize c = 0; c < n; c++) o |= (x[c] < 0) | (x[c] > 1);
+        *bad |= o;
+    }
+    if (g)
+        for (fx_ssize c = 0; c < n; c++) {
+            T v = x[c], y = t[c] * keep + half_ls, w = pw ? pw[c] : pw0;
+            g[c] = gscale * (probs ? FXN(bce_probs_grad)(v, y, w, lo, hi) : FXM(fx_bce_logits_grad_e)(v, e[c], y, w));
+        }
+    return s;
+}
+
+/* pos_weight values as T, or NULL when every one is k->pw0. */
+static const T *FXN(pw_block)(const fx_call *k, const char *base, fx_ssize stride, fx_ssize n, T *buf)
+{
+    if (k->pw_const) return NULL;
+    return FXN(load_f64)(base, stride, n, buf);
+}
+
+FX_INLINE int FXN(bce_row)(int probs, const fx_call *k, fx_ssize o, fx_ssize i)
+{
+    const fx_ssize C = k->n_c;
+    const char *xrow = k->x.data + o * k->x.so + i * k->x.si;
+    const char *trow = k->t.data + o * k->t.so + i * k->t.si;
+    const char *pwrow = k->pw + i * k->pw_si;
+    char *grow = k->g.data ? k->g.data + o * k->g.so + i * k->g.si : NULL;
+    const T keep = (T)(1.0 - k->ls), half_ls = (T)(k->ls / 2), lo = (T)k->eps, hi = (T)1 - lo;
+    const T gscale = grow ? (T)(FXN(grad_weight)(k, o, i) / (double)C) : (T)0;
+    T xbuf[FX_BLOCK], tbuf[FX_BLOCK], pbuf[FX_BLOCK], gbuf[FX_BLOCK];
+    double s = 0;
+    int bad = 0;
+    for (fx_ssize c0 = 0; c0 < C; c0 += FX_BLOCK) {
+        const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
+        const T *xv = FXN(load)(xrow + c0 * k->x.sc, k->x.sc, k->x.dtype, n, xbuf);
+        const T *tv = FXN(load)(trow + c0 * k->t.sc, k->t.sc, k->t.dtype, n, tbuf);
+        const T *pv = FXN(pw_block)(k, pwrow + c0 * k->pw_sc, k->pw_sc, n, pbuf);
+        T *gd = grow ? FXN(gdst)(grow + c0 * k->g.sc, k->g.sc, gbuf) : NULL;
+        s += FXN(bce_block)(probs, xv, tv, pv, (T)k->pw0, n, keep, half_ls, lo, hi, &bad, gd, gscale);
+        if (gd) FXN(gflush)(grow + c0 * k->g.sc, k->g.sc, n, gd);
+    }
+    k->loss[o * k->n_i + i - k->loss_r0] = s / (double)C;
+    return bad;
+}
+
+/* Columns: lanes are rows, so the sum over labels is a lane-wise add (no
+ * reduction across lanes); for C = 1 (axis=None) it is a flat element loop. */
+/* One class of a column task: lane-wise loss sums (pw == NULL: pw0 for all; unit:
+ * pw0 is 1, from logits) and, with `grad`, the gradient times gsc in the same
+ * pass: the logits loss and gradient share the exps e and tails l of bce_tails,
+ * and x, t are read once. g may be x itself (in place): x[j] is read before g[j]
+ * is written. */
+FX_INLINE void FXN(bce_lanes)(int probs, int fin, int unit, int first, int grad, const T *x,
+                              const T *e, const T *l, const T *t, const T *pw, T pw0, fx_ssize n,
+                              T keep, T half_ls, T lo, T hi, double *s, int32_t *out, const T *gsc, T *g)
+{
+    for (fx_ssize j = 0; j < n; j++) {
+        T v = x[j], y = t[j] * keep + half_ls, w = pw ? pw[j] : pw0;
+        double loss = probs ? (double)FXN(bce_probs_loss)(v, y, w, lo, hi)
+                    : unit  ? (double)(fin ? FXM(fx_bce_logits_loss_unit_fin)(v, l[j], y)
+                                           : FXM(fx_bce_logits_loss_unit)(v, l[j], y))
+                    : fin   ? (double)FXM(fx_bce_logits_loss_fin)(v, l[j], y, w)
+                            : (double)FXM(fx_bce_logits_loss)(v, l[j], y, w);
+        s[j] = first ? loss : s[j] + loss;
+        if (probs) out[j] = (first ? 0 : out[j]) | (v < 0) | (v > 1);
+        if (grad)
+            g[j] = gsc[j] * (probs ? FXN(bce_probs_grad)(v, y, w, lo, hi)
+                                   : FXM(fx_bce_logits_grad_e)(v, e[j], y, w));
+    }
+}
+
+/* i0 + the first j with out[j] set, or -1 */
+FX_INLINE fx_ssize FXN(first_out)(const int32_t *out, fx_ssize i0, fx_ssize n)
+{
+    for (fx_ssize j = 0; j < n; j++)
+        if (out[j]) return i0 + j;
+    return -1;
+}
+
+FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
+{
+    const fx_ssize C = k->n_c;
+    const char *xo = k->x.data + o * k->x.so + i0 * k->x.si;
+    const char *to = k->t.data + o * k->t.so + i0 * k->t.si;
+    char *go = k->g.data ? k->g.data + o * k->g.so + i0 * k->g.si : NULL;
+    const T keep = (T)(1.0 - k->ls), half_ls = (T)(k->ls / 2), lo = (T)k->eps, hi = (T)1 - lo;
+    const T pw0 = (T)k->pw0;
+    const int unit = !probs && pw0 == (T)1; /* the short loss form, where pw is NULL */
+    T xbuf[FX_LANES], tbuf[FX_LANES], pbuf[FX_LANES], gsc[FX_LANES], e[FX_LANES], l[FX_LANES];
+    double sbuf[FX_LANES];
+    int32_t out[FX_LANES];
+    double *dst = &k->loss[o * k->n_i + i0 - k->loss_r0];
+    /* one class (a flat binary loss): the lane sums are the losses, written in place,
+     * or with leaf_sums kept in L1 and only the sums of their leaves written. (Summed
+     * from this buffer, not as the losses are computed: a summing loop would be
+     * vectorised otherwise, and GCC may then fuse the other product of a loss into
+     * its multiply-add, which changes the losses' bits.) */
+    double *s = C == 1 && !k->stream_loss && !k->leaf_sums ? dst : sbuf;
+    if (go)
+        for (fx_ssize j = 0; j < n; j++) gsc[j] = (T)(FXN(grad_weight)(k, o, i0 + j) / (double)C);
+    for (fx_ssize c = 0; c < C; c++) {
+        const T *x = FXN(load)(xo + c * k->x.sc, k->x.si, k->x.dtype, n, xbuf);
+        const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
+        const T *pw = FXN(pw_block)(k, k->pw + c * k->pw_sc + i0 * k->pw_si, k->pw_si, n, pbuf);
+        T *g = go ? (T *)(go + c * k->g.sc) : NULL;
+        const int fin = probs ? 0 : FXN(bce_tails)(x, n, e, l);
+        /* specialisations: first class or not (assign, no zeroing pass), pos_weight
+         * per element or one value (`pw ? pw[j] : pw0` in one loop becomes a masked load,
+         * which from pw == NULL takes a microcode assist on every vector), gradient or
+         * not, and with one pos_weight, x all finite or not and that weight 1 or not */
+#define FX_BCE_LANES_(fin, unit, first, grad, pw_, pw0_)                                              \
+        FXN(bce_lanes)(probs, fin, unit, first, grad, x, e, l, t, pw_, pw0_, n, keep, half_ls, lo, hi, s, out, gsc, g)
+#define FX_BCE_LANES(first, grad)                                                                     \
+        if (pw) FX_BCE_LANES_(0, 0, first, grad, pw, 0);                                              \
+        else if (unit && fin) FX_BCE_LANES_(1, 1, first, grad, NULL, 1);                              \
+        else if (unit) FX_BCE_LANES_(0, 1, first, grad, NULL, 1);                                     \
+        else if (fin) FX_BCE_LANES_(1, 0, first, grad, NULL, pw0);                                    \
+        else FX_BCE_LANES_(0, 0, first, grad, NULL, pw0);
+        if (c == 0) {
+            if (g) { FX_BCE_LANES(1, 1) } else { FX_BCE_LANES(1, 0) }
+        } else {
+            if (g) { FX_BCE_LANES(0, 1) } else { FX_BCE_LANES(0, 0) }
+        }
+#undef FX_BCE_LANES
+#undef FX_BCE_LANES_
+    }
+    if (k->leaf_sums) {
+        fx_leaf_sums(s, n, &k->loss[(o * k->n_i + i0 - k->loss_r0) / FX_LEAF]);
+        return probs ? FXN(first_out)(out, i0, n) : -1;
+    }
+    if (C != 1) { /* row mean (vectorised; a divide per row in a scalar loop costs more than the loss) */
+        const double Cd = (double)C;
+        for (fx_ssize j = 0; j < n; j++) s[j] = s[j] / Cd;
+    }
+    if (s != dst) fx_store_losses(dst, s, n, k->stream_loss);
+    return probs ? FXN(first_out)(out, i0, n) : -1;
+}
+
+static int FXN(bce_logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
+{
+    (void)y;
+    return FXN(bce_row)(0, k, o, i);
+}
+static int FXN(bce_probs_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
+{
+    (void)y;
+    return FXN(bce_row)(1, k, o, i);
+}
+static fx_ssize FXN(bce_logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
+{
+    return FXN(bce_cols)(0, k, o, i0, n);
+}
+static fx_ssize FXN(bce_probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
+{
+    return FXN(bce_cols)(1, k, o, i0, n);
+}
