@@ -219,10 +219,6 @@ def _in_forked_child():
 #: loss_out larger than this is written with non-temporal stores (column kernels).
 cdef fx_ssize STREAM_LOSS_BYTES = 8 << 20
 
-#: Below this many elements per thread a call runs on one thread (no OpenMP region).
-cdef fx_ssize MIN_WORK_PER_THREAD = 1 << 15
-
-
 cdef inline int _dtype_code(cnp.ndarray a) except -1:
     """The fx dtype code of ``a`` (native byte order only)."""
     cdef int tn = cnp.PyArray_TYPE(a)
@@ -391,22 +387,22 @@ cdef fx_ssize SMALL_C = 16
 
 cdef inline int _use_columns(const fx_call *k) noexcept nogil:
     """Columns when the inner axis is contiguous and the class axis is not (or C == 1),
-    and for short rows without a gradient (the lane loads gather with a stride)."""
+    and for short rows (the lane loads gather with a stride).
+
+    Decided from y_pred's layout alone, never from the gradient's: the row and the
+    column forms sum a row's terms in different orders, and a loss must have the
+    same bits whether or not a gradient is asked for. Both forms write a gradient
+    of any layout."""
     cdef fx_ssize xsz = _itemsize(k.x.dtype)
-    cdef fx_ssize gsz = 8 if k.x.dtype == FX_F64 else 4
     if k.n_i < 2:
         return 0
-    if k.n_c <= SMALL_C and k.n_i >= 16 and k.g.data == NULL:
+    if k.n_c <= SMALL_C and k.n_i >= 16:
         return 1
     if not _contig(k.x.data, k.x.si, xsz):
         return 0
-    if k.g.data != NULL and not _contig(k.g.data, k.g.si, gsz):
-        return 0  # the column kernels write the gradient with unit stride
     if k.n_c == 1:
         return 1
-    if _contig(k.x.data, k.x.sc, xsz) and (k.g.data == NULL or _contig(k.g.data, k.g.sc, gsz)):
-        return 0
-    return 1
+    return not _contig(k.x.data, k.x.sc, xsz)
 
 
 cdef inline fx_ssize _lanes(const fx_call *k) noexcept nogil:
@@ -507,14 +503,13 @@ cdef inline fx_ssize _task_row(const fx_call *k, fx_ssize w, fx_ssize t) noexcep
     return o * k.n_i + min((t - o * nb) * w, k.n_i)
 
 
-cdef int _threads_for(fx_ssize work, fx_ssize tasks, int threads) noexcept nogil:
-    """Threads for a call: at most `threads`, one per task, enough work each; one
-    thread (no OpenMP region) in a child forked after OpenMP was used."""
+cdef int _threads_for(fx_ssize tasks, int threads) noexcept nogil:
+    """Threads for a call: ``threads``, capped by the number of tasks (rows, column
+    tasks or blocks); one thread (no OpenMP region) in a child forked after OpenMP
+    was used. Whether small work is worth a second thread is the dispatcher's call."""
     cdef fx_ssize nt = threads
     if FX_OPENMP == 0 or fx_in_forked_child():
         return 1
-    if nt > work // MIN_WORK_PER_THREAD:
-        nt = work // MIN_WORK_PER_THREAD
     if nt > tasks:
         nt = tasks
     return <int>nt if nt > 1 else 1
@@ -656,7 +651,16 @@ cdef inline bint _blocks_keep_vectors(const fx_call *k, const _runner *ru) noexc
     return ru.form != FORM_COLS or k.n_o == 1 or k.n_i % 16 == 0 or BLOCK_ROWS % k.n_i == 0
 
 
-cdef fx_ssize _run(fx_call *k, _runner *ru, fx_ssize work, int threads, double *sums) except -2 nogil:
+cdef inline fx_ssize _tasks(const fx_call *k, _runner *ru) noexcept nogil:
+    """The work items a call splits among threads: rows, or column tasks (setting
+    ru.w, the rows per column task)."""
+    if ru.form == FORM_COLS:
+        ru.w = _lanes(k)
+        return k.n_o * ((k.n_i + ru.w - 1) // ru.w)
+    return k.n_o * k.n_i
+
+
+cdef fx_ssize _run(fx_call *k, _runner *ru, int threads, double *sums) except -2 nogil:
     """Run a kernel over every row; returns the first bad row or -1.
 
     sums == NULL: per-row losses go to k.loss. Otherwise sums receives the float64
@@ -670,11 +674,8 @@ cdef fx_ssize _run(fx_call *k, _runner *ru, fx_ssize work, int threads, double *
     cdef double *tmp
     if n_rows == 0:
         return -1
-    tasks = n_rows
-    if ru.form == FORM_COLS:
-        ru.w = _lanes(k)
-        tasks = k.n_o * ((k.n_i + ru.w - 1) // ru.w)
-    nt = _threads_for(work, tasks, threads)
+    tasks = _tasks(k, ru)
+    nt = _threads_for(tasks, threads)
     if sums == NULL:
         return _split(k, ru, tasks, nt)
     n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
@@ -712,7 +713,7 @@ cdef fx_ssize _run_kernel(fx_call *k, fx_row_fn row_fn, fx_cols_fn col_fn, int t
     form writes leaf sums when one class is all there is (the binary kernels)."""
     cdef _runner ru = _rows_or_cols(row_fn, col_fn, k)
     ru.leaves = leaves and ru.form == FORM_COLS and k.n_c == 1
-    return _run(k, &ru, k.n_o * k.n_i * k.n_c, threads, sums)
+    return _run(k, &ru, threads, sums)
 
 
 cdef inline double *_sums(fx_call *k, bint block_sums) noexcept nogil:
@@ -775,9 +776,10 @@ def binary_from_logits(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weigh
            label_smoothing, 0.0, -1, block_sums)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
+    cdef fx_ssize r
     with nogil:
-        _run_kernel(&k, tb.bce_logits_row[ct], tb.bce_logits_cols[ct], threads, _sums(&k, block_sums), True)
-    return -1
+        r = _run_kernel(&k, tb.bce_logits_row[ct], tb.bce_logits_cols[ct], threads, _sums(&k, block_sums), True)
+    return r
 
 
 def binary_from_probs(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weight,
@@ -818,8 +820,7 @@ cdef fx_ssize _gather_log_run(fx_call *k, int threads, double *sums) except -2 n
     cdef _runner ru
     ru.form = FORM_GATHER
     ru.leaves = False
-    # the gather reads a cache line per row; with the gradient it writes whole rows
-    return _run(k, &ru, k.n_o * k.n_i * (k.n_c if k.g.data != NULL else 8), threads, sums)
+    return _run(k, &ru, threads, sums)
 
 
 # -------------------------------------------------------------------------- the fast path
@@ -1107,7 +1108,7 @@ def _read_sum(cnp.ndarray x, int threads):
         raise TypeError("a C-contiguous float32 array")
     cdef const float *p = <const float *>cnp.PyArray_DATA(x)
     cdef fx_ssize n = cnp.PyArray_SIZE(x), ch, total_chunks
-    cdef int nt = _threads_for(n, n, threads)
+    cdef int nt = _threads_for(n, threads)
     cdef double *part = <double *>malloc(nt * sizeof(double))
     cdef double s = 0
     cdef const fx_table *tb = fx_active()
@@ -1133,6 +1134,15 @@ def _layout_plan(cnp.ndarray x, grad_out=None):
     _setup(&k, x, None, None, None, None, np.ones((x.shape[0], x.shape[2])),
            np.empty(x.shape[0] * x.shape[2]), grad_out, 0.0, 0.0, -1)
     return ("columns" if _use_columns(&k) else "rows"), (k.n_o, k.n_c, k.n_i)
+
+
+def _thread_plan(cnp.ndarray x, int threads):
+    """Test hook: the threads a loss-only call on ``x`` runs with."""
+    cdef fx_call k
+    _setup(&k, x, None, None, None, None, np.ones((x.shape[0], x.shape[2])),
+           np.empty(x.shape[0] * x.shape[2]), None, 0.0, 0.0, -1)
+    cdef _runner ru = _rows_or_cols(NULL, NULL, &k)
+    return _threads_for(_tasks(&k, &ru), threads)
 
 
 def _init():

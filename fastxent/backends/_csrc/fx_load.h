@@ -73,12 +73,6 @@ static const T *FXN(load)(const char *base, fx_ssize stride, int dtype, fx_ssize
     return buf;
 }
 
-/* float64 values at any stride (pos_weight) as T. */
-static const T *FXN(load_f64)(const char *base, fx_ssize stride, fx_ssize n, T *buf)
-{
-    return FXN(load)(base, stride, FX_F64, n, buf);
-}
-
 /* Where a block of gradient goes: the output itself when contiguous and aligned. */
 static inline T *FXN(gdst)(char *base, fx_ssize stride, T *buf)
 {

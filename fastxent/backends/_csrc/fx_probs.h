@@ -88,7 +88,7 @@ static fx_ssize FXN(probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ss
     char *go = k->g.data ? k->g.data + o * k->g.so + i0 * k->g.si : NULL;
     const double per = k->ls_per_c;
     const T lo = (T)k->eps, hi = (T)1 - lo;
-    T xbuf[FX_LANES], tbuf[FX_LANES], py[FX_LANES], gwt[FX_LANES], a[FX_LANES];
+    T xbuf[FX_LANES], tbuf[FX_LANES], gbuf[FX_LANES], py[FX_LANES], gwt[FX_LANES], a[FX_LANES];
     double s[FX_LANES], lab[FX_LANES], gwv[FX_LANES];
     int32_t out[FX_LANES];
     fx_ssize y[FX_LANES];
@@ -99,7 +99,7 @@ static fx_ssize FXN(probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ss
     }
     if (!k->dense) {
         for (fx_ssize j = 0; j < n; j++) {
-            int64_t v = (int64_t)FXN(load1)(k->lab + o * k->lab_so + (i0 + j) * k->lab_si, k->lab_dtype);
+            const int64_t v = fx_label(k->lab + o * k->lab_so + (i0 + j) * k->lab_si, k->lab_dtype);
             y[j] = v == k->ignore ? -1 : (fx_ssize)v;
             if (y[j] >= 0) {
                 lab[j] = (1.0 - k->ls) * k->cw[y[j]];
@@ -114,7 +114,7 @@ static fx_ssize FXN(probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ss
         if (k->dense) {
             const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
             const T wc = (T)k->cw[c], keep = (T)(1.0 - k->ls), add = (T)per;
-            for (fx_ssize j = 0; j < n; j++) a[j] = wc * (t[j] * keep + add);
+            for (fx_ssize j = 0; j < n; j++) a[j] = FXN(dense_weight)(wc, t[j], keep, add);
         } else {
             const T uc = (T)(per * k->cw[c]);
             for (fx_ssize j = 0; j < n; j++) a[j] = SEL(y[j] < 0, (T)0, uc);
@@ -126,11 +126,12 @@ static fx_ssize FXN(probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ss
             out[j] |= (v < 0) | (v > 1);
         }
         if (go) {
-            T *gv = (T *)(go + c * k->g.sc);
+            T *gv = FXN(gdst)(go + c * k->g.sc, k->g.si, gbuf);
             for (fx_ssize j = 0; j < n; j++) {
                 T v = pv[j];
                 gv[j] = SEL((v < lo) | (v > hi), (T)0, gwt[j] * (-a[j] / v));
             }
+            FXN(gflush)(go + c * k->g.sc, k->g.si, n, gv);
         }
     }
     fx_ssize first_bad = -1;

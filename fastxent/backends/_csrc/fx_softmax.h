@@ -181,6 +181,17 @@ static double FXN(lin_sum)(const T *x, const T *u, fx_ssize n, T m)
     return s;
 }
 
+/* sum_{u_c != 0} u_c * inf: the IEEE sum of the weighted (m - x_c) of classes whose
+ * logit is -inf, m finite (+inf, -inf, NaN or 0). */
+static double FXN(inf_sum)(const T *u, fx_ssize n)
+{
+    double s;
+#define FX_UI(c) SEL(u[c] != 0, u[c] * (T)INFINITY, (T)0)
+    FX_LANESUM(s, n, FX_UI, FX_NOPRE);
+#undef FX_UI
+    return s;
+}
+
 static double FXN(sum)(const T *u, fx_ssize n)
 {
     double s;
@@ -237,15 +248,15 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
                  * left out so far, now counts exp(m - bmax) */
                 R = (R + 1.0) * exp((double)m - (double)bmax);
                 lin += usum * ((double)bmax - (double)m);
-            } else if (usum > 0) {
-                lin = INFINITY; /* a_c > 0 on a -inf logit */
             }
             m = bmax;
             skip = FXN(find_first)(xv, n, m);
             kmax = c0 + skip;
         }
-        if (m == (T)-INFINITY) { /* everything so far is -inf: only weights count */
+        if (m == (T)-INFINITY) { /* everything so far is -inf: a_c (m - x_c) is a_c * inf */
             usum += w.kind == U_VEC ? FXN(sum)(uv, n) : (w.kind == U_CONST ? (double)w.u0 * (double)n : 0.0);
+            if (w.kind == U_VEC) lin += FXN(inf_sum)(uv, n);
+            else if (w.kind == U_CONST && w.u0 != 0) lin += (double)w.u0 * INFINITY;
             continue;
         }
         /* weighted (m - x) before the exp pass: in place, that pass overwrites x */
@@ -279,9 +290,9 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
         if (grow) FXN(fill)(grow, gs, C, (T)NAN);
         return 0;
     }
-    if (m == (T)-INFINITY) { /* every logit -inf */
-        *loss = A > 0 ? INFINITY : 0.0;
-        if (grow) FXN(fill)(grow, gs, C, A > 0 ? (T)NAN : (T)0);
+    if (m == (T)-INFINITY) { /* every logit -inf: A * inf (0 when A == 0), NaN gradient */
+        *loss = A == 0 ? 0.0 : A * INFINITY;
+        if (grow) FXN(fill)(grow, gs, C, A != 0 ? (T)NAN : (T)0);
         return 0;
     }
     if (w.lab != 0) lin += w.lab * ((double)m - (double)xy);
@@ -338,7 +349,7 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
     }
     if (!k->dense) {
         for (fx_ssize j = 0; j < n; j++) {
-            int64_t v = (int64_t)FXN(load1)(k->lab + o * k->lab_so + (i0 + j) * k->lab_si, k->lab_dtype);
+            const int64_t v = fx_label(k->lab + o * k->lab_so + (i0 + j) * k->lab_si, k->lab_dtype);
             y[j] = v == k->ignore ? -1 : (fx_ssize)v;
             if (y[j] >= 0) {
                 lab[j] = (1.0 - k->ls) * k->cw[y[j]];
@@ -375,20 +386,24 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
         nan[j] |= m[j] == (T)INFINITY;
         msafe[j] = (m[j] == (T)-INFINITY || nan[j]) ? (T)0 : m[j];
     }
-    /* pass 2: exp sums (stored into the gradient), weighted (m - x) */
+    /* pass 2: exp sums, weighted (m - x); with a gradient, the exps are kept for
+     * pass 3: in a tile when it fits (then pass 3 writes the gradient once), else
+     * in the gradient itself (through a buffer where its lane axis is strided) */
     const int kind = k->dense ? U_VEC : (k->ls == 0 ? U_NONE : U_CONST);
+    T etile[FX_TILE], ebuf[FX_LANES];
+    const int e_in_tile = C * n <= FX_TILE;
     for (fx_ssize c = 0; c < C; c++) {
         const char *xc = xo + c * k->x.sc;
         const T *xv = keep_tile && FXN(load_copies)(xc, k->x.si, k->x.dtype)
                           ? tile + c * n
                           : FXN(load)(xc, k->x.si, k->x.dtype, n, xbuf);
-        T *ev = go ? (T *)(go + c * k->g.sc) : NULL; /* contiguous: checked by the driver */
+        T *ev = !go ? NULL : e_in_tile ? etile + c * n : FXN(gdst)(go + c * k->g.sc, k->g.si, ebuf);
         const T *uv = NULL;
-        T uc = (T)(per * k->cw[c]);
+        T uc = kind == U_CONST ? (T)(per * k->cw[c]) : (T)0;
         if (kind == U_VEC) {
             const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
             const T wc = (T)k->cw[c], keep = (T)(1.0 - k->ls), add = (T)per;
-            for (fx_ssize j = 0; j < n; j++) ubuf[j] = wc * (t[j] * keep + add);
+            for (fx_ssize j = 0; j < n; j++) ubuf[j] = FXN(dense_weight)(wc, t[j], keep, add);
             uv = ubuf;
         }
         /* prefetch this class's slice of the next tile: pass 1 of the next task
@@ -414,6 +429,7 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
                 ties[j] += d == 0;
                 ev[j] = e;
             }
+            if (!e_in_tile) FXN(gflush)(go + c * k->g.sc, k->g.si, n, ev);
         } else {
             for (fx_ssize j = 0; j < n; j++) {
                 T d = xv[j] - msafe[j];
@@ -434,11 +450,11 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
     }
     /* per row: loss and the gradient's scale */
     for (fx_ssize j = 0; j < n; j++) {
-        A[j] = k->dense ? usum[j] : lab[j] + per * k->cw_sum;
+        A[j] = k->dense ? usum[j] : (k->ls == 0 ? lab[j] : lab[j] + per * k->cw_sum);
         gwv[j] = go ? FXN(grad_weight)(k, o, i0 + j) : 0.0;
         if (!k->dense && y[j] < 0) { loss[j] = 0.0; continue; }
         if (nan[j]) { loss[j] = NAN; continue; }
-        if (m[j] == (T)-INFINITY) { loss[j] = A[j] > 0 ? INFINITY : 0.0; continue; }
+        if (m[j] == (T)-INFINITY) { loss[j] = A[j] == 0 ? 0.0 : A[j] * INFINITY; continue; }
         double l = lin[j];
         if (!k->dense && lab[j] != 0) l += lab[j] * ((double)m[j] - (double)xy[j]);
         loss[j] = l + A[j] * l1p[j]; /* fx_softmax_row_loss, its log1p taken above */
@@ -452,23 +468,26 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
         gwt[j] = (T)gwv[j];
     }
     for (fx_ssize c = 0; c < C; c++) {
-        T *ev = (T *)(go + c * k->g.sc);
+        char *gc = go + c * k->g.sc;
+        const T *ev = e_in_tile ? etile + c * n : FXN(load)(gc, k->g.si, FX_CODE, n, ebuf);
+        T *gd = FXN(gdst)(gc, k->g.si, xbuf);
         if (kind == U_VEC) {
             const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
             const T wc = (T)k->cw[c], keep = (T)(1.0 - k->ls), add = (T)per;
-            for (fx_ssize j = 0; j < n; j++) ev[j] = alpha[j] * ev[j] - gwt[j] * (wc * (t[j] * keep + add));
+            for (fx_ssize j = 0; j < n; j++) gd[j] = alpha[j] * ev[j] - gwt[j] * FXN(dense_weight)(wc, t[j], keep, add);
         } else {
             const T uc = kind == U_CONST ? (T)(per * k->cw[c]) : (T)0;
             for (fx_ssize j = 0; j < n; j++) beta[j] = gwt[j] * uc;
-            for (fx_ssize j = 0; j < n; j++) ev[j] = alpha[j] * ev[j] - beta[j];
+            for (fx_ssize j = 0; j < n; j++) gd[j] = alpha[j] * ev[j] - beta[j];
         }
+        FXN(gflush)(gc, k->g.si, n, gd);
     }
     for (fx_ssize j = 0; j < n; j++) {
         char *gj = go + j * k->g.si;
         const char *tj = to ? to + j * k->t.si : NULL;
         if (!k->dense && y[j] < 0) { FXN(fill)(gj, k->g.sc, C, (T)0); continue; }
         if (nan[j]) { FXN(fill)(gj, k->g.sc, C, (T)NAN); continue; }
-        if (m[j] == (T)-INFINITY) { FXN(fill)(gj, k->g.sc, C, A[j] > 0 ? (T)NAN : (T)0); continue; }
+        if (m[j] == (T)-INFINITY) { FXN(fill)(gj, k->g.sc, C, A[j] != 0 ? (T)NAN : (T)0); continue; }
         const double S = 1.0 + R[j];
         if (!k->dense && y[j] != kmax[j]) {
             const double ey = (double)FXM(fx_exp_neg)(xy[j] - m[j]);
