@@ -14,32 +14,46 @@
 
 /* A block of targets as y and neg = 1 - y in T (y may point at the targets
  * themselves), and out-of-range flags: *bad |= any, and with out, out[c] |= each.
- * In the float32 kernels without label smoothing, targets whose dtype float32
- * holds exactly are read as float32: 1.0f - t rounds 1 - t once, to the value
- * the float64 route rounds to. */
+ * float32 holds every value of the narrow target dtypes (float16, float32, bool,
+ * 8- and 16-bit integers) exactly: the float32 kernels read those as float32, and
+ * without label smoothing take y = t and 1.0f - t, which rounds 1 - t once, to
+ * the value the float64 route rounds to. */
 static const T *FXN(bce_targets)(const fx_call *k, const char *base, fx_ssize stride, int dtype, fx_ssize n,
                                  T *ybuf, T *neg, double *dbuf, int32_t *out, int *bad)
 {
     int any = 0;
-    const int narrow = FX_CODE == FX_F32 && k->ls == 0 && dtype != FX_F64 && dtype != FX_I32 &&
-                       dtype != FX_U32 && dtype != FX_I64 && dtype != FX_U64;
-    if (narrow) {
+    const double keep = 1.0 - k->ls, half_ls = k->ls / 2;
+    const int narrow = FX_CODE == FX_F32 && dtype != FX_F64 && dtype != FX_I32 && dtype != FX_U32 &&
+                       dtype != FX_I64 && dtype != FX_U64;
+#define FX_RANGE(t) (((t) < 0) | ((t) > 1))
+    if (narrow && k->ls == 0) {
         const T *t = FXN(load)(base, stride, dtype, n, ybuf);
         for (fx_ssize c = 0; c < n; c++) neg[c] = (T)1 - t[c];
-        if (out) for (fx_ssize c = 0; c < n; c++) out[c] |= (t[c] < 0) | (t[c] > 1);
-        else for (fx_ssize c = 0; c < n; c++) any |= (t[c] < 0) | (t[c] > 1);
+        if (out) for (fx_ssize c = 0; c < n; c++) out[c] |= FX_RANGE(t[c]);
+        else for (fx_ssize c = 0; c < n; c++) any |= FX_RANGE(t[c]);
         *bad |= any;
         return t;
     }
-    const double keep = 1.0 - k->ls, half_ls = k->ls / 2;
-    const double *t = load_f64(base, stride, dtype, n, dbuf);
-    for (fx_ssize c = 0; c < n; c++) {
-        const double y = t[c] * keep + half_ls;
-        ybuf[c] = (T)y;
-        neg[c] = (T)(1.0 - y);
+    /* one loop: the flag of t[c] is taken before y[c] may overwrite it (in place) */
+#define FX_WIDE_LOOP(t, FLAG)                                         \
+    for (fx_ssize c = 0; c < n; c++) {                                \
+        const double tc = (double)(t)[c];                             \
+        const double y = tc * keep + half_ls;                         \
+        FLAG;                                                         \
+        ybuf[c] = (T)y;                                               \
+        neg[c] = (T)(1.0 - y);                                        \
     }
-    if (out) for (fx_ssize c = 0; c < n; c++) out[c] |= (t[c] < 0) | (t[c] > 1);
-    else for (fx_ssize c = 0; c < n; c++) any |= (t[c] < 0) | (t[c] > 1);
+    if (narrow) {
+        const T *t = FXN(load)(base, stride, dtype, n, ybuf);
+        if (out) { FX_WIDE_LOOP(t, out[c] |= FX_RANGE(tc)) }
+        else { FX_WIDE_LOOP(t, any |= FX_RANGE(tc)) }
+    } else {
+        const double *t = load_f64(base, stride, dtype, n, dbuf);
+        if (out) { FX_WIDE_LOOP(t, out[c] |= FX_RANGE(tc)) }
+        else { FX_WIDE_LOOP(t, any |= FX_RANGE(tc)) }
+    }
+#undef FX_WIDE_LOOP
+#undef FX_RANGE
     *bad |= any;
     return ybuf;
 }
