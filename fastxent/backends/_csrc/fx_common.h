@@ -51,10 +51,12 @@ typedef struct {
 } fx_call;
 
 /* Row kernel: row (o, i); y is the label (sparse; -1 when ignored), else 0.
- * Returns 1 when the row holds a probability outside [0, 1], else 0. */
+ * Returns 1 when the row holds a probability (or a binary target) outside
+ * [0, 1], else 0. */
 typedef int (*fx_row_fn)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y);
-/* Column kernel: rows (o, i0 .. i0+n-1) with a contiguous inner axis (n <= FX_LANES).
- * Returns the first i holding a probability outside [0, 1], or -1. */
+/* Column kernel: rows (o, i0 .. i0+n-1) with a contiguous inner axis (n <= FX_LANES),
+ * gradient of any layout. Returns the first i holding a probability (or a binary
+ * target) outside [0, 1], or -1. */
 typedef fx_ssize (*fx_cols_fn)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n);
 /* Range kernel: flat rows r0 .. r1-1 (the sparse gather-log).
  * Returns the first row holding a probability outside [0, 1], or -1. */

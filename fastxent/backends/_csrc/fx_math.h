@@ -83,9 +83,9 @@ FX_INLINE float fx_half_to_f32(uint16_t h)
 
 /* e^r for |r| <= ln2/2: 1 + r + r^2 q(r), degree 6, Horner to the end (max
  * 0.94 ulp with FMA, 1.24 without, over every float in [-87.3, 0]). Six
- * multiply-adds where Estrin took eight (r^2, r^4 and a final add): the exp loops
+ * multiply-adds where Estrin takes eight (r^2, r^4 and a final add): the exp loops
  * are bound by the FMA ports, not by latency (their iterations are independent),
- * so the longer chain costs nothing (AVX2 exp loop ~0.265 vs ~0.29 ns/element). */
+ * so the longer chain costs nothing. */
 FX_INLINE float fx_exp_poly_f32(float r)
 {
     float q = 0x1.6d10fcp-10f * r + 0x1.120b62p-7f;
@@ -98,8 +98,8 @@ FX_INLINE float fx_exp_poly_f32(float r)
 
 /* e^r for |r| <= ln2/2 to degree 5, for the kernels' exps: 1 + r + r^2 q(r), five
  * multiply-adds; fx_exp_neg_f32 with it errs by at most 2.17 ulp over [-87.3, 0]
- * (with FMA; the tests allow 2.5). One multiply-add less than fx_exp_poly_f32: an
- * exp pass is bound by the FMA ports, and the sparse logits kernel ran 5-8% faster. */
+ * (with FMA; the tests allow 2.5). One multiply-add less than fx_exp_poly_f32,
+ * which counts where an exp pass is bound by the FMA ports. */
 FX_INLINE float fx_exp_poly5_f32(float r)
 {
     float q = 0x1.106252p-7f * r + 0x1.572a66p-5f;
@@ -113,13 +113,12 @@ FX_INLINE float fx_exp_poly5_f32(float r)
  * the same five FMA-port operations (and one add), but three of them in a row
  * instead of five. A softmax exp pass is bound by latency, not by the ports: each
  * element's chain (subtract, reduce, polynomial, scale, add into the run's sum)
- * is ~35 cycles long, and the scheduler holds too few elements' operations to
- * cover it. Sparse logits 16,384 x 1,000, paired in one process: 0.91x the time
- * on one thread, 0.90x on two; with the final "+ 1" last in the chain instead
- * (better rounding) no faster than Horner. One rounding more than Horner: at most
- * 2.51 ulp over [-10, 0] (Horner 2.27); fx_exp_neg_f32, whose results are losses
- * themselves, keeps Horner (2.62 ulp with Estrin, over the tests' 2.5). Numba's
- * exp sums measured no gain from it (0.97-1.05x) and keep Horner. */
+ * is some 35 cycles long, and the scheduler holds too few elements' operations
+ * to cover it; a shorter chain lets more elements overlap. (With the final "+ 1"
+ * last in the chain, for better rounding, that gain is lost.) One rounding more
+ * than Horner: at most 2.51 ulp over [-10, 0] (Horner 2.27); fx_exp_neg_f32,
+ * whose results are losses themselves, keeps Horner (2.62 ulp with Estrin, over
+ * the tests' 2.5). */
 FX_INLINE float fx_exp_poly5_short_f32(float r)
 {
     float r2 = r * r;

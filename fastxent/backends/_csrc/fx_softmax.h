@@ -31,9 +31,8 @@ static int FXN(block_range)(const T *x, fx_ssize n, T *mx, T *mn)
 #ifdef FX_AVX512_MASKS
 /* First index holding v, or -1. AVX-512: a compare into a mask register tests a
  * vector (16 float32, 8 float64) and the mask's lowest set bit is the index: per
- * vector one compare and one test, where the portable version's any-equal and
- * first-index reductions took about 15% of a 1,000-class sparse loss (0.96x the
- * time with this). */
+ * vector one compare and one test, where the portable version takes an
+ * any-equal and a first-index reduction. */
 static fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
 {
     for (fx_ssize c = 0; c < n; c += 64 / (fx_ssize)sizeof(T)) {
@@ -119,10 +118,9 @@ static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near,
     }
     /* the next block into cache while this one computes, a run's worth (FX_RUN
      * elements) per run: spread over the pass, the prefetches overlap the exps
-     * and never queue up on the outstanding-miss limit (all at once up front, the
-     * 63 lines of a 1000-class float32 row were slower: ~0.9 vs ~0.67 ns/element
-     * streaming 2 threads). Prefetches stay out of the vector loop (they would stop
-     * its vectorisation). */
+     * and never queue up on the outstanding-miss limit, as all of a row's lines
+     * asked for up front do. Prefetches stay out of the vector loop (they would
+     * stop its vectorisation). */
 #define FX_PF_RUN(c0)                                                              \
     for (int b_ = 0; b_ < FX_RUN * (int)sizeof(T); b_ += 64)                       \
         FX_PREFETCH_L2(pf + (c0) * (fx_ssize)sizeof(T) + b_)
@@ -359,7 +357,7 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
     }
     /* Columns that must be copied (a strided lane axis: row-major (N, C) with few
      * classes; or another dtype) are kept from pass 1 for pass 2 when the tile
-     * fits: the strided copy was a third of a 4,096 x 10 call. */
+     * fits: the strided copy costs more than the arithmetic of short rows. */
     T tile[FX_TILE];
     const int keep_tile = C * n <= FX_TILE;
 #define FX_COLUMN_BUF(c) (keep_tile ? tile + (c) * n : xbuf)
@@ -440,9 +438,9 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
         }
     }
 #undef FX_COLUMN_BUF
-    /* R = S - 1 and its log1p for every lane, in one vector loop (as a scalar call
-     * per row, the log was a third of a 32 x 10 call); lanes of the special rows
-     * below get values nobody reads */
+    /* R = S - 1 and its log1p for every lane, in one vector loop (a scalar log per
+     * row would cost as much as the rest of a short row); lanes of the special
+     * rows below get values nobody reads */
     double l1p[FX_LANES];
     for (fx_ssize j = 0; j < n; j++) {
         R[j] += (double)(ties[j] - 1);
