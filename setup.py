@@ -130,7 +130,16 @@ def extensions():
         extra_compile_args=list(BASE_FLAGS),
         depends=[os.path.join(CSRC, h) for h in os.listdir(os.path.join(HERE, CSRC)) if h.endswith(".h")],
     )
-    return cythonize([ext], compiler_directives={"language_level": 3}, quiet=True)
+    # The compiled form of a plain public call (API layer; cimports the extension's
+    # API declared in _cython_ext.pxd). No OpenMP of its own.
+    fastcall = Extension(
+        "fastxent._fastcall",
+        ["fastxent/_fastcall.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=list(BASE_FLAGS),
+    )
+    return cythonize([ext, fastcall], compiler_directives={"language_level": 3}, quiet=True)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -5,14 +5,16 @@ logits, with gradients, through NumPy, Numba and Cython kernels chosen per call.
 See the README for the contract; ``fastxent.show_config()`` for this installation.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from ._api import binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy
-from ._calibration import calibrate
+from ._calibration import CalibrationWarning
+from ._measure import calibrate
 from ._classes import BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy
 from ._config import config
 from ._dispatch import Plan
 from ._introspect import explain, show_config
+from ._metrics import Metrics, sparse_metrics
+from ._validate import ProbabilitiesAsLogitsWarning
 
 __all__ = [
     "binary_crossentropy",
@@ -22,8 +24,12 @@ __all__ = [
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
     "Plan",
+    "CalibrationWarning",
+    "ProbabilitiesAsLogitsWarning",
     "calibrate",
     "config",
     "explain",
     "show_config",
+    "sparse_metrics",
+    "Metrics",
 ]

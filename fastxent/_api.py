@@ -7,20 +7,17 @@ validate (``_validate``) -> plan (``_dispatch``) -> kernel (``backends``) -> red
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import numpy as np
 
-from . import _dispatch, _reduce, backends
+from . import _reduce
 from ._dispatch import choose
-from ._config import _backend_var, _threads_var
+from ._execute import execute, kernel_sums
 from ._validate import Problem, build_problem
 
-try:  # the compiled fast path for plain sparse calls (see _cython_ext.fast_sparse)
-    from .backends._cython_ext import _fast_configure, fast_sparse as _fast_sparse
-
-    _fast_configure(_backend_var, _threads_var, _dispatch.remembered)
+try:  # the compiled form of plain sparse calls (see _fastcall.pyx)
+    from ._fastcall import sparse_call as _fast_sparse
 except ImportError:  # a source tree without the extension: the general path only
     _fast_sparse = None
 
@@ -85,8 +82,17 @@ def _document(extra: str):
     """    ignore_index : int, optional
         Samples whose label equals it give loss 0, gradient 0, and are left out of
         the mean (any integer, e.g. -100 as PyTorch).
-    class_weight : array of length C, optional
-        Weight ``w_c`` of each class.
+    class_weight : array of length C, or dict {class: weight}, optional
+        Weight ``w_c`` of each class (classes a dict leaves out weigh 1).
+    z_loss : float >= 0
+        From logits: adds ``z_loss * logsumexp(x)**2`` to each sample's loss (PaLM's
+        z-loss, e.g. 1e-4), and its gradient.
+    logit_softcap : float > 0, optional
+        From logits: the loss reads ``cap * tanh(x / cap)`` (Gemma's soft cap) in place
+        of each logit ``x``; the gradient is with respect to ``x``.
+    return_lse : bool
+        From logits: also return each sample's ``logsumexp`` (of the capped logits),
+        after the loss and the gradient: ``(loss, lse)`` or ``(loss, grad, lse)``.
 """
 )
 def sparse_categorical_crossentropy(
@@ -103,6 +109,9 @@ def sparse_categorical_crossentropy(
     epsilon=1e-7,
     return_grad=False,
     grad_out=None,
+    z_loss=0.0,
+    logit_softcap=None,
+    return_lse=False,
     backend="auto",
     threads=None,
 ):
@@ -124,7 +133,8 @@ def sparse_categorical_crossentropy(
     [[-0.1   0.05  0.05]
      [ 0.1   0.1  -0.2 ]]
     """
-    if _fast_sparse is not None:  # plain calls: the whole call in C
+    if _fast_sparse is not None and z_loss == 0 and logit_softcap is None and return_lse is False:
+        # a plain call already planned: the same plan, compiled (see _fastcall.pyx)
         result = _fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, class_weight,
                               sample_weight, axis, reduction, epsilon, return_grad, grad_out, backend, threads)
         if result is not None:
@@ -134,6 +144,7 @@ def sparse_categorical_crossentropy(
         from_logits=from_logits, label_smoothing=label_smoothing, ignore_index=ignore_index,
         class_weight=class_weight, sample_weight=sample_weight, axis=axis, reduction=reduction,
         epsilon=epsilon, return_grad=return_grad, grad_out=grad_out, backend=backend, threads=threads,
+        z_loss=z_loss, logit_softcap=logit_softcap, return_lse=return_lse,
     )  # fmt: skip
     return run(problem)
 
@@ -236,131 +247,32 @@ def run(problem: Problem):
     """Plan, run the kernel, and reduce: the part of a call after validation."""
     count, weight = _reduce.denominator_parts(problem)
     backend, threads = choose(problem)
-    summed = _kernel_sums(problem, backend)
-    out, grad = _execute(problem, backend, threads, _reduce.denominator(problem.reduction, count, weight), summed)
+    summed = kernel_sums(problem, backend)
+    out = execute(problem, backend, threads, _reduce.denominator(problem.reduction, count, weight), summed)
     if problem.reduction == "none":
-        loss = _reduce.per_sample(problem, out)
+        loss = _reduce.per_sample(problem, out.loss)
     else:
-        numerator = out if summed else _reduce.block_sums(out, problem.sample_weight)
+        numerator = out.loss if summed else _reduce.block_sums(out.loss, problem.sample_weight)
         loss = _reduce.finish(_reduce.Partial(numerator, count, weight), problem.reduction, problem.result_dtype)
-    return (loss, grad) if problem.return_grad else loss
+    result = (loss, out.grad) if problem.return_grad else (loss,)
+    if problem.return_lse:
+        result += (out.lse.astype(problem.result_dtype).reshape(problem.layout.sample_shape),)
+    return result if len(result) > 1 else loss
+
+
+def row_outputs(problem: Problem):
+    """The kernel's per-row outputs of a loss-only call (float64 losses before
+    sample weights, and the logsumexps and label ranks it asks for): the terms that
+    chunked evaluation and metrics sum (``_reduce.BlockSums``)."""
+    return execute(problem, *choose(problem), 1.0, summed=False)
 
 
 def row_losses(problem: Problem) -> np.ndarray:
-    """Per-row float64 losses of a loss-only call, before sample weights (the terms
-    that chunked evaluation sums with ``_reduce.BlockSums``)."""
-    loss_rows, _ = _execute(problem, *choose(problem), 1.0, summed=False)
-    return loss_rows
-
-
-def _kernel_sums(problem: Problem, backend: str) -> bool:
-    """Whether the kernel returns the block sums of the losses itself (a compiled
-    backend, a reduced loss without sample weights): the per-row losses -- 8 bytes a
-    row, 80 MB for 10M binary outputs -- are then never written to memory nor read
-    back (Cython always; Numba where its work items are the blocks)."""
-    return backend in ("cython", "numba") and problem.reduction != "none" and problem.sample_weight is None
+    """Per-row float64 losses of a loss-only call, before sample weights."""
+    return row_outputs(problem).loss
 
 
 def keyword_defaults(fn) -> dict:
     """The keyword-only options of a loss function and their defaults."""
     params = inspect.signature(fn).parameters.values()
     return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
-
-
-def kernel_runner(problem: Problem, backend: str, threads: int):
-    """A zero-argument function running ``problem``'s kernel on ``backend`` with
-    ``threads`` threads, loss only, as a call runs it (what ``fastxent.calibrate()``
-    times)."""
-    kernel = backends.module(backend).KERNELS[problem.kernel_name]
-    summed = _kernel_sums(problem, backend)
-    out = _loss_buffer(problem, summed)
-    return lambda: _call(kernel, problem, threads, None, out, None, summed)
-
-
-def _loss_buffer(problem: Problem, summed: bool) -> np.ndarray:
-    """Per-row losses ``(O, I)``, or one sum per block of ``BLOCK_ROWS`` rows."""
-    layout = problem.layout
-    if summed:
-        return np.empty(-(-layout.n_rows // _reduce.BLOCK_ROWS), dtype=np.float64)
-    return np.empty((layout.outer, layout.inner), dtype=np.float64)
-
-
-def _execute(problem: Problem, backend: str, threads: int, denom: float, summed: bool):
-    """Run the kernel: per-row float64 losses (or their block sums) and, if asked,
-    the gradient."""
-    kernel = backends.module(backend).KERNELS[problem.kernel_name]
-    out = _loss_buffer(problem, summed)
-    grad_full = grad_view = grad_weight = None
-    if problem.return_grad:
-        grad_full, grad_view = _gradient_buffer(problem)
-        grad_weight = _reduce.grad_weight(problem, denom)
-    if problem.layout.n_rows:  # an empty batch has nothing to compute
-        if problem.grad_out is not None and not problem.from_logits:
-            # The caller's buffer (perhaps y_pred itself) must stay untouched when the
-            # probabilities turn out to be out of range: check them first.
-            _check(problem, _call(kernel, problem, threads, None, out, None, summed))
-        _check(problem, _call(kernel, problem, threads, grad_weight, out, grad_view, summed))
-    return out, grad_full
-
-
-def _call(kernel, p: Problem, threads: int, grad_weight, out, grad_view, summed: bool) -> int:
-    weights = p.pos_weight if p.kind == "binary" else p.class_weight
-    if weights is None:
-        weights = _unit_weights(p)
-    args = [p.x, p.aux, weights, p.label_smoothing]
-    if p.kind == "sparse":
-        args.append(-1 if p.ignore_index is None else p.ignore_index)
-    if not p.from_logits:
-        args.append(p.epsilon)
-    if grad_weight is None:
-        grad_weight = _reduce.constant(0.0, (p.layout.outer, p.layout.inner))
-    args += [grad_weight, out, grad_view, threads]
-    return kernel(*args, block_sums=True) if summed else kernel(*args)
-
-
-def _unit_weights(p: Problem) -> np.ndarray:
-    c = p.n_classes
-    if p.kind == "binary":
-        return _reduce.constant(1.0, (c, p.layout.inner))
-    return _unit_class_weights(c)
-
-
-@functools.lru_cache(maxsize=64)
-def _unit_class_weights(c: int) -> np.ndarray:
-    """``np.ones(c)``, read-only and made once per class count (the kernels read
-    class weights through a contiguous pointer, so not a stride-0 constant)."""
-    ones = np.ones(c)
-    ones.flags.writeable = False
-    return ones
-
-
-def _gradient_buffer(p: Problem):
-    """The caller's ``grad_out`` or a new array, and its ``(O, C, I)`` view."""
-    if p.grad_out is not None:
-        return p.grad_out, p.grad_view
-    shape = p.layout.sample_shape if p.axis is None else _full_shape(p)
-    grad = np.empty(shape, dtype=p.result_dtype, order="F" if p.layout.swap else "C")
-    return grad, p.layout.view3(grad)
-
-
-def _full_shape(p: Problem) -> tuple:
-    s = p.layout.sample_shape
-    return s[: p.axis] + (p.n_classes,) + s[p.axis :]
-
-
-def _check(p: Problem, bad_row: int) -> None:
-    """Raise for the out-of-range probability a kernel reported in row ``bad_row``."""
-    if bad_row < 0:
-        return
-    o, i = divmod(bad_row, p.layout.inner)
-    if p.kind == "sparse" and p.label_smoothing == 0:
-        cls = int(p.aux[o, i])
-    else:
-        row = p.x[o, :, i].astype(np.float64)
-        cls = int(np.flatnonzero((row < 0) | (row > 1))[0])
-    value = float(p.x[o, cls, i])
-    pos = p.element_position(bad_row, cls)
-    raise ValueError(
-        f"y_pred: expected probabilities in [0, 1] (from_logits=False), got {value!r} at "
-        f"position {pos}. If y_pred holds logits, pass from_logits=True."
-    )

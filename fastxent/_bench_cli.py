@@ -10,6 +10,8 @@ from .bench import (
     QUICK_CLASSES,
     QUICK_ROWS,
     BenchConfig,
+    machine_info,
+    noisy,
     plot,
     ratios,
     run_bench,
@@ -24,7 +26,7 @@ def config_from_args(args) -> BenchConfig:
         dtype=args.dtype,
         threads=args.threads,
         backends=args.backends,
-        repeats=args.repeats or (3 if args.quick else 7),
+        repeats=args.repeats or (5 if args.quick else 9),
     )
     return config
 
@@ -33,6 +35,9 @@ def run(args) -> int:
     config = config_from_args(args)
     args.out.mkdir(parents=True, exist_ok=True)
     results = _with_progress(config)
+    info = machine_info(config)
+    print(f"{info['processor']}, {info['threads']} thread(s), {config.dtype}; fastxent {info['fastxent']}, "
+          f"numpy {info['numpy']}" + "".join(f", {k} {info[k]}" for k in ("numba", "cython", "torch") if k in info))
     print(render_table(results))
     json_path = args.out / "results.json"
     write_json(results, config, json_path)
@@ -84,8 +89,19 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+def _fmt_timing(m) -> str:
+    """The median and the interquartile range, e.g. ``1.20 ms (1.18-1.31)``."""
+    if m.q1_seconds != m.q1_seconds:
+        return _fmt_time(m.seconds)
+    low, high = _fmt_time(m.q1_seconds), _fmt_time(m.q3_seconds)
+    unit = low.split(" ")[1]
+    same_unit = high.endswith(unit)
+    return f"{_fmt_time(m.seconds)} ({low.split(' ')[0] if same_unit else low}-{high})"
+
+
 def table_rows(results):
-    """One row per (classes, implementation, probs|logits): sparse vs one-hot side by side."""
+    """One row per (classes, implementation, probs|logits): sparse vs one-hot side by
+    side; a time ratio whose spread exceeds the difference is marked ``~``."""
     by_key = {(m.rows, m.classes, m.implementation, m.variant): m for m in results}
     rat = ratios(results)
     rows = []
@@ -97,8 +113,8 @@ def table_rows(results):
         t_ratio, m_ratio = rat.get((n, impl, c, kind), (float("nan"), float("nan")))
         rows.append([
             f"{c:,}", f"{sparse.rows:,}", impl, kind,
-            _fmt_time(sparse.seconds), _fmt_time(onehot.seconds) if onehot else "-",
-            f"{t_ratio:.3f}", _fmt_bytes(sparse.peak_bytes), _fmt_bytes(onehot.peak_bytes) if onehot else "-",
+            _fmt_timing(sparse), _fmt_timing(onehot) if onehot else "-",
+            ("~" if onehot and noisy(sparse, onehot) else "") + f"{t_ratio:.3f}", _fmt_bytes(sparse.peak_bytes), _fmt_bytes(onehot.peak_bytes) if onehot else "-",
             "n/a" if m_ratio != m_ratio else f"{m_ratio:.4f}",
         ])  # fmt: skip
     return rows
@@ -110,7 +126,8 @@ HEADERS = ["classes", "rows", "implementation", "from", "sparse time", "one-hot 
 
 def render_table(results) -> str:
     rows = table_rows(results)
-    title = "Mean loss: sparse labels vs one-hot targets (one-hot includes building the matrix; ratio = sparse / one-hot)"
+    title = ("Mean loss: sparse labels vs one-hot targets (one-hot includes building the matrix; ratio = sparse / "
+             "one-hot). Times: median (interquartile range); ~: the spread exceeds the difference")
     try:
         from rich.console import Console
         from rich.table import Table

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from ._api import binary_crossentropy, categorical_crossentropy, keyword_defaults, sparse_categorical_crossentropy
+from ._validate import check_ignore_index, check_options
+
+_SCALAR_OPTIONS = ("from_logits", "label_smoothing", "reduction", "epsilon", "return_grad", "backend", "threads")
 
 
 class _Loss:
@@ -15,6 +18,12 @@ class _Loss:
             raise TypeError(
                 f"{type(self).__name__}: expected options among {sorted(allowed)}, got {unknown}"
             )
+        defaults = keyword_defaults(type(self)._function)
+        resolved = {**defaults, **options}
+        # the options a call would check first, checked now: a bad one fails here
+        check_options(**{k: resolved[k] for k in _SCALAR_OPTIONS})
+        if "ignore_index" in resolved:
+            check_ignore_index(resolved["ignore_index"])
         self.name = name or type(self)._function.__name__
         self.options = options
 

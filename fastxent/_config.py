@@ -1,9 +1,10 @@
 """Process-wide and context-local settings: backend choice and thread count.
 
 Precedence, highest first: the call's own ``backend=``/``threads=`` arguments (other
-than the defaults ``"auto"`` and ``None``), an enclosing :func:`config` block, the ``FASTXENT_BACKEND`` / ``FASTXENT_NUM_THREADS``
-environment variables, then ``"auto"`` and every core the process may use (capped by
-``OMP_NUM_THREADS`` and by threadpoolctl limits on the OpenMP runtime).
+than the defaults ``"auto"`` and ``None``), an enclosing :func:`config` block, the
+``FASTXENT_BACKEND`` / ``FASTXENT_NUM_THREADS`` environment variables, then ``"auto"``
+and every core the process may use (see ``_threads``). This module only holds and
+checks the settings; it imports nothing else of fastxent.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ def check_backend(backend, where: str = "backend") -> str:
     return backend
 
 
+#: The most threads a call may ask for (more than any machine fastxent runs on has).
+MAX_THREADS = 4096
+
+
 def check_threads(threads, where: str = "threads") -> int:
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"{where}: expected None or an int >= 1, got {threads!r}")
-    if threads < 1:
-        raise ValueError(f"{where}: expected None or an int >= 1, got {threads!r}")
+        raise TypeError(f"{where}: expected None or an int in [1, {MAX_THREADS}], got {threads!r}")
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"{where}: expected None or an int in [1, {MAX_THREADS}], got {threads!r}")
     return int(threads)
 
 
@@ -76,77 +81,11 @@ def resolve_backend(backend: str | None) -> tuple[str, str]:
     return "auto", "default"
 
 
-def resolve_threads(threads: int | None) -> tuple[int, str]:
-    """The thread count to use and where it came from."""
-    if threads is not None:
-        return check_threads(threads), "argument"
-    from_context = _threads_var.get()
-    if from_context is not None:
-        return from_context, "fastxent.config()"
-    env = os.environ.get("FASTXENT_NUM_THREADS")
-    if env:
-        return _env_threads(env, "FASTXENT_NUM_THREADS"), "FASTXENT_NUM_THREADS"
-    return default_threads()
-
-
-try:
-    from .backends._cython_ext import settings_key as _compiled_settings_key
-except ImportError:  # a source tree without the extension
-    _compiled_settings_key = None
-
-
-def settings_key():
-    """Everything the default backend and thread count depend on besides the call's
-    arguments (``config()`` and the environment) as a hashable value, cheap to get
-    and to hash: a small int from the compiled extension, else a tuple."""
-    if _compiled_settings_key is not None:
-        return _compiled_settings_key()
-    env = os.environ
-    return (_backend_var.get(), _threads_var.get(), env.get("FASTXENT_BACKEND"), env.get("FASTXENT_NUM_THREADS"),
-            env.get("OMP_NUM_THREADS"))
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def default_threads() -> tuple[int, str]:
-    n = available_cores()
-    source = "available cores"
-    omp = os.environ.get("OMP_NUM_THREADS")
-    if omp:
-        limit = _env_threads(omp.split(",")[0], "OMP_NUM_THREADS")
-        if limit < n:
-            n, source = limit, "OMP_NUM_THREADS"
-    limit = _openmp_runtime_limit()
-    if limit is not None and limit < n:
-        n, source = limit, "OpenMP runtime limit (threadpoolctl)"
-    return n, source
-
-
-def _openmp_runtime_limit() -> int | None:
-    """omp_get_max_threads() of the extension's OpenMP runtime, if it is built.
-
-    threadpoolctl limits OpenMP through omp_set_num_threads, so this is how a
-    ``threadpool_limits(1)`` block reaches us without asking threadpoolctl on
-    every call (which takes milliseconds).
-    """
-    try:
-        from .backends import _cython_ext
-    except ImportError:
-        return None
-    return _cython_ext.omp_max_threads() if _cython_ext.openmp_enabled() else None
-
-
-def _env_threads(value: str, name: str) -> int:
+def env_threads(value: str, name: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}") from None
-    if n < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        raise ValueError(f"{name}: expected an int in [1, {MAX_THREADS}], got {value!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{name}: expected an int in [1, {MAX_THREADS}], got {value!r}")
     return n

@@ -18,8 +18,11 @@ import math
 from dataclasses import dataclass
 
 from . import backends
-from ._calibration import family_of, load, work_of
-from ._config import resolve_backend, resolve_threads, settings_key
+from ._calibration import cpu_vendor, family_of, load, work_of
+from ._config import resolve_backend
+from ._execute import kernel_calls
+from ._threads import available_cores, resolve_threads, settings_key
+from .backends import cython_backend
 
 _AUTO_ORDER = ("cython", "numba", "numpy")
 
@@ -68,10 +71,17 @@ class _Table:
 _table: _Table | None = None
 
 
+def this_host() -> dict:
+    """What picks a calibration table: CPU vendor, the instruction set the compiled
+    kernels use here, and the cores this process may use."""
+    isa = cython_backend.simd_active() or "none"
+    return {"vendor": cpu_vendor(), "isa": isa, "cores": available_cores()}
+
+
 def table() -> _Table:
     global _table
     if _table is None:
-        _table = _Table(*load())
+        _table = _Table(*load(this_host()))
     return _table
 
 
@@ -116,13 +126,6 @@ def _signature(backend, threads, kind, from_logits, label_smoothing, return_grad
     return (backend, threads, settings_key(), kind, from_logits, label_smoothing == 0, return_grad, shape, dtype)
 
 
-def remembered(backend, threads, kind, from_logits, label_smoothing, return_grad, shape, dtype):
-    """The remembered (backend, threads) of a call signature, or None: what the
-    compiled fast path asks before it serves a call (``shape`` is y_pred's as
-    ``(O, C, I)``, the validated options as :func:`choose` sees them)."""
-    return _choices.get(_signature(backend, threads, kind, from_logits, label_smoothing, return_grad, shape, dtype))
-
-
 def choose(problem) -> tuple[str, int]:
     """The (backend, threads) of :func:`make_plan`, remembered per call signature.
 
@@ -148,6 +151,9 @@ def choose(problem) -> tuple[str, int]:
 def forget_choices() -> None:
     """Drop the remembered decisions (a backend became ready, or the table changed)."""
     _choices.clear()
+
+
+backends.on_compile(forget_choices)  # Numba compiled a kernel: auto may now choose it
 
 
 def make_plan(problem) -> Plan:
@@ -199,6 +205,8 @@ def _threads(backend: str, family: str, work: int, requested: int | None) -> tup
     """Thread count for ``backend``: the caller's, else 1 or all by measurement."""
     if backend == "numpy":
         return 1, "1 thread (the numpy backend is single-threaded)"
+    if backends.forked_child():
+        return 1, "1 thread: a forked child (thread pools do not survive a fork)"
     if requested is not None:
         return requested, f"{requested} thread(s) from the argument"
     most, source = resolve_threads(None)
@@ -218,5 +226,5 @@ def _threads(backend: str, family: str, work: int, requested: int | None) -> tup
 
 
 def _numba_ready(problem) -> bool:
-    """Whether Numba has this kernel compiled in this process already."""
-    return backends.module("numba").is_ready(problem)
+    """Whether Numba has this call's kernels compiled in this process already."""
+    return backends.module("numba").is_ready(kernel_calls(problem, "numba"))

@@ -7,10 +7,11 @@ import sys
 
 import numpy as np
 
-from . import __version__, backends
-from . import _api
+from . import backends
+from ._version import __version__
 from ._api import LOSSES, keyword_defaults
-from ._config import resolve_backend, resolve_threads
+from ._config import resolve_backend
+from ._threads import resolve_threads
 from ._dispatch import Plan, describe_thresholds, make_plan
 from ._validate import build_problem
 
@@ -44,22 +45,15 @@ def explain(fn, *args, **kwargs) -> Plan:
     if unknown:
         raise TypeError(f"explain: {LOSSES[kind].__name__} has no option(s) {unknown}")
     options.update(kwargs)
-    fast_threads = kind == "sparse" and _api._fast_sparse is not None and _api._fast_sparse(
-        *args, **options, plan_only=True)
-    if fast_threads:
-        return Plan("cython", "sparse_from_logits" if options["from_logits"] else "sparse_from_probs",
-                    fast_threads, f"fast path (the whole call in compiled code, {fast_threads} thread(s))")
     return make_plan(build_problem(kind, *args, **options))
 
 
 def config_report() -> str:
     """The text printed by :func:`show_config` and ``fastxent info``."""
-    backend, bsource = resolve_backend(None)
-    threads, tsource = resolve_threads(None)
     lines = [
         f"fastxent {__version__}",
         f"python {sys.version.split()[0]} ({platform.machine()}), numpy {np.__version__}",
-        f"default backend: {backend} (from {bsource}); default threads: {threads} (from {tsource})",
+        f"default backend: {_setting(resolve_backend)}; default threads: {_setting(resolve_threads)}",
         "backends:",
     ]
     for name in backends.NAMES:
@@ -71,6 +65,35 @@ def config_report() -> str:
         lines.append(f"  {name}: available; {details}")
     lines += describe_thresholds()
     return "\n".join(lines)
+
+
+def version_report() -> str:
+    """What ``fastxent --version`` prints: the version, the backends this installation
+    can run, and the instruction set the compiled kernels use here."""
+    lines = [f"fastxent {__version__} (python {sys.version.split()[0]}, numpy {np.__version__})"]
+    for name in backends.NAMES:
+        reason = backends.unavailable_reason(name)
+        if reason is not None:
+            lines.append(f"  {name}: unavailable ({reason})")
+            continue
+        info = backends.module(name).info()
+        if name == "cython":
+            lines.append(f"  cython: {info['SIMD'].split(' (')[0]} kernels, OpenMP {info['OpenMP'].split(' ')[0].lower()}")
+        elif name == "numba":
+            lines.append(f"  numba: {info['version']} (compiles for this CPU on first use)")
+        else:
+            lines.append(f"  numpy: {np.__version__}")
+    return "\n".join(lines)
+
+
+def _setting(resolve) -> str:
+    """A default and where it comes from, or why the environment's value is refused
+    (every call would raise the same error until it is fixed)."""
+    try:
+        value, source = resolve(None)
+    except ValueError as exc:
+        return f"INVALID ({exc}; every call raises this until it is fixed)"
+    return f"{value} (from {source})"
 
 
 def show_config() -> None:

@@ -23,15 +23,15 @@ BLOCK_ROWS = 1 << 14
 _CHUNK_ROWS = 1 << 17
 
 
-#: constant arrays already made, by (value, sign, shape): they are read-only, so a
-#: call can share them; a loop of small calls pays a dict lookup instead of ~2 µs.
+#: constant arrays already made, by (value, sign, shape): they are read-only, so
+#: calls share them, and a loop of small calls pays a dict lookup, not an array.
 _constants: dict = {}
 
 
 def constant(value: float, shape: tuple) -> np.ndarray:
     """A read-only float64 array of ``shape`` holding ``value`` everywhere (all
-    strides 0: 8 bytes whatever the shape). ``np.broadcast_to`` does the same in
-    ~8 µs a call; small calls make several of these."""
+    strides 0: 8 bytes whatever the shape), as ``np.broadcast_to`` makes, without
+    its per-call cost, which small calls would pay several times."""
     key = (value, math.copysign(1.0, value), shape)  # the sign tells -0.0 from 0.0
     out = _constants.get(key)
     if out is None:
@@ -161,7 +161,10 @@ def row_weights(problem) -> np.ndarray:
         step = max(1, _CHUNK_ROWS // max(1, layout.classes * layout.inner))
         for o in range(0, layout.outer, step):
             block = targets[o : o + step].astype(np.float64)
-            out[o : o + step] = np.einsum("c,oci->oi", cw, block)
+            # a class no target of the row uses adds 0, whatever its weight (even inf)
+            with np.errstate(invalid="ignore"):
+                terms = np.where(block != 0, cw[None, :, None] * block, 0.0)
+            out[o : o + step] = terms.sum(axis=1)
         return out
     return np.ones(shape)
 
@@ -181,7 +184,8 @@ def grad_weight(problem, denom: float) -> np.ndarray:
 def per_sample(problem, loss_rows: np.ndarray) -> np.ndarray:
     """``reduction="none"``: per-sample losses times sample weights, in the result dtype."""
     sw = problem.sample_weight
-    out = loss_rows if sw is None else loss_rows * sw
+    with np.errstate(invalid="ignore", over="ignore"):  # weights multiply as given (inf * 0 is NaN)
+        out = loss_rows if sw is None else loss_rows * sw
     return out.astype(problem.result_dtype).reshape(problem.layout.sample_shape)
 
 

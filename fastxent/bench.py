@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, backends
+from . import backends
+from ._calibration import cpu_name
+from ._version import __version__
 from ._api import categorical_crossentropy, sparse_categorical_crossentropy
 
 DEFAULT_CLASSES = (10, 100, 1_000, 10_000, 50_000)
@@ -58,6 +60,9 @@ class Measurement:
     onehot_build_seconds: float = 0.0  # included in `seconds` for one-hot variants
     loss: float = float("nan")
     extra: dict = field(default_factory=dict)
+    q1_seconds: float = float("nan")  # the interquartile range of the timings
+    q3_seconds: float = float("nan")
+    samples: int = 0
 
 
 # --------------------------------------------------------------------------- implementations
@@ -158,15 +163,29 @@ def synthetic_data(n_rows: int, n_classes: int, dtype, seed: int):
     return logits, probs, labels
 
 
-def median_seconds(fn, repeats: int) -> tuple[float, object]:
-    """Median wall time of ``fn()`` and its result, after one untimed warm-up call
-    (JIT compilation and first-touch page faults stay out of the timing)."""
+#: Each measurement takes at least ``repeats`` samples, and more while this many
+#: seconds last (short calls get enough samples for a stable median on a busy machine).
+SAMPLE_BUDGET = 0.1
+MAX_SAMPLES = 200
+
+
+def timing(fn, repeats: int) -> tuple[np.ndarray, object]:
+    """Wall times of ``fn()`` (at least ``repeats``, more within :data:`SAMPLE_BUDGET`)
+    and its result, after one untimed warm-up call (JIT compilation and first-touch
+    page faults stay out of the timing)."""
     result = fn()
     times = []
-    for _ in range(repeats):
+    deadline = time.perf_counter() + SAMPLE_BUDGET
+    while len(times) < repeats or (time.perf_counter() < deadline and len(times) < MAX_SAMPLES):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return np.array(times), result
+
+
+def median_seconds(fn, repeats: int) -> tuple[float, object]:
+    """Median wall time of ``fn()`` and its result (see :func:`timing`)."""
+    times, result = timing(fn, repeats)
     return float(np.median(times)), result
 
 
@@ -190,10 +209,19 @@ def measure_one(name, impl, variant, logits, probs, labels, repeats) -> Measurem
     else:
         run = lambda: onehot(_one_hot(labels, n_classes, y_pred.dtype), y_pred, from_logits)  # noqa: E731
         build_seconds, _ = median_seconds(lambda: _one_hot(labels, n_classes, y_pred.dtype), repeats)
-    seconds, loss = median_seconds(run, repeats)
+    times, loss = timing(run, repeats)
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
     # tracemalloc sees NumPy's allocations, not PyTorch's own allocator: no figure there.
     peak = -1 if name == "torch" else peak_bytes(run)
-    return Measurement(name, variant, n_classes, n_rows, seconds, peak, build_seconds, float(loss))
+    return Measurement(name, variant, n_classes, n_rows, float(median), peak, build_seconds, float(loss),
+                       q1_seconds=float(q1), q3_seconds=float(q3), samples=int(times.size))
+
+
+def noisy(a: Measurement, b: Measurement) -> bool:
+    """Whether the timings' spread (the wider interquartile range) exceeds the
+    difference of the medians: their ratio is then not to be trusted."""
+    spread = max(a.q3_seconds - a.q1_seconds, b.q3_seconds - b.q1_seconds)
+    return spread > abs(a.seconds - b.seconds)
 
 
 def run_bench(config: BenchConfig, progress=None) -> list[Measurement]:
@@ -224,17 +252,21 @@ def run_bench(config: BenchConfig, progress=None) -> list[Measurement]:
 
 
 def machine_info(config: BenchConfig) -> dict:
-    from ._config import resolve_threads
+    from ._threads import resolve_threads
 
     info = {
         "fastxent": __version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "threads": config.threads or resolve_threads(None)[0],
         "dtype": config.dtype,
     }
+    for name in ("numba", "cython"):
+        if backends.unavailable_reason(name) is None:
+            details = backends.module(name).info()
+            info[name] = details.get("version") or details["SIMD"].split(" (")[0] + " kernels"
     try:
         import torch
 
@@ -242,16 +274,6 @@ def machine_info(config: BenchConfig) -> dict:
     except ImportError:
         pass
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ratios(results: list[Measurement]) -> dict:
@@ -306,7 +328,9 @@ def plot(results: list[Measurement], config: BenchConfig, path: Path) -> None:
                         label += f", {n_rows:,} rows"
                     style_kw = dict(color=colors[impl], marker=markers[n_rows], linestyle=style, label=label)
                     xs = [m.classes for m in pts]
-                    axes[0, col].plot(xs, [m.seconds * 1e3 for m in pts], **style_kw)
+                    med = np.array([m.seconds for m in pts]) * 1e3
+                    iqr = np.array([[m.seconds - m.q1_seconds, m.q3_seconds - m.seconds] for m in pts]).T * 1e3
+                    axes[0, col].errorbar(xs, med, yerr=np.nan_to_num(iqr), capsize=2, **style_kw)
                     if pts[0].peak_bytes >= 0:
                         axes[1, col].plot(xs, [max(m.peak_bytes, 1024) / 2**20 for m in pts], **style_kw)
         source = "probabilities" if kind == "probs" else "logits"
@@ -330,7 +354,8 @@ def plot(results: list[Measurement], config: BenchConfig, path: Path) -> None:
     fig.suptitle(
         f"fastxent {info['fastxent']}: mean cross-entropy, sparse labels (solid) vs one-hot targets (dashed, "
         f"building the one-hot matrix included)\n{rows} rows, {config.dtype}, {info['threads']} threads; "
-        f"{info['processor']}; numpy {info['numpy']}" + (f", torch {info['torch']}" if "torch" in info else ""),
+        f"{info['processor']}; numpy {info['numpy']}" + "".join(
+            f", {k} {info[k]}" for k in ("numba", "cython", "torch") if k in info) + "; medians (IQR bars)",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.07, 1, 1))

@@ -29,8 +29,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Version(argparse.Action):
+    """``--version``: computed only when asked (it looks at the backends)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ._introspect import version_report
+
+        print(version_report())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastxent", description="Fast cross-entropy losses on the CPU.")
+    parser.add_argument("-V", "--version", action=_Version,
+                        help="the version, the backends this installation can run and the instruction set in use")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     commands.add_parser("info", help="backends, build flags, threads and thresholds (as fastxent.show_config())")
@@ -63,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the dispatcher reads it ($XDG_CACHE_HOME/fastxent/calibration.json unless --out is given).",
     )
     cal.add_argument("--out", type=Path, help="write the table here instead of the user cache")
+    cal.add_argument("--quick", action="store_true",
+                     help="a few seconds: half the sizes, less time per point, Cython only unless --backends says")  # fmt: skip
     cal.add_argument(
         "--backends",
         type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
@@ -98,6 +115,8 @@ def _add_eval(commands) -> None:
                     help="budget for the data held at once, e.g. 512MiB (default), 2GB, 1g")  # fmt: skip
     ev.add_argument("--backend", default="auto", choices=["auto", "numpy", "numba", "cython"])
     ev.add_argument("--threads", metavar="N", help="threads (default: every available core)")
+    ev.add_argument("--metrics", metavar="LIST",
+                    help="sparse: also compute, in the same pass, any of loss,accuracy,topK (e.g. top5),perplexity")  # fmt: skip
     ev.add_argument("--json", action="store_true", help="print a JSON object instead of a line of text")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -123,7 +142,7 @@ def main(argv=None) -> int:
 def _run_calibrate(args) -> int:
     from . import _dispatch, backends
     from ._bench_cli import _plain_progress
-    from ._calibration import calibrate
+    from ._measure import calibrate
 
     for name in args.backends or ():
         if name not in backends.NAMES:
@@ -131,7 +150,7 @@ def _run_calibrate(args) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
     start = time.perf_counter()
-    path = calibrate(args.out, backends=args.backends, progress=_plain_progress)
+    path = calibrate(args.out, backends=args.backends, progress=_plain_progress, quick=args.quick)
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     if args.out is None:
         print("\n".join(_dispatch.describe_thresholds()))
@@ -146,6 +165,7 @@ _EVAL_OPTIONS = {
     "from_logits": "--from-logits", "reduction": "--reduction", "out": "--out", "class_weight": "--class-weight",
     "pos_weight": "--pos-weight", "ignore_index": "--ignore-index", "label_smoothing": "--label-smoothing",
     "epsilon": "--epsilon", "axis": "--axis", "memory": "--memory", "backend": "--backend", "threads": "--threads",
+    "metrics": "--metrics",
 }  # fmt: skip
 
 
@@ -181,6 +201,8 @@ def _eval_kwargs(args) -> dict:
     )  # fmt: skip
     if args.threads is not None:
         kwargs["threads"] = _number(args.threads, "--threads", int)
+    if args.metrics is not None:
+        kwargs["metrics"] = args.metrics
     if args.ignore_index is not None:
         kwargs["ignore_index"] = _number(args.ignore_index, "--ignore-index", int)
     if args.sample_weight is not None:

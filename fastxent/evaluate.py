@@ -42,6 +42,7 @@ import numpy as np
 from . import _api, _reduce
 from ._dispatch import Plan, make_plan
 from ._validate import REDUCTIONS, Problem, build_problem
+from ._metrics import probability_ranks
 from .backends.numpy_backend import BLOCK_ELEMENTS
 
 KINDS = ("binary", "categorical", "sparse")
@@ -267,14 +268,16 @@ class RowTerms:
     count: int  # rows that are not ignored
 
 
-def row_terms(problem: Problem, weighted: bool) -> RowTerms:
-    """The per-row terms whose block sums make up ``_reduce.Partial``.
+def row_terms(problem: Problem, weighted: bool, loss_rows=None) -> RowTerms:
+    """The per-row terms whose block sums make up ``_reduce.Partial`` (from the
+    kernel's ``loss_rows`` when the caller has them already).
 
     The products are those :func:`fastxent._reduce.block_sums` forms, row for row,
     so summing them in the global blocks gives the bits of one call.
     """
     count, _ = _reduce.denominator_parts(problem)
-    loss_rows = _api.row_losses(problem)
+    if loss_rows is None:
+        loss_rows = _api.row_losses(problem)
     sw = problem.sample_weight
     numerator = loss_rows if sw is None else loss_rows * sw
     weight = row_weights(problem) if weighted else None
@@ -333,6 +336,7 @@ class EvalResult:
     memory: int  # the budget, in bytes
     plan: Plan  # the whole call's plan (each chunk runs its backend)
     out: str | None = None  # the per-sample losses' file, for reduction="none"
+    metrics: dict | None = None  # with metrics=: name -> value (loss, accuracy, topK, perplexity)
 
     @property
     def throughput(self) -> float:
@@ -357,16 +361,20 @@ class EvalResult:
             "plan": {"backend": self.plan.backend, "kernel": self.plan.kernel,
                      "threads": self.plan.threads, "reason": self.plan.reason},  # fmt: skip
             "out": self.out,
+            "metrics": self.metrics,
         }
 
     def __str__(self) -> str:
         what = f"{self.kind} cross-entropy ({'logits' if self.from_logits else 'probabilities'}, {self.reduction})"
         value = f"wrote {self.rows:,} losses to {self.out}" if self.loss is None else str(self.loss)
-        return (
+        text = (
             f"{what}: {value} over {self.rows:,} rows; {_decimal_bytes(self.bytes)} in {self.seconds:.2f} s "
             f"({self.throughput:.2f} GB/s), {self.chunks} chunk(s), "
             f"{self.plan.backend}.{self.plan.kernel} with {self.plan.threads} thread(s)"
         )
+        if self.metrics:
+            text += "\n" + ", ".join(f"{k} {v:.6g}" for k, v in self.metrics.items())
+        return text
 
 
 def _decimal_bytes(n: int) -> str:
@@ -398,6 +406,7 @@ def evaluate_files(
     memory=DEFAULT_MEMORY,
     out=None,
     progress=None,
+    metrics=None,
 ) -> EvalResult:
     """The loss of ``.npy`` files of any size, streamed through memory maps in chunks.
 
@@ -418,6 +427,10 @@ def evaluate_files(
         per-sample losses, as a ``.npy`` file written chunk by chunk.
     progress : callable, optional
         Called as ``progress(done_bytes, total_bytes)`` after each chunk.
+    metrics : sequence of str, optional
+        Sparse only: any of ``"loss"``, ``"accuracy"``, ``"topK"`` (e.g. ``"top5"``) and
+        ``"perplexity"``, computed in the same pass (see ``fastxent.sparse_metrics``)
+        and returned in ``EvalResult.metrics``.
 
     The other options are those of the in-memory losses (``class_weight`` and
     ``ignore_index`` for categorical/sparse, ``pos_weight`` for binary). The result
@@ -437,6 +450,7 @@ def evaluate_files(
     """
     t0 = time.perf_counter()
     _check_options_apply(loss, class_weight=class_weight, pos_weight=pos_weight, ignore_index=ignore_index)
+    wanted = parse_metrics(metrics, loss)
     budget = parse_memory(memory)
     files = {"y_true": open_npy(y_true, "y_true"), "y_pred": open_npy(y_pred, "y_pred")}
     if sample_weight is not None and not _is_number(sample_weight):
@@ -451,15 +465,33 @@ def evaluate_files(
         options["class_weight"] = class_weight
     if loss == "sparse":
         options["ignore_index"] = ignore_index
+    if wanted and from_logits:
+        options["want_rank"] = True  # the kernel ranks each label in the loss pass
     try:
         sw_spec = files["sample_weight"] if "sample_weight" in files else sample_weight
         problem, plan = check_call(loss, _spec(files["y_true"]), _spec(files["y_pred"]), _spec(sw_spec), options)
         red = REDUCTIONS[reduction]
         _check_out(red, out)
-        stream = _Stream(loss, files, problem, plan, options, budget, red)
+        stream = _Stream(loss, files, problem, plan, options, budget, red, wanted)
         return stream.run(t0, out, progress)
     except (ValueError, TypeError) as exc:
         raise _name_file(exc, files) from None
+
+
+METRICS = ("loss", "accuracy", "perplexity")  # and "topK" for any K >= 1
+
+
+def parse_metrics(metrics, loss: str) -> tuple:
+    """The metric names asked for, checked: ``()`` for None."""
+    if metrics is None:
+        return ()
+    names = tuple(m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip())
+    if names and loss != "sparse":
+        raise ValueError(f"metrics: accuracy, top-k and perplexity need integer labels (loss 'sparse'), got loss {loss!r}")
+    for name in names:
+        if name not in METRICS and not re.fullmatch(r"top[1-9][0-9]*", name):
+            raise ValueError(f"metrics: expected names among loss, accuracy, topK (e.g. top5), perplexity, got {name!r}")
+    return names
 
 
 _APPLIES_TO = {"class_weight": ("categorical", "sparse"), "pos_weight": ("binary",), "ignore_index": ("sparse",)}
@@ -504,9 +536,12 @@ def _name_file(exc: Exception, files: dict) -> Exception:
 class _Stream:
     """The chunk loop of one :func:`evaluate_files` call."""
 
-    def __init__(self, kind, files, problem: Problem, plan: Plan, options, budget: int, reduction: str):
+    def __init__(self, kind, files, problem: Problem, plan: Plan, options, budget: int, reduction: str,
+                 metrics: tuple = ()):  # fmt: skip
         self.kind, self.files, self.problem, self.plan, self.reduction = kind, files, problem, plan, reduction
         self.options = chunk_options(problem, plan, options, "none" if reduction == "none" else "sum")
+        self.metrics = metrics
+        self.top = sorted({1} | {int(m[3:]) for m in metrics if m.startswith("top")})
         x = files["y_pred"]
         if problem.axis == 0 or x.shape == ():
             raise ValueError(
@@ -549,6 +584,7 @@ class _Stream:
         numerator, weight = _reduce.BlockSums(), _reduce.BlockSums()
         weighted = self.reduction == "weighted_mean"
         count, chunks, done = 0, 0, 0
+        hits = _Hits(self.top) if self.metrics else None
         total = sum(f.nbytes for f in self.files.values())
         # Read-ahead of the next two chunks (into the OS page cache, which is not ours)
         # runs on its own thread, so that the disk reads while the kernel computes; two,
@@ -574,7 +610,10 @@ class _Stream:
                     if writer is not None:
                         writer.write(_api.run(problem))
                     else:
-                        terms = row_terms(problem, weighted)
+                        outputs = _api.row_outputs(problem) if hits else None
+                        terms = row_terms(problem, weighted, None if outputs is None else outputs.loss)
+                        if hits:
+                            hits.add(problem, outputs)
                         numerator.add(terms.numerator)
                         if weighted:
                             weight.add(terms.weight)
@@ -606,11 +645,15 @@ class _Stream:
             part = _reduce.Partial(numerator.result(), count, weight.result() if weighted else None)
             value = _reduce.finish(part, self.reduction, self.problem.result_dtype)
         rows = self.problem.n_rows
+        found = None
+        if hits:
+            mean = _reduce.finish(_reduce.Partial(numerator.result(), count, None), "mean", np.dtype(np.float64))
+            found = hits.metrics(self.metrics, float(mean))
         return EvalResult(
             loss=value, kind=self.kind, from_logits=self.problem.from_logits, reduction=self.reduction,
             rows=rows, valid_rows=count if writer is None else rows, bytes=total,
             seconds=time.perf_counter() - t0, chunks=chunks, chunk_size=self.chunk_size, memory=self.budget,
-            plan=self.plan, out=None if writer is None else os.fspath(out),
+            plan=self.plan, out=None if writer is None else os.fspath(out), metrics=found,
         )  # fmt: skip
 
     def _offsets(self, start: int) -> tuple:
@@ -627,6 +670,38 @@ class _Stream:
         if self.slice_pos_weight:
             opts["pos_weight"] = np.asarray(opts["pos_weight"])[start:stop]
         return build_problem(self.kind, arrays["y_true"], arrays["y_pred"], **opts)
+
+
+class _Hits:
+    """Running (sample-weighted) counts of labels ranked below each k, over chunks."""
+
+    def __init__(self, ks: list):
+        self.ks = ks
+        self.hits = dict.fromkeys(ks, 0.0)
+        self.total = 0.0
+
+    def add(self, problem: Problem, outputs) -> None:
+        rank = outputs.rank if outputs.rank is not None else probability_ranks(problem)
+        counted = rank >= 0
+        sw = problem.sample_weight
+        weights = np.ones(rank.shape) if sw is None else np.broadcast_to(np.asarray(sw, dtype=np.float64), rank.shape)
+        self.total += float(np.sum(np.where(counted, weights, 0.0)))
+        for k in self.ks:
+            self.hits[k] += float(np.sum(np.where(counted & (rank < k), weights, 0.0)))
+
+    def metrics(self, names: tuple, mean_loss: float) -> dict:
+        share = {k: (0.0 if self.total == 0 else v / self.total) for k, v in self.hits.items()}
+        found = {}
+        for name in names:
+            if name == "loss":
+                found[name] = mean_loss
+            elif name == "accuracy":
+                found[name] = share[1]
+            elif name == "perplexity":
+                found[name] = math.exp(mean_loss) if mean_loss < 709.0 else math.inf
+            else:
+                found[name] = share[int(name[3:])]
+        return found
 
 
 def _conversion_bytes(kind: str, files: dict, classes: int) -> int:

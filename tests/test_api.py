@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastxent
-from fastxent import _config
+from fastxent import _config, _threads
 
 scce = fastxent.sparse_categorical_crossentropy
 
@@ -58,8 +58,8 @@ def test_config_sets_defaults_and_the_call_wins():
     with fastxent.config(backend="numpy", threads=1):
         plan = fastxent.explain(scce, [0], [[1.0, 0.0]], backend=None)
         assert plan.backend == "numpy" and "fastxent.config()" in plan.reason
-        assert _config.resolve_threads(None) == (1, "fastxent.config()")
-        assert _config.resolve_threads(2) == (2, "argument")
+        assert _threads.resolve_threads(None) == (1, "fastxent.config()")
+        assert _threads.resolve_threads(2) == (2, "argument")
     assert _config.resolve_backend(None) == ("auto", "default")
     with pytest.raises(ValueError, match="backend"):
         with fastxent.config(backend="gpu"):
@@ -70,13 +70,13 @@ def test_environment_variables(monkeypatch):
     monkeypatch.setenv("FASTXENT_BACKEND", "numpy")
     monkeypatch.setenv("FASTXENT_NUM_THREADS", "3")
     assert _config.resolve_backend(None) == ("numpy", "FASTXENT_BACKEND")
-    assert _config.resolve_threads(None) == (3, "FASTXENT_NUM_THREADS")
+    assert _threads.resolve_threads(None) == (3, "FASTXENT_NUM_THREADS")
     monkeypatch.setenv("FASTXENT_NUM_THREADS", "zero")
     with pytest.raises(ValueError, match="FASTXENT_NUM_THREADS"):
-        _config.resolve_threads(None)
+        _threads.resolve_threads(None)
     monkeypatch.delenv("FASTXENT_NUM_THREADS")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert _config.resolve_threads(None) == (1, "OMP_NUM_THREADS")
+    assert _threads.resolve_threads(None) == (1, "OMP_NUM_THREADS")
 
 
 def test_backend_argument_auto_still_honours_config():
@@ -101,4 +101,4 @@ def test_threadpoolctl_limits_reach_the_default_thread_count():
     if not _cython_ext.openmp_enabled():
         pytest.skip("built without OpenMP")
     with threadpoolctl.threadpool_limits(1, user_api="openmp"):
-        assert _config.resolve_threads(None)[0] == 1
+        assert _threads.resolve_threads(None)[0] == 1

@@ -18,6 +18,23 @@ def test_info_prints_the_configuration(capsys):
     assert out.startswith("fastxent ") and "backends:" in out
 
 
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_the_backends_and_instruction_set(flag, capsys):
+    import fastxent
+
+    with pytest.raises(SystemExit) as stop:
+        main([flag])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"fastxent {fastxent.__version__} (python ")
+    for name in ("numpy:", "numba:", "cython:"):
+        assert name in out
+    if "cython: unavailable" not in out:
+        from fastxent.backends import _cython_ext
+
+        assert f"cython: {_cython_ext.simd_info()['active']} kernels" in out
+
+
 def test_python_dash_m_runs_the_same_cli():
     out = subprocess.run([sys.executable, "-m", "fastxent", "info"], capture_output=True, text=True, check=True)
     assert "backends:" in out.stdout
@@ -35,7 +52,10 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert {r["implementation"] for r in results} == {"fastxent-numpy", "numpy"}
     assert {r["variant"] for r in results} == set(bench.VARIANTS)
     assert {(r["rows"], r["classes"]) for r in results} == {(64, 10), (64, 200), (128, 10), (128, 200)}
-    assert payload["machine"]["numpy"]
+    assert payload["machine"]["numpy"] and payload["machine"]["threads"] >= 1 and payload["machine"]["processor"]
+    for r in results:  # the spread of every timing, not only its median
+        assert r["q1_seconds"] <= r["seconds"] <= r["q3_seconds"] and r["samples"] >= 1
+    assert "(interquartile range)" in out
     assert (tmp_path / "results.png").stat().st_size > 10_000
     # every implementation computes the same mean loss on the same data
     for rows, classes in {(r["rows"], r["classes"]) for r in results}:
@@ -63,3 +83,11 @@ def test_bench_rejects_bad_options(capsys, argv, message):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_ratio_is_flagged_when_the_spread_exceeds_the_difference():
+    fast = bench.Measurement("x", "sparse-logits", 10, 10, 1.0, 0, q1_seconds=0.9, q3_seconds=1.5)
+    slow = bench.Measurement("x", "onehot-logits", 10, 10, 1.2, 0, q1_seconds=1.1, q3_seconds=1.3)
+    assert bench.noisy(fast, slow)  # spread 0.6 > difference 0.2
+    steady = bench.Measurement("x", "sparse-logits", 10, 10, 1.0, 0, q1_seconds=0.99, q3_seconds=1.01)
+    assert not bench.noisy(steady, slow)

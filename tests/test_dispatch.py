@@ -49,6 +49,7 @@ def table(times: dict, threads=(1, 4)) -> dict:
 def calibration(tmp_path, monkeypatch):
     """Install a calibration table as the user's (returns a function taking the table)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FASTXENT_CACHE_DIR", raising=False)
     monkeypatch.setenv("FASTXENT_NUM_THREADS", "4")  # the table's "all cores"
     monkeypatch.delenv("FASTXENT_BACKEND", raising=False)
 
@@ -117,7 +118,8 @@ def test_without_a_calibration_preference_order_and_work_threshold(tmp_path, mon
     compiled_backends_or_skip("cython")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("FASTXENT_NUM_THREADS", "2")
-    monkeypatch.setattr(_calibration, "_DEFAULT_FILE", tmp_path / "missing.json")
+    monkeypatch.delenv("FASTXENT_CACHE_DIR", raising=False)
+    monkeypatch.setattr(_calibration, "SHIPPED_DIR", tmp_path / "none-shipped")
     _dispatch.reload_calibration()
     try:
         small = _dispatch.make_plan(problem(rows=10, classes=10))
@@ -130,16 +132,19 @@ def test_without_a_calibration_preference_order_and_work_threshold(tmp_path, mon
         _dispatch.reload_calibration()
 
 
-def test_a_bad_calibration_file_is_ignored(calibration, tmp_path):
-    path = calibration({"version": -1})
-    assert "user calibration" not in _dispatch.table().source
+def test_a_bad_calibration_file_is_ignored_with_a_warning(calibration, tmp_path):
+    with pytest.warns(fastxent.CalibrationWarning, match="format version"):
+        path = calibration({"version": -1})
+        assert "user calibration" not in _dispatch.table().source
     path.write_text("{not json")
     _dispatch.reload_calibration()
-    assert "user calibration" not in _dispatch.table().source
+    with pytest.warns(fastxent.CalibrationWarning, match=f"ignoring the calibration file {path}: not valid JSON"):
+        assert "user calibration" not in _dispatch.table().source
 
 
 def test_shipped_defaults_exist_and_load(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no user calibration
+    monkeypatch.delenv("FASTXENT_CACHE_DIR", raising=False)
     _dispatch.reload_calibration()
     try:
         t = _dispatch.table()
@@ -262,6 +267,21 @@ def test_calibrate_writes_the_user_cache_and_is_used(tiny_calibration, tmp_path,
         _dispatch.reload_calibration()
 
 
+def test_calibrate_quick_takes_half_the_sizes_and_cython(tmp_path, capsys):
+    compiled_backends_or_skip("cython")
+    from fastxent import _measure
+    from fastxent.cli import main
+
+    out = tmp_path / "quick.json"
+    try:
+        assert main(["calibrate", "--quick", "--out", str(out)]) == 0
+        table = json.loads(out.read_text())
+        assert table["sizes"] == list(_measure.QUICK_SIZES) == list(_calibration.SIZES[::2])
+        assert set(table["times"]) == {"cython"}
+    finally:
+        _dispatch.reload_calibration()
+
+
 def test_calibrate_cli(tiny_calibration, tmp_path, capsys):
     compiled_backends_or_skip("cython")
     from fastxent.cli import main
@@ -282,3 +302,41 @@ def test_show_config_reports_thresholds(calibration):
     report = fastxent._introspect.config_report()
     assert "thresholds: user calibration" in report
     assert "logits  (elements): cython x1 from 256; cython x4 from 65,536" in report
+
+
+def _shipped(folder, **kinds):
+    """Shipped tables named ``<vendor>-<isa>``, each a valid table whose 'cython logits'
+    time tells which one was read."""
+    folder.mkdir()
+    for name, (vendor, isa, seconds) in kinds.items():
+        t = table({"cython": {"logits": (lambda s, v=seconds: v, lambda s, v=seconds: v)}})
+        t["machine"] = {"vendor": vendor, "isa": isa, "cores": 2}
+        (folder / f"{name}.json").write_text(json.dumps(t))
+    return folder
+
+
+def test_the_shipped_table_of_this_kind_of_host_is_taken(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FASTXENT_CACHE_DIR", raising=False)
+    folder = _shipped(tmp_path / "shipped", **{"amd-avx512": ("AuthenticAMD", "avx512", 1.0),
+                                               "intel-avx512": ("GenuineIntel", "avx512", 2.0)})  # fmt: skip
+    monkeypatch.setattr(_calibration, "SHIPPED_DIR", folder)
+    for vendor, isa, want, words in (("GenuineIntel", "avx512", 2.0, "for this kind of host: intel-avx512"),
+                                     ("AuthenticAMD", "avx512", 1.0, "for this kind of host: amd-avx512"),
+                                     ("HygonGenuine", "avx512", 1.0, "measured on another vendor"),
+                                     ("GenuineIntel", "avx2", None, "no calibration for this intel-avx2")):  # fmt: skip
+        found, source = _calibration.load({"vendor": vendor, "isa": isa, "cores": 2})
+        assert words in source, source
+        assert (found and found["times"]["cython"]["logits"]["1"][0]) == want
+
+
+def test_a_user_table_from_another_host_is_skipped_with_a_warning(calibration, tmp_path):
+    other = table({"cython": {"logits": (fast, fast)}})
+    other["machine"] = {"vendor": "SomeoneElse", "isa": "avx2", "cores": 64}
+    with pytest.warns(fastxent.CalibrationWarning, match="measured on someoneelse-avx2 host with 64 core"):
+        calibration(other)
+        assert "user calibration" not in _dispatch.table().source
+    mine = table({"cython": {"logits": (fast, fast)}})
+    mine["machine"] = _dispatch.this_host()
+    calibration(mine)
+    assert "user calibration" in _dispatch.table().source

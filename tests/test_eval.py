@@ -153,6 +153,38 @@ def test_json_output(files, capsys):
     assert payload["plan"]["kernel"] == "sparse_from_logits"
 
 
+@pytest.mark.parametrize("source", ["logits", "probs"])
+@pytest.mark.parametrize("memory", ["5MiB", "512MiB"])
+def test_metrics_in_the_same_pass_equal_the_in_memory_ones(files, capsys, source, memory):
+    paths, arrays = files
+    code = main(["eval", "--y-true", paths["labels"], "--y-pred", paths[source], "--loss", "sparse",
+                 "--ignore-index", "-100", "--sample-weight", paths["weights"], "--memory", memory, "--json",
+                 "--metrics", "loss,accuracy,top3,perplexity"] + (["--from-logits"] if source == "logits" else []))  # fmt: skip
+    assert code == 0
+    got = json.loads(capsys.readouterr().out)["metrics"]
+    want = fastxent.sparse_metrics(arrays["labels"], arrays[source], from_logits=source == "logits", top_k=3,
+                                   ignore_index=-100, sample_weight=arrays["weights"])  # fmt: skip
+    assert list(got) == ["loss", "accuracy", "top3", "perplexity"]
+    assert got["accuracy"] == pytest.approx(want.accuracy, rel=1e-12)
+    assert got["top3"] == pytest.approx(want.top_k[3], rel=1e-12)
+    assert got["loss"] == pytest.approx(want.loss, rel=1e-12)
+    assert got["perplexity"] == pytest.approx(want.perplexity, rel=1e-12)
+    valid = arrays["labels"] != -100
+    top1 = np.argmax(arrays[source], axis=1) == arrays["labels"]
+    w = arrays["weights"]
+    assert got["accuracy"] == pytest.approx(np.sum(w[valid & top1]) / np.sum(w[valid]), rel=1e-12)
+
+
+def test_metrics_need_sparse_labels_and_known_names(files, run_cli):
+    paths, _ = files
+    code, err = run_cli("--y-true", paths["one_hot"], "--y-pred", paths["probs"], "--loss", "categorical",
+                        "--metrics", "accuracy")  # fmt: skip
+    assert code == 2 and "--metrics: accuracy, top-k and perplexity need integer labels" in err
+    code, err = run_cli("--y-true", paths["labels"], "--y-pred", paths["probs"], "--loss", "sparse",
+                        "--ignore-index", "-100", "--metrics", "loss,top0")  # fmt: skip
+    assert code == 2 and "expected names among loss, accuracy, topK" in err
+
+
 def test_human_line_and_python_dash_m(files):
     paths, arrays = files
     out = subprocess.run(
@@ -301,7 +333,7 @@ def test_memory_too_small_for_one_row(files, run_cli):
     (["--class-weight", "1,2"], "--class-weight: expected one weight per class, shape (7,), got shape (2,)"),
     (["--class-weight", "nothing.npy"], "--class-weight: expected comma-separated numbers or a .npy file, got"),
     (["--pos-weight", "2"], "--pos-weight: expected only with loss 'binary', got loss 'sparse'"),
-    (["--threads", "0"], "--threads: expected None or an int >= 1, got 0"),
+    (["--threads", "0"], "--threads: expected None or an int in [1, 4096], got 0"),
 ])  # fmt: skip
 def test_bad_options(files, run_cli, argv, message):
     paths, _ = files

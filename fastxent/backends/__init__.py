@@ -4,48 +4,19 @@ Each backend module exposes ``NAME``, ``KERNELS`` (kernel name -> function, load
 on first access for compiled backends), ``unavailable_reason()`` (None when the
 backend can run), ``unsupported_reason(problem)`` (None when it can run that
 problem) and ``info()`` (a dict for ``show_config``). Importing this package imports
-no backend: ``numba`` in particular is loaded on first use.
+no backend: :func:`module` loads one on first use (``numba`` in particular). What the
+backend modules share sits below them, in ``_common``.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 
 NAMES = ("numpy", "numba", "cython")
 _MODULES = {"numpy": "numpy_backend", "numba": "numba_backend", "cython": "cython_backend"}
 
 
-_forked = False
-
-
-def _mark_forked() -> None:
-    global _forked
-    _forked = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_mark_forked)
-
-
-def forked_child() -> bool:
-    """True in a process forked (``os.fork``, multiprocessing's "fork") from one that
-    had imported fastxent. Thread pools do not survive a fork, and GNU OpenMP hangs in
-    a child whose parent used it (through any library), so backends that cannot tell
-    whether that happened run serially here."""
-    return _forked
-
-
-#: y_pred dtypes the compiled kernels read (float16 is computed in float32).
-COMPILED_X_DTYPES = ("float16", "float32", "float64")
-
-
-def compiled_dtype_reason(problem, backend_label: str) -> str | None:
-    """Why a compiled backend cannot read ``problem``'s y_pred dtype, or None."""
-    if problem.x.dtype.name not in COMPILED_X_DTYPES or not problem.x.dtype.isnative:
-        return f"y_pred dtype {problem.x.dtype} (the {backend_label} kernels read float16, float32 and float64)"
-    return None
-
+from ._common import COMPILED_X_DTYPES, compiled_dtype_reason, forked_child, on_compile  # noqa: F401 (re-exported)
 
 _imported: dict = {}
 

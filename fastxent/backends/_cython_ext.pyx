@@ -29,8 +29,7 @@ How a call runs:
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset, strcmp, strdup
-from libc.stdlib cimport getenv
+from libc.string cimport memcpy, memset, strcmp, strdup, strncmp
 cimport numpy as cnp
 from cpython.contextvars cimport get_value
 
@@ -39,7 +38,6 @@ cnp.import_array()
 cdef extern from "numpy/arrayobject.h":
     enum:
         NPY_HALF
-    object PyArray_Scalar(void *data, cnp.dtype descr, object base)
 
 cdef extern from "_csrc/fx_build_config.h":
     const char *FX_BUILD_OPENMP_PROBE
@@ -139,32 +137,49 @@ cdef object _backend_seen = None  # the config() backend and threads it was buil
 cdef object _threads_seen = None
 cdef object _settings_ids = {}  # settings tuple -> its key (an int never reused)
 cdef Py_ssize_t _settings_next_id = 0
-cdef object _context_vars = None  # fastxent._config's (backend, threads) context variables
-cdef const char *_SETTINGS_VARS[3]
-_SETTINGS_VARS[:] = [b"FASTXENT_BACKEND", b"FASTXENT_NUM_THREADS", b"OMP_NUM_THREADS"]
+cdef extern from *:
+    char **environ
 
 
 cdef inline bint _same_text(const char *a, const char *b) noexcept nogil:
     return (a == NULL and b == NULL) or (a != NULL and b != NULL and strcmp(a, b) == 0)
 
 
-def settings_key():
-    """What the default backend and thread count depend on -- the ``config()`` block's
-    backend and threads, ``FASTXENT_BACKEND``, ``FASTXENT_NUM_THREADS``,
-    ``OMP_NUM_THREADS`` and ``omp_get_max_threads()`` -- as a small int: equal ints,
-    equal settings. The dispatcher keys its memo on it, so a change to any of them
-    is seen at once. Read in C; the int is cached while nothing changed (~0.2 µs)."""
+cdef void _settings_env(const char **now) noexcept nogil:
+    """The values of FASTXENT_BACKEND, FASTXENT_NUM_THREADS and OMP_NUM_THREADS (NULL
+    when unset), found in one pass over the environment (three getenv calls would
+    make three)."""
+    cdef char **e = environ
+    cdef const char *p
+    now[0] = now[1] = now[2] = NULL
+    while e[0] != NULL:
+        p = e[0]
+        if p[0] == b'F' and strncmp(p, b"FASTXENT_", 9) == 0:
+            if strncmp(p + 9, b"BACKEND=", 8) == 0 and now[0] == NULL:
+                now[0] = p + 17
+            elif strncmp(p + 9, b"NUM_THREADS=", 12) == 0 and now[1] == NULL:
+                now[1] = p + 21
+        elif p[0] == b'O' and strncmp(p, b"OMP_NUM_THREADS=", 16) == 0 and now[2] == NULL:
+            now[2] = p + 16
+        e += 1
+
+
+cpdef settings_key(backend_var, threads_var):
+    """What the default backend and thread count depend on -- the values of the
+    ``config()`` context variables given (backend, threads), ``FASTXENT_BACKEND``,
+    ``FASTXENT_NUM_THREADS``, ``OMP_NUM_THREADS`` and ``omp_get_max_threads()`` -- as a
+    small int: equal ints, equal settings. The dispatcher keys its memo on it, so a
+    change to any of them is seen at once. Read in C; the int is cached while
+    nothing changed."""
     global _settings_key, _settings_omp, _settings_next_id, _backend_seen, _threads_seen
     cdef const char *now[3]
     cdef int i, omp = fx_omp_max_threads()
-    cdef object backend = None, threads = None
-    if _context_vars is not None:
-        backend = get_value(<object>_context_vars[0])
-        threads = get_value(<object>_context_vars[1])
+    cdef object backend = get_value(backend_var)
+    cdef object threads = get_value(threads_var)
     cdef bint same = (_settings_key is not None and omp == _settings_omp
                       and backend is _backend_seen and threads is _threads_seen)
+    _settings_env(now)
     for i in range(3):
-        now[i] = getenv(_SETTINGS_VARS[i])
         same = same and _same_text(now[i], _settings_seen[i])
     if same:
         return _settings_key
@@ -174,7 +189,8 @@ def settings_key():
     _settings_omp = omp
     _backend_seen = backend
     _threads_seen = threads
-    state = (backend, threads) + tuple(None if now[i] == NULL else <bytes>now[i] for i in range(3)) + (omp,)
+    env = [None if now[i] == NULL else <bytes>now[i] for i in range(3)]
+    state = (backend, threads, env[0], env[1], env[2], omp)
     key = _settings_ids.get(state)
     if key is None:
         if len(_settings_ids) >= 4096:
@@ -823,42 +839,13 @@ cdef fx_ssize _gather_log_run(fx_call *k, int threads, double *sums) except -2 n
     return _run(k, &ru, threads, sums)
 
 
-# -------------------------------------------------------------------------- the fast path
+# -------------------------------------------------------------------------- the compiled call API
 
-#: The fast path serves plain sparse calls in two sizes. Small ones -- at most
-#: FAST_MAX_ELEMENTS elements and FAST_MAX_ROWS rows (a stack buffer of losses) --
-#: run on one thread without asking the dispatcher (one thread is what it would
-#: choose). Larger ones, up to REMEMBERED_MAX_ELEMENTS, run when the dispatcher has
-#: already decided for the call's signature (``_dispatch.remembered``) and
-#: chose Cython: its thread count, without the ~20-40 µs of Python around a call.
-cdef enum:
-    FAST_MAX_ROWS = 4096
-    FAST_MAX_BLOCKS = 256  # block sums on the stack: REMEMBERED_MAX_ELEMENTS rows at most
-cdef fx_ssize FAST_MAX_ELEMENTS = 1 << 15
-cdef fx_ssize REMEMBERED_MAX_ELEMENTS = FAST_MAX_BLOCKS * BLOCK_ROWS
-cdef object _remembered = None  # fastxent._dispatch.remembered: a signature's (backend, threads)
-cdef double *_unit_weights = NULL  # FAST_MAX_ELEMENTS ones: class_weight=None
-cdef double _zero_grad_weight = 0.0
-cdef object _backend_config = None  # fastxent._config's context variable
-cdef object _dtype_f32 = np.dtype(np.float32)
-cdef object _dtype_f64 = np.dtype(np.float64)
+# What fastxent/_fastcall.pyx, the compiled form of a plain public sparse call, runs
+# (declared in _cython_ext.pxd): the sparse kernel on a C-contiguous (n, c) y_pred
+# and 1-D labels, with the thread count the dispatcher planned.
 
-
-def _fast_configure(backend_var, threads_var, remembered):
-    """Give the compiled code the context variables of ``fastxent.config()`` (the
-    fast path reads the backend, ``settings_key`` both) and the dispatcher's lookup
-    of its remembered decisions."""
-    global _backend_config, _unit_weights, _context_vars, _remembered
-    cdef fx_ssize c
-    _backend_config = backend_var
-    _context_vars = (backend_var, threads_var)
-    _remembered = remembered
-    if _unit_weights == NULL:
-        _unit_weights = <double *>malloc(FAST_MAX_ELEMENTS * sizeof(double))
-        if _unit_weights == NULL:
-            raise MemoryError()
-        for c in range(FAST_MAX_ELEMENTS):
-            _unit_weights[c] = 1.0
+cdef double *_unit_weights = NULL  # PLAIN_MAX_CLASSES ones: class_weight=None
 
 
 cdef inline double _pairwise_sum(const double *a, fx_ssize n) noexcept nogil:
@@ -868,203 +855,66 @@ cdef inline double _pairwise_sum(const double *a, fx_ssize n) noexcept nogil:
     return fx_active().pairwise_sum_f64(a, n)
 
 
-cdef inline bint _plain_array(object a, int ndim) noexcept:
-    """An exact ndarray of ``ndim`` dimensions, C-contiguous, aligned, native order."""
-    return (cnp.PyArray_CheckExact(a) and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
-            and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a) and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+cdef double pairwise_sum(const double *a, Py_ssize_t n) noexcept nogil:
+    return _pairwise_sum(a, n)
 
 
-cdef inline bint _default_backend(object backend) noexcept:
-    if not (backend == "auto" or backend == "cython"):
-        return False
-    if _backend_config is None or _backend_config.get() is not None:
-        return False
-    cdef const char *env = getenv("FASTXENT_BACKEND")
-    return env == NULL or env[0] == 0 or strcmp(env, "auto") == 0 or strcmp(env, "cython") == 0
-
-
-cdef int _remembered_threads(object backend, object threads, object from_logits, object return_grad,
-                             cnp.ndarray x, fx_ssize n, fx_ssize c) except -1:
-    """The threads the dispatcher chose for this call's signature if it chose Cython,
-    else 0. The raw arguments stand for the validated ones the general path keys on:
-    they are the same objects for the calls that reach here (exact bools and ints,
-    label smoothing 0, a C-ordered 2-D y_pred seen as (n, c, 1))."""
-    if _remembered is None:
-        return 0
-    choice = _remembered(backend, threads, "sparse", from_logits, 0.0, return_grad, (n, c, 1),
-                         (<object>x).dtype)
-    if choice is None or choice[0] != "cython":
-        return 0
-    return <int>choice[1]
-
-
-def fast_sparse(y_true, y_pred, from_logits, label_smoothing, ignore_index, class_weight,
-                sample_weight, axis, reduction, epsilon, return_grad, grad_out, backend, threads,
-                bint plan_only=False):
-    """The whole of a plain sparse call, or None when it needs the general path.
-
-    Serves: C-contiguous 2-D float32/float64 ``y_pred``, 1-D int32/int64 labels,
-    class axis last, no weights, no label smoothing, ``reduction`` mean/sum, default
-    backend; with ``return_grad``, a new gradient array, ``y_pred`` itself (in place)
-    or a plain ``grad_out`` that overlaps neither input. Sizes: at most 32,768
-    elements and 4,096 rows on one thread (``threads`` None or 1); or up to 4M
-    elements and 32,768 classes once the dispatcher has chosen Cython for the
-    call's signature, with its thread count. Anything else -- including any invalid input, whose error the
-    general path raises -- returns None. The result has the bits the general path
-    would give: the same kernel with the same gradient scale and threads, and
-    NumPy's pairwise summation of the per-row losses (of the block sums above
-    BLOCK_ROWS rows).
-    With ``plan_only`` it returns the thread count instead of running (for
-    ``fastxent.explain``).
-    """
-    cdef cnp.ndarray x, lab
-    cdef fx_ssize n, c, r, count, isz, lsz
-    cdef int64_t ignore, v
-    cdef int xt, lt, ct
-    cdef bint mean
-    cdef double total
-    cdef float f
-    cdef bint logits
-    cdef double losses[FAST_MAX_ROWS]
-    cdef double sums[FAST_MAX_BLOCKS]
-    cdef double *block_sums = NULL  # per-row losses (n <= FAST_MAX_ROWS), else block sums
-    cdef int nt = 1
+cdef Py_ssize_t run_plain_sparse(const char *x, bint float64, Py_ssize_t n, Py_ssize_t c,
+                                 const char *labels, bint labels64, int64_t ignore, double epsilon,
+                                 bint from_logits, double *grad_scale, char *grad, int threads,
+                                 double *block_sums) except -2 nogil:
+    """The sparse kernel (``sparse_from_logits`` or ``sparse_from_probs`` without label
+    smoothing or class weights) on a C-contiguous (n, c) float32/float64 ``x`` and
+    C-contiguous int32/int64 ``labels`` (all in [0, c) or equal to ``ignore``; c at
+    most PLAIN_MAX_CLASSES). ``block_sums`` receives the float64 sum of every block
+    of BLOCK_ROWS rows; with ``grad`` (laid out as ``x``), the gradient times
+    ``*grad_scale``. Returns the first row with a probability out of range, or -1."""
     cdef fx_call k
-    cdef fx_ssize bad
-    cdef const fx_table *tb
-    cdef cnp.ndarray g = None
-    cdef double grad_scale
-    if not (_plain_array(y_pred, 2) and _plain_array(y_true, 1)):
-        return None
-    if class_weight is not None or sample_weight is not None:
-        return None
-    if not (return_grad is False or return_grad is True) or (grad_out is not None and return_grad is False):
-        return None
-    if not (from_logits is True or from_logits is False):
-        return None
-    if not ((type(label_smoothing) is float or type(label_smoothing) is int) and label_smoothing == 0):
-        return None
-    if not (type(axis) is int and (axis == -1 or axis == 1)):
-        return None
-    if type(reduction) is not str:
-        return None
-    mean = reduction == "mean" or reduction == "sum_over_batch_size"
-    if not (mean or reduction == "sum"):
-        return None
-    if type(epsilon) is not float or not (0.0 < epsilon < 0.5):
-        return None
-    if not (threads is None or type(threads) is int):
-        return None
-    if not _default_backend(backend):
-        return None
-    if ignore_index is None:
-        ignore = -1
-    elif type(ignore_index) is int and -(1 << 62) < ignore_index < (1 << 62):
-        ignore = ignore_index
-    else:
-        return None
-    x = <cnp.ndarray>y_pred
-    lab = <cnp.ndarray>y_true
-    xt = cnp.PyArray_TYPE(x)
-    lt = cnp.PyArray_TYPE(lab)
-    n = x.shape[0]
-    c = x.shape[1]
-    if not (xt == cnp.NPY_FLOAT or xt == cnp.NPY_DOUBLE) or n < 1 or c < 1 or lab.shape[0] != n:
-        return None
-    if not (n * c <= FAST_MAX_ELEMENTS and n <= FAST_MAX_ROWS and (threads is None or threads == 1)):
-        if n * c > REMEMBERED_MAX_ELEMENTS or c > FAST_MAX_ELEMENTS:  # (_unit_weights holds that many)
-            return None
-        nt = _remembered_threads(backend, threads, from_logits, return_grad, x, n, c)
-        if nt < 1:
-            return None
-    if grad_out is not None and grad_out is not y_pred and not _separate_grad_out(grad_out, x, lab):
-        return None
-    lsz = cnp.PyArray_ITEMSIZE(lab)
-    if not ((lt == cnp.NPY_LONG or lt == cnp.NPY_LONGLONG or lt == cnp.NPY_INT) and (lsz == 8 or lsz == 4)):
-        return None
-    # labels in [0, C) or equal to ignore_index, else the general path raises
-    count = 0
-    for r in range(n):
-        v = (<const int64_t *>cnp.PyArray_DATA(lab))[r] if lsz == 8 else (<const int32_t *>cnp.PyArray_DATA(lab))[r]
-        if v == ignore and ignore_index is not None:
-            continue
-        if v < 0 or v >= c:
-            return None
-        count += 1
-    if plan_only:
-        return nt
-    isz = cnp.PyArray_ITEMSIZE(x)
-    memset(&k, 0, sizeof(fx_call))  # as _setup fills it for the general path's arguments
+    cdef Py_ssize_t isz = 8 if float64 else 4
+    cdef Py_ssize_t lsz = 8 if labels64 else 4
+    memset(&k, 0, sizeof(fx_call))  # as _setup fills it from the general path's arrays
     k.n_o, k.n_c, k.n_i = n, c, 1
     k.eps, k.ignore = epsilon, ignore
-    k.x.data = <char *>cnp.PyArray_DATA(x)
+    k.x.data = <char *>x
     k.x.so, k.x.sc, k.x.si = c * isz, isz, isz
-    k.x.dtype = FX_F32 if xt == cnp.NPY_FLOAT else FX_F64
-    k.lab = <const char *>cnp.PyArray_DATA(lab)
+    k.x.dtype = FX_F64 if float64 else FX_F32
+    k.lab = labels
     k.lab_so, k.lab_si = lsz, lsz
-    k.lab_dtype = FX_I64 if lsz == 8 else FX_I32
-    k.gw = <const char *>&_zero_grad_weight
-    k.loss = &losses[0]
-    if n > FAST_MAX_ROWS:
-        block_sums = &sums[0]  # _run sums each block of BLOCK_ROWS rows, as the general path
-        k.loss = block_sums
+    k.lab_dtype = FX_I64 if labels64 else FX_I32
+    k.gw = <const char *>grad_scale  # a constant: every row's stride is 0
+    k.loss = block_sums
     k.cw, k.cw0, k.cw_uniform, k.cw_sum = _unit_weights, 1.0, 1, <double>c
-    _normalise(&k)
-    tb = fx_active()
-    ct = _ct(&k)
-    logits = from_logits is True
-    if return_grad is True and not logits:
-        # probabilities are range-checked by a loss-only pass before any gradient
-        # is written: the caller's buffer (perhaps y_pred) stays untouched on error
-        with nogil:
-            bad = _gather_log_run(&k, nt, block_sums)
-        if bad >= 0:
-            return None  # the general path raises
-    if return_grad is True:
-        g = <cnp.ndarray>(grad_out if grad_out is not None else np.empty((n, c), dtype=x.dtype))
-        # the gradient of the returned loss: 1/count for the mean (as _reduce.grad_weight)
-        grad_scale = (0.0 if count == 0 else 1.0 / <double>count) if mean else 1.0
-        k.gw = <const char *>&grad_scale
-        k.g.data = <char *>cnp.PyArray_DATA(g)
+    if grad != NULL:
+        k.g.data = grad
         k.g.dtype = k.x.dtype
-        k.g.so, k.g.sc, k.g.si = k.x.so, k.x.sc, k.x.si  # g is laid out as x
-    with nogil:
-        if logits:
-            bad = _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], nt, block_sums)
-        else:
-            bad = _gather_log_run(&k, nt, block_sums)
-        if block_sums == NULL:
-            total = _pairwise_sum(losses, n)
-        else:
-            total = _pairwise_sum(sums, (n + BLOCK_ROWS - 1) // BLOCK_ROWS)
-    if bad >= 0:
-        return None  # a probability out of range: the general path raises
-    if mean:
-        total = 0.0 if count == 0 else total / <double>count
-    if xt == cnp.NPY_DOUBLE:
-        loss = PyArray_Scalar(&total, _dtype_f64, None)
-    else:
-        f = <float>total
-        loss = PyArray_Scalar(&f, _dtype_f32, None)
-    return (loss, g) if return_grad is True else loss
+        k.g.so, k.g.sc, k.g.si = k.x.so, k.x.sc, k.x.si
+    _normalise(&k)
+    if n > PLAIN_STACK_ROWS or threads > 1:
+        return _plain_kernel(&k, from_logits, threads, block_sums)
+    # few rows on one thread: per-row losses on the stack and their pairwise sum (a
+    # block's sum, the same bits) save the block machinery's allocations
+    cdef double losses[PLAIN_STACK_ROWS]
+    k.loss = losses
+    cdef Py_ssize_t bad = _plain_kernel(&k, from_logits, 1, NULL)
+    block_sums[0] = _pairwise_sum(losses, n)
+    return bad
 
 
-cdef bint _separate_grad_out(object grad_out, cnp.ndarray x, cnp.ndarray lab):
-    """grad_out is a plain writeable array of y_pred's shape and dtype whose memory
-    overlaps neither y_pred nor the labels."""
-    if not (_plain_array(grad_out, 2) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>grad_out)):
-        return False
-    cdef cnp.ndarray g = <cnp.ndarray>grad_out
-    if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(x) or g.shape[0] != x.shape[0] or g.shape[1] != x.shape[1]:
-        return False
-    return not (_overlap(g, x) or _overlap(g, lab))
+cdef inline Py_ssize_t _plain_kernel(fx_call *k, bint from_logits, int threads, double *sums) except -2 nogil:
+    cdef const fx_table *tb = fx_active()
+    if from_logits:
+        return _run_kernel(k, tb.logits_row[_ct(k)], tb.logits_cols[_ct(k)], threads, sums)
+    return _gather_log_run(k, threads, sums)
 
 
-cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
-    """Whether two contiguous arrays share a byte."""
-    cdef char *pa = <char *>cnp.PyArray_DATA(a)
-    cdef char *pb = <char *>cnp.PyArray_DATA(b)
-    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
+cdef void _init_unit_weights() except *:
+    global _unit_weights
+    cdef Py_ssize_t j
+    _unit_weights = <double *>malloc(PLAIN_MAX_CLASSES * sizeof(double))
+    if _unit_weights == NULL:
+        raise MemoryError()
+    for j in range(PLAIN_MAX_CLASSES):
+        _unit_weights[j] = 1.0
 
 
 # -------------------------------------------------------------------------- test and bench hooks
@@ -1147,6 +997,7 @@ def _thread_plan(cnp.ndarray x, int threads):
 
 def _init():
     fx_fork_guard_install()
+    _init_unit_weights()
     name = _os.environ.get("FASTXENT_SIMD", "auto").strip().lower() or "auto"
     rc = fx_select(name.encode())
     if rc != 0:

@@ -41,7 +41,7 @@ from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
 from .. import _reduce
-from . import forked_child
+from ._common import forked_child, notify_compiled
 
 # --------------------------------------------------------------------------- jit setup
 
@@ -2651,9 +2651,7 @@ def _run(driver, args, threads) -> int:
             return int(driver(*args, workers))
         finally:
             if len(driver.overloads) != compiled:  # a new kernel: backend="auto" may now take it
-                from .. import _dispatch
-
-                _dispatch.forget_choices()
+                notify_compiled()
 
 
 def _few_outputs_along_one_axis(x) -> bool:
@@ -2713,43 +2711,12 @@ KERNELS = {name: _kernel(name) for name in _PREPARE}
 # --------------------------------------------------------------------------- introspection
 
 
-def _problem_arguments(problem) -> list:
-    """The argument lists the public layer passes for ``problem`` (loss-only first
-    when it checks the probabilities before writing into the caller's grad_out).
-    Outputs are fresh ``np.empty`` arrays: never touched, so they cost no memory."""
-    from .. import _api
-
-    layout = problem.layout
-    weights = problem.pos_weight if problem.kind == "binary" else problem.class_weight
-    if weights is None:
-        weights = _api._unit_weights(problem)
-    head = [problem.x, problem.aux, weights, problem.label_smoothing]
-    if problem.kind == "sparse":
-        head.append(-1 if problem.ignore_index is None else problem.ignore_index)
-    if not problem.from_logits:
-        head.append(problem.epsilon)
-    loss_out = _api._loss_buffer(problem, _api._kernel_sums(problem, "numba"))
-    no_grad = _reduce.constant(0.0, (layout.outer, layout.inner))
-    calls = []
-    if problem.return_grad:
-        _, grad_view = _api._gradient_buffer(problem)
-        if problem.grad_out is not None and not problem.from_logits:
-            calls.append(head + [no_grad, loss_out, None])
-        calls.append(head + [_reduce.grad_weight(problem, 1.0), loss_out, grad_view])
-    else:
-        calls.append(head + [no_grad, loss_out, None])
-    return calls
-
-
-def is_ready(problem) -> bool:
-    """Whether every driver ``problem`` runs is compiled, in this process, for its
+def is_ready(calls) -> bool:
+    """Whether every driver the kernel ``calls`` (``(kernel name, arguments,
+    block_sums)``, ``threads`` left out) run is compiled, in this process, for their
     argument types (a signature only in the disk cache still costs a load)."""
-    from .. import _api
-
-    prepare = _PREPARE[problem.kernel_name]
-    summed = _api._kernel_sums(problem, "numba")
-    for args in _problem_arguments(problem):
-        driver, driver_args, _ = _prepared(prepare, args, summed)
+    for name, args, summed in calls:
+        driver, driver_args, _ = _prepared(_PREPARE[name], args, summed)
         driver = _pick(driver)
         # (with _run's last argument, the worker count: an int)
         if tuple(driver.typeof_pyval(a) for a in (*driver_args, 1)) not in driver.overloads:

@@ -10,6 +10,7 @@ layout and runs the rows or columns in an OpenMP ``prange``.
 
 from __future__ import annotations
 
+from ._common import compiled_dtype_reason
 
 NAME = "cython"
 
@@ -28,9 +29,29 @@ def unavailable_reason() -> str | None:
 
 
 def unsupported_reason(problem) -> str | None:
-    from . import compiled_dtype_reason
-
+    if problem.row_extras:
+        return "z_loss, logit_softcap, return_lse and label ranks run on the numpy backend in this version"
     return compiled_dtype_reason(problem, "Cython")
+
+
+def simd_active() -> str | None:
+    """The instruction-set table the kernels run here ("avx512", "avx2", "default"),
+    or None without the extension."""
+    return None if _cython_ext is None else _cython_ext.simd_info()["active"]
+
+
+def openmp_limit() -> int | None:
+    """``omp_get_max_threads()`` of the extension's OpenMP runtime (it follows
+    ``OMP_NUM_THREADS`` and threadpoolctl limits), or None without one."""
+    if _cython_ext is None or not _cython_ext.openmp_enabled():
+        return None
+    return _cython_ext.omp_max_threads()
+
+
+def settings_key_function():
+    """The extension's ``settings_key(backend_var, threads_var)`` (a settings
+    fingerprint read in C), or None in a source tree without the extension."""
+    return None if _cython_ext is None else _cython_ext.settings_key
 
 
 def info() -> dict:

@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+from ._common import compiled_dtype_reason
+
 
 NAME = "numba"
 
@@ -89,22 +91,24 @@ def _find_numba() -> str | None:
 
 
 def unsupported_reason(problem) -> str | None:
-    from . import compiled_dtype_reason
-
+    if problem.row_extras:
+        return "z_loss, logit_softcap, return_lse and label ranks run on the numpy backend in this version"
     return compiled_dtype_reason(problem, "Numba")
 
 
-def is_ready(problem) -> bool:
-    """Whether ``problem``'s kernel is compiled in this process for its argument types.
+def is_ready(calls) -> bool:
+    """Whether the kernel calls ``calls`` -- ``(kernel name, arguments, block_sums)``, as
+    ``fastxent._execute.kernel_calls`` lists them -- are compiled in this process for
+    their argument types.
 
     False means the call would first import numba and compile or load from the disk
     cache (from half a second to seconds), which ``backend="auto"`` never makes a call
     wait for when another compiled backend can serve it. Never imports numba.
     """
-    if not _loaded() or unsupported_reason(problem) is not None:
+    if not _loaded():
         return False
     try:
-        return _kernels_module().is_ready(problem)
+        return _kernels_module().is_ready(calls)
     except Exception:  # noqa: BLE001 - a readiness probe never breaks a call
         return False
 

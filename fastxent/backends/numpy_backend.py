@@ -75,6 +75,14 @@ def _row_values(a2: np.ndarray, os: slice, is_: slice) -> np.ndarray:
     return a2[os, is_].reshape(-1)
 
 
+def _valid_labels(labels: np.ndarray, os: slice, is_: slice, ignore_index: int):
+    """A block's labels as intp (ignored ones replaced by 0) and the valid-row mask.
+    Labels are compared with ``ignore_index`` as int64, as every kernel does."""
+    y = _row_values(labels, os, is_)
+    valid = y.astype(np.int64) != ignore_index
+    return np.where(valid, y, 0).astype(np.intp), valid
+
+
 def _first_bad(bad_rows: np.ndarray, os: slice, is_: slice, inner: int) -> int:
     """Global flat index of the first True in a block's per-row flags, or -1."""
     hits = np.flatnonzero(bad_rows)
@@ -86,7 +94,8 @@ def _first_bad(bad_rows: np.ndarray, os: slice, is_: slice, inner: int) -> int:
 
 
 def _out_of_range(p: np.ndarray) -> np.ndarray:
-    return (p < 0) | (p > 1)  # NaN compares False: NaN is not a range error
+    """Probabilities (or binary targets) outside [0, 1]; NaN is not a range error."""
+    return (p < 0) | (p > 1)
 
 
 def _clip(p: np.ndarray, epsilon: float):
@@ -125,31 +134,52 @@ def _softmax_parts(z: np.ndarray):
     return m, k, e, rest, nan_rows, dead_rows
 
 
-def _logit_loss_and_grad(z, a, want_grad):
-    """Loss and gradient of ``sum_c a_c * (-log_softmax(z)_c)`` per row.
+def _logit_loss_and_grad(z, a, want_grad, z_loss=0.0, valid=None):
+    """Loss and gradient of ``sum_c a_c * (-log_softmax(z)_c)`` per row, plus
+    ``z_loss * lse**2`` for the rows in ``valid``; and each row's ``lse``.
 
     ``a`` (rows, C) holds the per-class target weights ``a_c`` (float64).
     """
     n = z.shape[0]
     m, k, e, rest, nan_rows, dead_rows = _softmax_parts(z)
+    lse = np.where(nan_rows, np.nan, np.where(dead_rows, -np.inf, m + np.log1p(rest)))
     big_a = a.sum(axis=1)
     # a_c * (m - z_c), with a_c == 0 contributing exactly 0 even where z_c = -inf.
     shifted = np.where(a != 0, a * (m[:, None] - z), 0.0)
     loss = shifted.sum(axis=1) + big_a * np.log1p(rest)
-    loss = np.where(dead_rows, np.where(big_a > 0, np.inf, 0.0), loss)
+    # every class masked: A * (+inf), i.e. +inf, -inf (negative weights) or 0 when A == 0
+    loss = np.where(dead_rows, np.where(big_a == 0, 0.0, np.copysign(np.inf, big_a)), loss)
     loss[nan_rows] = np.nan
+    extra = 0.0
+    if z_loss:
+        # d(z * lse**2)/dz_c = 2 z lse q_c: the softmax term's weight A grows by 2 z lse
+        zl = np.where(valid, z_loss, 0.0)
+        loss = loss + np.where(zl != 0, zl * lse * lse, 0.0)
+        extra = np.where(zl != 0, 2.0 * zl * lse, 0.0)
+        big_a = big_a + extra
     if not want_grad:
-        return loss, None
+        return loss, None, lse
     s = 1.0 + rest
     q = e / s[:, None]
     grad = big_a[:, None] * q - a
     idx = np.arange(n)
-    a_rest = np.where(np.arange(a.shape[1]) == k[:, None], 0.0, a).sum(axis=1)
+    a_rest = np.where(np.arange(a.shape[1]) == k[:, None], 0.0, a).sum(axis=1) + extra  # A - a_k
     grad[idx, k] = big_a * (-rest / s) + a_rest  # A*(q_k - 1) + (A - a_k), exactly
-    grad[dead_rows & (big_a > 0)] = np.nan
+    grad[dead_rows & (big_a != 0)] = np.nan
     grad[dead_rows & (big_a == 0)] = 0.0
     grad[nan_rows] = np.nan
-    return loss, grad
+    return loss, grad, lse
+
+
+def _label_rank(z, y, valid):
+    """Classes ranked above each row's label: larger logits, and equal ones at a lower
+    index (as ``np.argmax`` picks the first); -1 for ignored rows, C for a row holding
+    NaN (never counted correct)."""
+    zy = z[np.arange(z.shape[0]), y][:, None]
+    before = np.arange(z.shape[1])[None, :] < y[:, None]
+    rank = ((z > zy) | ((z == zy) & before)).sum(axis=1)
+    rank = np.where(np.isnan(z).any(axis=1), z.shape[1], rank)
+    return np.where(valid, rank, -1)
 
 
 def _sparse_target_weights(y, valid, class_weight, label_smoothing, n_classes):
@@ -165,8 +195,10 @@ def _sparse_target_weights(y, valid, class_weight, label_smoothing, n_classes):
 
 
 def _dense_target_weights(t, class_weight, label_smoothing, n_classes):
-    """``a_c = w_c * (t_c * (1-ls) + ls/C)`` for a block of dense targets."""
-    return class_weight * (t * (1.0 - label_smoothing) + label_smoothing / n_classes)
+    """``a_c = w_c * (t_c * (1-ls) + ls/C)`` for a block of dense targets: 0 where the
+    target coefficient is 0, whatever the weight (an unused class weight may be inf)."""
+    coef = t * (1.0 - label_smoothing) + label_smoothing / n_classes
+    return np.where(coef != 0, class_weight * coef, 0.0)
 
 
 def _finish(loss_out, grad_out, grad_weight, os, is_, loss, grad):
@@ -180,28 +212,36 @@ def _quiet(kernel):
     """Run a kernel with NumPy's floating-point warnings off: inf and NaN are data here."""
 
     @functools.wraps(kernel)
-    def run(*args):
+    def run(*args, **kwargs):
         with np.errstate(all="ignore"):
-            return kernel(*args)
+            return kernel(*args, **kwargs)
 
     return run
 
 
 @_quiet
 def sparse_from_logits(
-    x, labels, class_weight, label_smoothing, ignore_index, grad_weight, loss_out, grad_out, threads
-) -> int:
+    x, labels, class_weight, label_smoothing, ignore_index, grad_weight, loss_out, grad_out, threads,
+    *, z_loss=0.0, softcap=0.0, lse_out=None, rank_out=None,
+) -> int:  # fmt: skip
     outer, n_classes, inner = x.shape
     for os, is_ in _blocks(outer, n_classes, inner):
         z = _read(x, os, is_, np.float64)
-        y = _row_values(labels, os, is_)
-        valid = y != ignore_index
-        y = np.where(valid, y, 0).astype(np.intp)
+        if softcap:
+            t = np.tanh(z / softcap)
+            z = softcap * t
+        y, valid = _valid_labels(labels, os, is_, ignore_index)
         a = _sparse_target_weights(y, valid, class_weight, label_smoothing, n_classes)
-        loss, grad = _logit_loss_and_grad(z, a, grad_out is not None)
+        loss, grad, lse = _logit_loss_and_grad(z, a, grad_out is not None, z_loss, valid)
         loss[~valid] = 0.0
         if grad is not None:
             grad[~valid] = 0.0
+            if softcap:
+                grad *= 1.0 - t * t  # d(cap tanh(x / cap))/dx
+        if lse_out is not None:
+            lse_out[os, is_] = lse.reshape(lse_out[os, is_].shape)
+        if rank_out is not None:
+            rank_out[os, is_] = _label_rank(z, y, valid).reshape(rank_out[os, is_].shape)
         _finish(loss_out, grad_out, grad_weight, os, is_, loss, grad)
     return -1
 
@@ -215,7 +255,7 @@ def categorical_from_logits(
         z = _read(x, os, is_, np.float64)
         t = _read(targets, os, is_, np.float64)
         a = _dense_target_weights(t, class_weight, label_smoothing, n_classes)
-        loss, grad = _logit_loss_and_grad(z, a, grad_out is not None)
+        loss, grad, _ = _logit_loss_and_grad(z, a, grad_out is not None)
         _finish(loss_out, grad_out, grad_weight, os, is_, loss, grad)
     return -1
 
@@ -235,7 +275,11 @@ def binary_from_logits(x, targets, pos_weight, label_smoothing, grad_weight, los
     outer, n_labels, inner = x.shape
     for os, is_ in _blocks(outer, n_labels, inner):
         z = _read(x, os, is_, np.float64)
-        y = _read(targets, os, is_, np.float64) * (1.0 - label_smoothing) + label_smoothing / 2
+        t = _read(targets, os, is_, np.float64)
+        bad = _first_bad(_out_of_range(t).any(axis=1), os, is_, inner)
+        if bad >= 0:
+            return bad
+        y = t * (1.0 - label_smoothing) + label_smoothing / 2
         pw = _pos_weight_rows(pos_weight, os, is_)
         neg, pos = 1.0 - y, pw * y
         elem = _times(neg, _softplus(z), z) + _times(pos, _softplus(-z), z)
@@ -263,20 +307,16 @@ def sparse_from_probs(
     if label_smoothing:  # every class carries target weight: read whole rows
         for os, is_ in _blocks(outer, n_classes, inner):
             p = _read(x, os, is_, dtype)
-            y = _row_values(labels, os, is_)
-            valid = y != ignore_index
+            y, valid = _valid_labels(labels, os, is_, ignore_index)
             bad = _first_bad(valid & _out_of_range(p).any(axis=1), os, is_, inner)
             if bad >= 0:
                 return bad
-            y = np.where(valid, y, 0).astype(np.intp)
             a = _sparse_target_weights(y, valid, class_weight, label_smoothing, n_classes)
-            _probs_loss_and_grad(p, a, epsilon, os, is_, loss_out, grad_out, grad_weight)
+            _probs_loss_and_grad(p, a, epsilon, os, is_, loss_out, grad_out, grad_weight, valid)
         return -1
     # The gather-log: one value per row, whatever C is.
     for os, is_ in _blocks(outer, 1, inner):
-        y = _row_values(labels, os, is_)
-        valid = y != ignore_index
-        y = np.where(valid, y, 0).astype(np.intp)
+        y, valid = _valid_labels(labels, os, is_, ignore_index)
         o_idx, i_idx = np.divmod(np.arange(y.size), is_.stop - is_.start)
         py = x[o_idx + os.start, y, i_idx + is_.start].astype(dtype)
         bad = _first_bad(valid & _out_of_range(py), os, is_, inner)
@@ -311,11 +351,16 @@ def categorical_from_probs(
     return -1
 
 
-def _probs_loss_and_grad(p, a, epsilon, os, is_, loss_out, grad_out, grad_weight):
-    """Rows of ``sum_c a_c * (-log clip(p_c))`` and their gradient (0 where clipped)."""
+def _probs_loss_and_grad(p, a, epsilon, os, is_, loss_out, grad_out, grad_weight, valid=None):
+    """Rows of ``sum_c a_c * (-log clip(p_c))`` and their gradient (0 where clipped);
+    rows outside ``valid`` (ignored) give 0 whatever they hold."""
     pc, _, clipped = _clip(p, epsilon)
     loss = (a * -np.log(pc)).sum(axis=1)
     grad = None if grad_out is None else np.where(clipped, 0.0, -a / pc)
+    if valid is not None:
+        loss[~valid] = 0.0
+        if grad is not None:
+            grad[~valid] = 0.0
     _finish(loss_out, grad_out, grad_weight, os, is_, loss, grad)
 
 
@@ -327,10 +372,11 @@ def binary_from_probs(
     dtype = _compute_dtype(x)
     for os, is_ in _blocks(outer, n_labels, inner):
         p = _read(x, os, is_, dtype)
-        bad = _first_bad(_out_of_range(p).any(axis=1), os, is_, inner)
+        t = _read(targets, os, is_, np.float64)
+        bad = _first_bad((_out_of_range(p) | _out_of_range(t)).any(axis=1), os, is_, inner)
         if bad >= 0:
             return bad
-        y = _read(targets, os, is_, np.float64) * (1.0 - label_smoothing) + label_smoothing / 2
+        y = t * (1.0 - label_smoothing) + label_smoothing / 2
         pw = _pos_weight_rows(pos_weight, os, is_)
         pc, one_minus, clipped = _clip(p, epsilon)
         elem = -(pw * y * np.log(pc) + (1.0 - y) * np.log(one_minus))
