@@ -202,7 +202,7 @@ def materialise2(a2, layout):
 
 
 def test_layouts_take_the_intended_path():
-    N, C = 24, 7
+    N, C = 24, 37
     expect = {"rows": ("rows", (1, C, N)), "cols": ("columns", (1, C, N)), "nchw": ("columns", (N // 4, C, 4)),
               "negative": ("rows", (1, C, N)), "odd": ("rows", (1, C, N)), "cols_negative": ("rows", (1, C, N)),
               "unaligned": ("rows", (1, C, N))}
@@ -212,9 +212,14 @@ def test_layouts_take_the_intended_path():
         assert ext._layout_plan(x3, g3) == want, layout
     # binary axis=None (N, 1, L), C-ordered: one inner axis of N*L rows, columns
     assert ext._layout_plan(np.zeros((10, 1, 6), np.float32)) == ("columns", (1, 1, 60))
-    # short contiguous rows without a gradient: columns with strided lane loads
+    # short contiguous rows: columns with strided lane loads, with or without a
+    # gradient (the form follows y_pred alone: a loss has the same bits either way)
     assert ext._layout_plan(np.zeros((32, 10, 1), np.float32)) == ("columns", (1, 10, 32))
-    assert ext._layout_plan(np.zeros((32, 10, 1), np.float32), np.zeros((32, 10, 1), np.float32))[0] == "rows"
+    assert ext._layout_plan(np.zeros((32, 10, 1), np.float32), np.zeros((32, 10, 1), np.float32))[0] == "columns"
+    # a gradient laid out unlike y_pred does not change the form either
+    x3 = materialise(np.zeros((1, C, N), np.float32), "cols")
+    assert ext._layout_plan(x3, np.zeros((N, C, 1), np.float32).transpose(2, 1, 0))[0] == "columns"
+    assert ext._layout_plan(np.zeros((N, C, 1), np.float32), x3.transpose(2, 1, 0))[0] == "rows"
 
 
 def negative_view_check():

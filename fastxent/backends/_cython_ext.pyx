@@ -17,12 +17,13 @@ How a call runs:
   contiguous rows are used in place, anything else goes through a per-block
   buffer) or **columns** (inner axis contiguous, e.g. Fortran ``(1, C, N)`` or
   ``(N, C, H*W)``: vectorised across rows).
-* The numeric kernels are C (``_csrc/``), compiled once per ISA (SSE2, AVX2+FMA,
-  AVX-512) and picked at import; OpenMP splits the rows into ``threads``
-  contiguous chunks (``prange``, static schedule). Outputs are per row, so the
-  thread count never changes a result; the first bad row is the lowest chunk's.
-* The sparse gather-log (from probabilities, no label smoothing) is written here
-  with fused label/value types: one read per row, whatever C is.
+* The numeric kernels are C (``_csrc/``, one file per kernel family), compiled
+  once per ISA (SSE2, AVX2+FMA, AVX-512) and picked at import; OpenMP splits the
+  rows into ``threads`` contiguous chunks (``prange``, static schedule). Outputs
+  are per row, so the thread count never changes a result; the first bad row is
+  the lowest chunk's.
+* The sparse gather-log (from probabilities, no label smoothing) runs over flat
+  row ranges (``_csrc/fx_gather.h``): one read per row, whatever C is.
 """
 
 from cython.parallel cimport parallel, prange
@@ -45,10 +46,6 @@ cdef extern from "_csrc/fx_build_config.h":
 cdef extern from "_csrc/fx_openmp.h":
     int FX_OPENMP
     int fx_omp_max_threads() nogil
-    void FX_PREFETCH(const void *p) nogil
-
-cdef extern from "_csrc/fx_math.h":
-    float fx_half_to_f32(uint16_t h) nogil
 
 cdef extern from "_csrc/fx_common.h":
     ctypedef Py_ssize_t fx_ssize
@@ -86,6 +83,7 @@ cdef extern from "_csrc/fx_common.h":
         int64_t ignore
     ctypedef int (*fx_row_fn)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) noexcept nogil
     ctypedef fx_ssize (*fx_cols_fn)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n) noexcept nogil
+    ctypedef fx_ssize (*fx_range_fn)(const fx_call *k, fx_ssize r0, fx_ssize r1) noexcept nogil
     ctypedef struct fx_table:
         const char *name
         fx_row_fn logits_row[2]
@@ -96,6 +94,7 @@ cdef extern from "_csrc/fx_common.h":
         fx_cols_fn bce_logits_cols[2]
         fx_row_fn bce_probs_row[2]
         fx_cols_fn bce_probs_cols[2]
+        fx_range_fn gather[2]
         void (*vexp_f32)(const float *x, float *y, fx_ssize n, int kind) noexcept nogil
         void (*vexp_f64)(const double *x, double *y, fx_ssize n, int kind) noexcept nogil
         void (*vlog_f32)(const float *x, float *y, fx_ssize n) noexcept nogil
@@ -235,10 +234,6 @@ def _in_forked_child():
 
 #: loss_out larger than this is written with non-temporal stores (column kernels).
 cdef fx_ssize STREAM_LOSS_BYTES = 8 << 20
-
-#: Below this many elements per thread a call runs on one thread (no OpenMP region).
-cdef fx_ssize MIN_WORK_PER_THREAD = 1 << 15
-
 
 cdef inline int _dtype_code(cnp.ndarray a) except -1:
     """The fx dtype code of ``a`` (native byte order only)."""
@@ -408,22 +403,22 @@ cdef fx_ssize SMALL_C = 16
 
 cdef inline int _use_columns(const fx_call *k) noexcept nogil:
     """Columns when the inner axis is contiguous and the class axis is not (or C == 1),
-    and for short rows without a gradient (the lane loads gather with a stride)."""
+    and for short rows (the lane loads gather with a stride).
+
+    Decided from y_pred's layout alone, never from the gradient's: the row and the
+    column forms sum a row's terms in different orders, and a loss must have the
+    same bits whether or not a gradient is asked for. Both forms write a gradient
+    of any layout."""
     cdef fx_ssize xsz = _itemsize(k.x.dtype)
-    cdef fx_ssize gsz = 8 if k.x.dtype == FX_F64 else 4
     if k.n_i < 2:
         return 0
-    if k.n_c <= SMALL_C and k.n_i >= 16 and k.g.data == NULL:
+    if k.n_c <= SMALL_C and k.n_i >= 16:
         return 1
     if not _contig(k.x.data, k.x.si, xsz):
         return 0
-    if k.g.data != NULL and not _contig(k.g.data, k.g.si, gsz):
-        return 0  # the column kernels write the gradient with unit stride
     if k.n_c == 1:
         return 1
-    if _contig(k.x.data, k.x.sc, xsz) and (k.g.data == NULL or _contig(k.g.data, k.g.sc, gsz)):
-        return 0
-    return 1
+    return not _contig(k.x.data, k.x.sc, xsz)
 
 
 cdef inline fx_ssize _lanes(const fx_call *k) noexcept nogil:
@@ -448,12 +443,6 @@ ctypedef fused label_t:
     uint16_t
     uint32_t
     uint64_t
-
-ctypedef fused value_t:
-    uint16_t  # float16 bits
-    float
-    double
-
 
 cdef inline void _row_of(const fx_call *k, fx_ssize r, fx_ssize *o, fx_ssize *i) noexcept nogil:
     if k.n_o == 1:
@@ -530,14 +519,13 @@ cdef inline fx_ssize _task_row(const fx_call *k, fx_ssize w, fx_ssize t) noexcep
     return o * k.n_i + min((t - o * nb) * w, k.n_i)
 
 
-cdef int _threads_for(fx_ssize work, fx_ssize tasks, int threads) noexcept nogil:
-    """Threads for a call: at most `threads`, one per task, enough work each; one
-    thread (no OpenMP region) in a child forked after OpenMP was used."""
+cdef int _threads_for(fx_ssize tasks, int threads) noexcept nogil:
+    """Threads for a call: ``threads``, capped by the number of tasks (rows, column
+    tasks or blocks); one thread (no OpenMP region) in a child forked after OpenMP
+    was used. Whether small work is worth a second thread is the dispatcher's call."""
     cdef fx_ssize nt = threads
     if FX_OPENMP == 0 or fx_in_forked_child():
         return 1
-    if nt > work // MIN_WORK_PER_THREAD:
-        nt = work // MIN_WORK_PER_THREAD
     if nt > tasks:
         nt = tasks
     return <int>nt if nt > 1 else 1
@@ -571,7 +559,7 @@ ctypedef struct _runner:
 cdef fx_ssize _range(const fx_call *k, const _runner *ru, fx_ssize r0, fx_ssize r1) noexcept nogil:
     """Rows r0..r1-1 in the runner's form; the first bad row or -1."""
     if ru.form == FORM_GATHER:
-        return _gather(k, r0, r1)
+        return fx_active().gather[_ct(k)](k, r0, r1)
     if ru.form == FORM_COLS:
         return _cols(k, ru.col_fn, ru.w, r0, r1)
     return _rows(k, ru.row_fn, r0, r1)
@@ -679,7 +667,16 @@ cdef inline bint _blocks_keep_vectors(const fx_call *k, const _runner *ru) noexc
     return ru.form != FORM_COLS or k.n_o == 1 or k.n_i % 16 == 0 or BLOCK_ROWS % k.n_i == 0
 
 
-cdef fx_ssize _run(fx_call *k, _runner *ru, fx_ssize work, int threads, double *sums) except -2 nogil:
+cdef inline fx_ssize _tasks(const fx_call *k, _runner *ru) noexcept nogil:
+    """The work items a call splits among threads: rows, or column tasks (setting
+    ru.w, the rows per column task)."""
+    if ru.form == FORM_COLS:
+        ru.w = _lanes(k)
+        return k.n_o * ((k.n_i + ru.w - 1) // ru.w)
+    return k.n_o * k.n_i
+
+
+cdef fx_ssize _run(fx_call *k, _runner *ru, int threads, double *sums) except -2 nogil:
     """Run a kernel over every row; returns the first bad row or -1.
 
     sums == NULL: per-row losses go to k.loss. Otherwise sums receives the float64
@@ -693,11 +690,8 @@ cdef fx_ssize _run(fx_call *k, _runner *ru, fx_ssize work, int threads, double *
     cdef double *tmp
     if n_rows == 0:
         return -1
-    tasks = n_rows
-    if ru.form == FORM_COLS:
-        ru.w = _lanes(k)
-        tasks = k.n_o * ((k.n_i + ru.w - 1) // ru.w)
-    nt = _threads_for(work, tasks, threads)
+    tasks = _tasks(k, ru)
+    nt = _threads_for(tasks, threads)
     if sums == NULL:
         return _split(k, ru, tasks, nt)
     n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
@@ -735,7 +729,7 @@ cdef fx_ssize _run_kernel(fx_call *k, fx_row_fn row_fn, fx_cols_fn col_fn, int t
     form writes leaf sums when one class is all there is (the binary kernels)."""
     cdef _runner ru = _rows_or_cols(row_fn, col_fn, k)
     ru.leaves = leaves and ru.form == FORM_COLS and k.n_c == 1
-    return _run(k, &ru, k.n_o * k.n_i * k.n_c, threads, sums)
+    return _run(k, &ru, threads, sums)
 
 
 cdef inline double *_sums(fx_call *k, bint block_sums) noexcept nogil:
@@ -798,9 +792,10 @@ def binary_from_logits(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weigh
            label_smoothing, 0.0, -1, block_sums)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
+    cdef fx_ssize r
     with nogil:
-        _run_kernel(&k, tb.bce_logits_row[ct], tb.bce_logits_cols[ct], threads, _sums(&k, block_sums), True)
-    return -1
+        r = _run_kernel(&k, tb.bce_logits_row[ct], tb.bce_logits_cols[ct], threads, _sums(&k, block_sums), True)
+    return r
 
 
 def binary_from_probs(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray pos_weight,
@@ -837,176 +832,11 @@ def sparse_from_probs(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weigh
 
 # -------------------------------------------------------------------------- gather-log
 
-#: Rows ahead whose gathered probability is prefetched (the gather is latency-bound:
-#: 64 rows in flight took 0.7x the time of 16 on 200,000 x 1,000, 0.93x on x 10,000).
-cdef fx_ssize PREFETCH_ROWS = 64
-
-
-#: Rows per batch of the loss-only gather-log (three stack buffers of doubles).
-cdef enum:
-    GATHER_BATCH = 128
-
-
-cdef inline double _as_double(value_t v) noexcept nogil:
-    if value_t is uint16_t:
-        return <double>fx_half_to_f32(v)
-    else:
-        return <double>v
-
-
-cdef fx_ssize _gather_rows(const fx_call *k, const label_t *lab, const value_t *xv,
-                           fx_ssize r0, fx_ssize r1) noexcept nogil:
-    """-w_y log(clip(p_y)) for rows r0..r1-1, reading one value per row.
-
-    The clip is done in the compute dtype (float32 for float16/float32 input), the
-    log in float64 of the clipped value. Returns the first bad row or -1.
-    """
-    cdef fx_ssize r, o, i, y, yp, op, ip
-    cdef label_t v
-    cdef double p, pc, wy, gw, lg
-    cdef double lo, hi
-    cdef const fx_table *tb = fx_active()
-    cdef float lo32, hi32, p32
-    cdef const char *xb = k.x.data
-    cdef char *grow
-    cdef int clipped
-    lo32 = <float>k.eps
-    hi32 = <float>1 - lo32
-    if value_t is double:
-        lo = k.eps
-        hi = 1.0 - lo
-    else:
-        lo = lo32
-        hi = hi32
-    if k.g.data == NULL:
-        return _gather_losses(k, lab, xv, r0, r1, lo, hi)
-    for r in range(r0, r1):
-        if r + PREFETCH_ROWS < r1:  # start the cache miss of a later row now
-            _row_of(k, r + PREFETCH_ROWS, &op, &ip)
-            yp = <fx_ssize>(<const label_t *>(<const char *>lab + op * k.lab_so + ip * k.lab_si))[0]
-            if <int64_t>yp != k.ignore:
-                FX_PREFETCH(xb + op * k.x.so + yp * k.x.sc + ip * k.x.si)
-        _row_of(k, r, &o, &i)
-        v = (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
-        grow = k.g.data + o * k.g.so + i * k.g.si if k.g.data != NULL else NULL
-        if <int64_t>v == k.ignore:
-            k.loss[o * k.n_i + i - k.loss_r0] = 0.0
-            if grow != NULL:
-                _zero_row(k, grow)
-            continue
-        y = <fx_ssize>v
-        p = _as_double((<const value_t *>(xb + o * k.x.so + y * k.x.sc + i * k.x.si))[0])
-        if p < 0 or p > 1:  # NaN is not a range error
-            return r
-        # clip by comparison (NaN stays NaN), in the compute dtype
-        clipped = p < lo or p > hi
-        pc = lo if p < lo else (hi if p > hi else p)
-        wy = k.cw[y]
-        tb.vlog_f64(&pc, &lg, 1)  # the loss-only batches' log: the same bits
-        k.loss[o * k.n_i + i - k.loss_r0] = 0.0 - wy * lg
-        if grow != NULL:
-            _zero_row(k, grow)
-            gw = (<const double *>(k.gw + o * k.gw_so + i * k.gw_si))[0]
-            _store_grad(k, grow + y * k.g.sc, 0.0 if clipped else -wy * gw / p)
-    return -1
-
-
-cdef fx_ssize _gather_losses(const fx_call *k, const label_t *lab, const value_t *xv,
-                             fx_ssize r0, fx_ssize r1, double lo, double hi) noexcept nogil:
-    """The loss-only gather-log in batches: a batch's clipped probabilities and class
-    weights are gathered first, then their logs taken in one vector call (a libm log
-    per row was half of the time). Same contract as ``_gather_rows``."""
-    cdef double pc[GATHER_BATCH]
-    cdef double wy[GATHER_BATCH]
-    cdef double lg[GATHER_BATCH]
-    cdef const fx_table *tb = fx_active()
-    cdef fx_ssize b0, b1, r, j, o, i, yp, op, ip
-    cdef label_t v
-    cdef double p
-    cdef const char *xb = k.x.data
-    cdef double *out
-    b0 = r0
-    while b0 < r1:
-        b1 = min(r1, b0 + GATHER_BATCH)
-        for r in range(b0, b1):
-            # the same prefetch as _gather_rows, written out: in a shared inline
-            # helper, gathers from 800 MB arrays ran ~1.8x slower (cause not found)
-            if r + PREFETCH_ROWS < r1:  # start the cache miss of a later row now
-                _row_of(k, r + PREFETCH_ROWS, &op, &ip)
-                yp = <fx_ssize>(<const label_t *>(<const char *>lab + op * k.lab_so + ip * k.lab_si))[0]
-                if <int64_t>yp != k.ignore:
-                    FX_PREFETCH(xb + op * k.x.so + yp * k.x.sc + ip * k.x.si)
-            _row_of(k, r, &o, &i)
-            v = (<const label_t *>(<const char *>lab + o * k.lab_so + i * k.lab_si))[0]
-            j = r - b0
-            if <int64_t>v == k.ignore:  # loss 0 - 0 * log(1) = 0
-                pc[j] = 1.0
-                wy[j] = 0.0
-                continue
-            p = _as_double((<const value_t *>(xb + o * k.x.so + <fx_ssize>v * k.x.sc + i * k.x.si))[0])
-            if p < 0 or p > 1:  # NaN is not a range error
-                return r
-            pc[j] = lo if p < lo else (hi if p > hi else p)  # (NaN stays NaN)
-            wy[j] = k.cw[<fx_ssize>v]
-        tb.vlog_f64(pc, lg, b1 - b0)
-        out = &k.loss[b0 - k.loss_r0]  # row r's loss is at r - loss_r0 (r = o * n_i + i)
-        for j in range(b1 - b0):
-            out[j] = 0.0 - wy[j] * lg[j]
-        b0 = b1
-    return -1
-
-
-cdef inline void _zero_row(const fx_call *k, char *grow) noexcept nogil:
-    cdef fx_ssize c, size = 8 if k.g.dtype == FX_F64 else 4
-    if k.g.sc == size:
-        memset(grow, 0, k.n_c * size)
-    else:
-        for c in range(k.n_c):
-            memset(grow + c * k.g.sc, 0, size)
-
-
-cdef inline void _store_grad(const fx_call *k, char *p, double v) noexcept nogil:
-    cdef float f
-    if k.g.dtype == FX_F64:
-        memcpy(p, &v, 8)
-    else:
-        f = <float>v
-        memcpy(p, &f, 4)
-
-
-cdef fx_ssize _gather_typed(const fx_call *k, const label_t *lab, fx_ssize r0, fx_ssize r1) noexcept nogil:
-    if k.x.dtype == FX_F32:
-        return _gather_rows(k, lab, <const float *>NULL, r0, r1)
-    if k.x.dtype == FX_F64:
-        return _gather_rows(k, lab, <const double *>NULL, r0, r1)
-    return _gather_rows(k, lab, <const uint16_t *>NULL, r0, r1)
-
-
-cdef fx_ssize _gather(const fx_call *k, fx_ssize r0, fx_ssize r1) noexcept nogil:
-    cdef int d = k.lab_dtype
-    if d == FX_I64:
-        return _gather_typed(k, <const int64_t *>k.lab, r0, r1)
-    if d == FX_I32:
-        return _gather_typed(k, <const int32_t *>k.lab, r0, r1)
-    if d == FX_I16:
-        return _gather_typed(k, <const int16_t *>k.lab, r0, r1)
-    if d == FX_I8:
-        return _gather_typed(k, <const int8_t *>k.lab, r0, r1)
-    if d == FX_U64:
-        return _gather_typed(k, <const uint64_t *>k.lab, r0, r1)
-    if d == FX_U32:
-        return _gather_typed(k, <const uint32_t *>k.lab, r0, r1)
-    if d == FX_U16:
-        return _gather_typed(k, <const uint16_t *>k.lab, r0, r1)
-    return _gather_typed(k, <const uint8_t *>k.lab, r0, r1)
-
-
 cdef fx_ssize _gather_log_run(fx_call *k, int threads, double *sums) except -2 nogil:
     cdef _runner ru
     ru.form = FORM_GATHER
     ru.leaves = False
-    # the gather reads a cache line per row; with the gradient it writes whole rows
-    return _run(k, &ru, k.n_o * k.n_i * (k.n_c if k.g.data != NULL else 8), threads, sums)
+    return _run(k, &ru, threads, sums)
 
 
 # -------------------------------------------------------------------------- the compiled call API
@@ -1128,7 +958,7 @@ def _read_sum(cnp.ndarray x, int threads):
         raise TypeError("a C-contiguous float32 array")
     cdef const float *p = <const float *>cnp.PyArray_DATA(x)
     cdef fx_ssize n = cnp.PyArray_SIZE(x), ch, total_chunks
-    cdef int nt = _threads_for(n, n, threads)
+    cdef int nt = _threads_for(n, threads)
     cdef double *part = <double *>malloc(nt * sizeof(double))
     cdef double s = 0
     cdef const fx_table *tb = fx_active()
@@ -1154,6 +984,15 @@ def _layout_plan(cnp.ndarray x, grad_out=None):
     _setup(&k, x, None, None, None, None, np.ones((x.shape[0], x.shape[2])),
            np.empty(x.shape[0] * x.shape[2]), grad_out, 0.0, 0.0, -1)
     return ("columns" if _use_columns(&k) else "rows"), (k.n_o, k.n_c, k.n_i)
+
+
+def _thread_plan(cnp.ndarray x, int threads):
+    """Test hook: the threads a loss-only call on ``x`` runs with."""
+    cdef fx_call k
+    _setup(&k, x, None, None, None, None, np.ones((x.shape[0], x.shape[2])),
+           np.empty(x.shape[0] * x.shape[2]), None, 0.0, 0.0, -1)
+    cdef _runner ru = _rows_or_cols(NULL, NULL, &k)
+    return _threads_for(_tasks(&k, &ru), threads)
 
 
 def _init():

@@ -1,9 +1,9 @@
 """The Cython backend: C kernels with OpenMP threads and a SIMD table per instruction set.
 
 The numeric code lives in ``_csrc/`` (one definition per quantity in ``fx_math.h``,
-kernel bodies in ``fx_kernels_t.h`` compiled for SSE2, AVX2 and AVX-512, the widest
-table the CPU runs chosen at import; ``FASTXENT_SIMD=default|avx2|avx512`` forces
-one). ``_cython_ext.pyx`` reads the arrays through the NumPy C API (no buffer
+one file per kernel family -- ``fx_softmax.h``, ``fx_probs.h``, ``fx_gather.h``,
+``fx_binary.h`` -- compiled for SSE2, AVX2 and AVX-512, the widest table the CPU
+runs chosen at import; ``FASTXENT_SIMD=default|avx2|avx512`` forces one). ``_cython_ext.pyx`` reads the arrays through the NumPy C API (no buffer
 acquisition: a call's fixed cost is a fraction of a microsecond), normalises the
 layout and runs the rows or columns in an OpenMP ``prange``.
 """

@@ -51,11 +51,16 @@ typedef struct {
 } fx_call;
 
 /* Row kernel: row (o, i); y is the label (sparse; -1 when ignored), else 0.
- * Returns 1 when the row holds a probability outside [0, 1], else 0. */
+ * Returns 1 when the row holds a probability (or a binary target) outside
+ * [0, 1], else 0. */
 typedef int (*fx_row_fn)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y);
-/* Column kernel: rows (o, i0 .. i0+n-1) with a contiguous inner axis (n <= FX_LANES).
- * Returns the first i holding a probability outside [0, 1], or -1. */
+/* Column kernel: rows (o, i0 .. i0+n-1) with a contiguous inner axis (n <= FX_LANES),
+ * gradient of any layout. Returns the first i holding a probability (or a binary
+ * target) outside [0, 1], or -1. */
 typedef fx_ssize (*fx_cols_fn)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n);
+/* Range kernel: flat rows r0 .. r1-1 (the sparse gather-log).
+ * Returns the first row holding a probability outside [0, 1], or -1. */
+typedef fx_ssize (*fx_range_fn)(const fx_call *k, fx_ssize r0, fx_ssize r1);
 
 #define FX_LANES 256  /* most rows one column task handles */
 #define FX_TILE 4096  /* elements of a column task's copied tile (classes x lanes) */
@@ -73,6 +78,7 @@ typedef struct {
     fx_cols_fn bce_logits_cols[2];
     fx_row_fn bce_probs_row[2];
     fx_cols_fn bce_probs_cols[2];
+    fx_range_fn gather[2];
     /* test hooks: the vector exp/log of this ISA over an array */
     /* kind 0: the full-range exp; 1: x <= 0 (fx_exp_neg); 2: x in [FX_EXP_NEAR, 0] (fx_exp_near) */
     void (*vexp_f32)(const float *x, float *y, fx_ssize n, int kind);

@@ -1,13 +1,61 @@
 /* One instruction set's kernel table. Included by fx_isa_<name>.c after the
  * target pragma, with FX_ISA (table suffix) and FX_ISA_NAME (string) defined:
  * every function here, the fx_math.h helpers included, is compiled for that ISA,
- * and GCC vectorises the loops at its width. */
+ * and GCC vectorises the loops at its width.
+ *
+ * Where each kernel lives (one family a file, the same stems as the Numba backend):
+ *   fx_softmax.h  sparse_from_logits, categorical_from_logits
+ *   fx_probs.h    categorical_from_probs, sparse_from_probs with label smoothing
+ *   fx_gather.h   sparse_from_probs without label smoothing (the gather-log)
+ *   fx_binary.h   binary_from_logits, binary_from_probs
+ * and what they share: fx_math.h (scalar math), fx_lanesum.h (lane sums),
+ * fx_pairwise.h (NumPy's pairwise sum), fx_load.h (loads and stores),
+ * fx_weights.h (target weights of the softmax and probability kernels).
+ * The family headers are templates, included below once per compute type. */
 #include "fx_math.h"
+#include "fx_lanesum.h"
+#include "fx_pairwise.h"
 
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 #define FX_HAVE_STREAM 1
 #endif
+
+/* A hint to fetch memory read soon into L2 (the exp passes' next block, the
+ * gather-log's later rows). A prefetch never faults: any address will do. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FX_PREFETCH_L2(p) __builtin_prefetch((const void *)(p), 0, 2)
+#else
+#define FX_PREFETCH_L2(p) ((void)(p))
+#endif
+
+/* Row r's (o, i): r = o * n_i + i. */
+static inline void fx_row_of(const fx_call *k, fx_ssize r, fx_ssize *o, fx_ssize *i)
+{
+    if (k->n_o == 1) {
+        *o = 0;
+        *i = r;
+    } else {
+        *o = r / k->n_i;
+        *i = r - *o * k->n_i;
+    }
+}
+
+/* A sparse label of any integer dtype as int64_t: unsigned values wrap as C's
+ * (int64_t)v does, so a uint64 label 2^64 - 1 compares equal to ignore_index -1. */
+static inline int64_t fx_label(const char *p, int dtype)
+{
+    switch (dtype) {
+    case FX_I8: return *(const int8_t *)p;
+    case FX_U8: return *(const uint8_t *)p;
+    case FX_I16: { int16_t v; memcpy(&v, p, 2); return v; }
+    case FX_U16: { uint16_t v; memcpy(&v, p, 2); return v; }
+    case FX_I32: { int32_t v; memcpy(&v, p, 4); return v; }
+    case FX_U32: { uint32_t v; memcpy(&v, p, 4); return v; }
+    case FX_U64: { uint64_t v; memcpy(&v, p, 8); return (int64_t)v; }
+    default: { int64_t v; memcpy(&v, p, 8); return v; }
+    }
+}
 
 /* Where row (o, i)'s successor starts, from row's own start: (o, i + 1), or
  * (o + 1, 0) after the last inner index (strides si and so, in bytes). */
@@ -18,8 +66,7 @@ static inline const char *fx_next_row(const char *row, fx_ssize i, fx_ssize n_i,
 
 /* The per-row losses of a column task. When loss_out is much larger than the
  * caches (stream_loss), non-temporal stores skip the read-for-ownership a plain
- * store does: for a binary loss over 10M rows that read is a third of the memory
- * traffic. */
+ * store does (for a binary loss over many rows, a third of the memory traffic). */
 static inline void fx_store_losses(double *dst, const double *src, fx_ssize n, int stream)
 {
     fx_ssize j = 0;
@@ -39,9 +86,7 @@ static inline void fx_store_losses(double *dst, const double *src, fx_ssize n, i
 
 #ifdef FX_AVX512_MASKS
 #include <immintrin.h>
-/* Bit j set where x[j] == v, for j < min(n, lanes): one masked compare. (The same
- * in the AVX2 table, a compare and movemask a vector at a time, was 1.02x slower
- * than the portable find_first.) */
+/* Bit j set where x[j] == v, for j < min(n, lanes): one masked compare. */
 static inline unsigned fx_eq_mask_f32(const float *x, float v, fx_ssize n)
 {
     const __mmask16 live = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
@@ -54,68 +99,66 @@ static inline unsigned fx_eq_mask_f64(const double *x, double v, fx_ssize n)
 }
 #endif
 
-/* NumPy's pairwise summation (pairwise_sum in its loops_utils), step for step:
- * the same bits as np.sum of a contiguous float64 array, which is what the
- * general path's reduction takes. Leaves of at most 128 values add in eight
- * lanes; compiled per ISA, the lanes become two AVX2 vectors (the block sums of a
- * binary loss add one value per element: in SSE2 scalar code, 15% of its time). */
-static inline double pairwise_sum_f64(const double *a, fx_ssize n)
-{
-    if (n < 8) {
-        double res = 0.0;
-        for (fx_ssize i = 0; i < n; i++) res += a[i];
-        return res;
-    }
-    if (n <= 128) {
-        double r0 = a[0], r1 = a[1], r2 = a[2], r3 = a[3];
-        double r4 = a[4], r5 = a[5], r6 = a[6], r7 = a[7];
-        fx_ssize i = 8;
-        for (; i < n - n % 8; i += 8) {
-            r0 += a[i];     r1 += a[i + 1]; r2 += a[i + 2]; r3 += a[i + 3];
-            r4 += a[i + 4]; r5 += a[i + 5]; r6 += a[i + 6]; r7 += a[i + 7];
-        }
-        double res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7));
-        for (; i < n; i++) res += a[i];
-        return res;
-    }
-    fx_ssize n2 = n / 2;
-    n2 -= n2 % 8;
-    return pairwise_sum_f64(a, n2) + pairwise_sum_f64(a + n2, n - n2);
-}
+/* The template headers' names: T is the compute type, FXN(name) a function of this
+ * type (name_f32), FXM(name) an fx_math.h helper of it (fx_exp_neg_f32). */
+#define FX_CAT_(a, b) a##_##b
+#define FX_CAT(a, b) FX_CAT_(a, b)
+#define FXN(name) FX_CAT(name, FX_S)
+#define FXM(name) FX_CAT(name, FX_S)
+#define T FX_T
+#define SEL FXM(fx_sel)
 
-/* The pairwise sums of s[0 .. n)'s leaves (n a multiple of FX_LEAF), one per leaf
- * into leaf[]: what a binary column task writes in block-sums mode (the block's
- * sum is then the pairwise tree over its leaves). */
-static inline void fx_leaf_sums(const double *s, fx_ssize n, double *leaf)
-{
-    for (fx_ssize j0 = 0; j0 < n; j0 += FX_LEAF) leaf[j0 / FX_LEAF] = pairwise_sum_f64(s + j0, FX_LEAF);
-}
-
-#ifndef FX_REPORT_F64_ONLY
+/* Loads first for both types: the float32 kernels read binary targets as float64. */
 #define FX_T float
 #define FX_S f32
 #define FX_K int32_t
 #define FX_CODE FX_F32
-#include "fx_kernels_t.h"
+#include "fx_load.h"
 #undef FX_T
 #undef FX_S
 #undef FX_K
 #undef FX_CODE
-#endif
 
-#ifndef FX_REPORT_F32_ONLY
 #define FX_T double
 #define FX_S f64
 #define FX_K int64_t
 #define FX_CODE FX_F64
-#include "fx_kernels_t.h"
+#include "fx_load.h"
 #undef FX_T
 #undef FX_S
 #undef FX_K
 #undef FX_CODE
-#endif
 
-#if !defined(FX_REPORT_F32_ONLY) && !defined(FX_REPORT_F64_ONLY)
+#define FX_T float
+#define FX_S f32
+#define FX_K int32_t
+#define FX_CODE FX_F32
+#include "fx_weights.h"
+#include "fx_softmax.h"
+#include "fx_probs.h"
+#include "fx_gather.h"
+#include "fx_binary.h"
+#include "fx_hooks.h"
+#undef FX_T
+#undef FX_S
+#undef FX_K
+#undef FX_CODE
+
+#define FX_T double
+#define FX_S f64
+#define FX_K int64_t
+#define FX_CODE FX_F64
+#include "fx_weights.h"
+#include "fx_softmax.h"
+#include "fx_probs.h"
+#include "fx_gather.h"
+#include "fx_binary.h"
+#include "fx_hooks.h"
+#undef FX_T
+#undef FX_S
+#undef FX_K
+#undef FX_CODE
+
 /* The benchmark's read pass: a float64 sum of float32 data, lane accumulators
  * like the kernels', so it reads memory at the kernels' width. */
 static double read_sum_f32(const float *x, fx_ssize n)
@@ -139,22 +182,7 @@ const fx_table FX_TABLE_NAME = {
     FX_PAIR(probs_row), FX_PAIR(probs_cols),
     FX_PAIR(bce_logits_row), FX_PAIR(bce_logits_cols),
     FX_PAIR(bce_probs_row), FX_PAIR(bce_probs_cols),
+    FX_PAIR(gather),
     vexp_f32, vexp_f64, vlog_f32, vlog_f64,
     read_sum_f32, pairwise_sum_f64,
 };
-#endif
-
-#if defined(FX_REPORT_F32_ONLY) || defined(FX_REPORT_F64_ONLY)
-/* tools/vec_report.py builds one compute type at a time: keep its kernels alive */
-#ifdef FX_REPORT_F32_ONLY
-#define FX_RS(name) name##_f32
-#else
-#define FX_RS(name) name##_f64
-#endif
-void *fx_report_keep[] = {
-    (void *)FX_RS(logits_row), (void *)FX_RS(logits_cols), (void *)FX_RS(probs_row),
-    (void *)FX_RS(probs_cols), (void *)FX_RS(bce_logits_row), (void *)FX_RS(bce_logits_cols),
-    (void *)FX_RS(bce_probs_row), (void *)FX_RS(bce_probs_cols), (void *)FX_RS(vexp),
-    (void *)FX_RS(vlog),
-};
-#endif

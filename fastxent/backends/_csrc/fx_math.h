@@ -83,9 +83,9 @@ FX_INLINE float fx_half_to_f32(uint16_t h)
 
 /* e^r for |r| <= ln2/2: 1 + r + r^2 q(r), degree 6, Horner to the end (max
  * 0.94 ulp with FMA, 1.24 without, over every float in [-87.3, 0]). Six
- * multiply-adds where Estrin took eight (r^2, r^4 and a final add): the exp loops
+ * multiply-adds where Estrin takes eight (r^2, r^4 and a final add): the exp loops
  * are bound by the FMA ports, not by latency (their iterations are independent),
- * so the longer chain costs nothing (AVX2 exp loop ~0.265 vs ~0.29 ns/element). */
+ * so the longer chain costs nothing. */
 FX_INLINE float fx_exp_poly_f32(float r)
 {
     float q = 0x1.6d10fcp-10f * r + 0x1.120b62p-7f;
@@ -98,8 +98,8 @@ FX_INLINE float fx_exp_poly_f32(float r)
 
 /* e^r for |r| <= ln2/2 to degree 5, for the kernels' exps: 1 + r + r^2 q(r), five
  * multiply-adds; fx_exp_neg_f32 with it errs by at most 2.17 ulp over [-87.3, 0]
- * (with FMA; the tests allow 2.5). One multiply-add less than fx_exp_poly_f32: an
- * exp pass is bound by the FMA ports, and the sparse logits kernel ran 5-8% faster. */
+ * (with FMA; the tests allow 2.5). One multiply-add less than fx_exp_poly_f32,
+ * which counts where an exp pass is bound by the FMA ports. */
 FX_INLINE float fx_exp_poly5_f32(float r)
 {
     float q = 0x1.106252p-7f * r + 0x1.572a66p-5f;
@@ -113,13 +113,12 @@ FX_INLINE float fx_exp_poly5_f32(float r)
  * the same five FMA-port operations (and one add), but three of them in a row
  * instead of five. A softmax exp pass is bound by latency, not by the ports: each
  * element's chain (subtract, reduce, polynomial, scale, add into the run's sum)
- * is ~35 cycles long, and the scheduler holds too few elements' operations to
- * cover it. Sparse logits 16,384 x 1,000, paired in one process: 0.91x the time
- * on one thread, 0.90x on two; with the final "+ 1" last in the chain instead
- * (better rounding) no faster than Horner. One rounding more than Horner: at most
- * 2.51 ulp over [-10, 0] (Horner 2.27); fx_exp_neg_f32, whose results are losses
- * themselves, keeps Horner (2.62 ulp with Estrin, over the tests' 2.5). Numba's
- * exp sums measured no gain from it (0.97-1.05x) and keep Horner. */
+ * is some 35 cycles long, and the scheduler holds too few elements' operations
+ * to cover it; a shorter chain lets more elements overlap. (With the final "+ 1"
+ * last in the chain, for better rounding, that gain is lost.) One rounding more
+ * than Horner: at most 2.51 ulp over [-10, 0] (Horner 2.27); fx_exp_neg_f32,
+ * whose results are losses themselves, keeps Horner (2.62 ulp with Estrin, over
+ * the tests' 2.5). */
 FX_INLINE float fx_exp_poly5_short_f32(float r)
 {
     float r2 = r * r;
@@ -176,15 +175,15 @@ FX_INLINE float fx_exp_near_f32(float x)
     return fx_u2f(fx_f2u(p) + (fx_f2u(t) << 23));
 }
 
-FX_INLINE double fx_exp_neg_f64(double x)
+/* e^x = p * 2^n in double: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and
+ * e^r by Taylor to degree 13 (truncation < 5e-18), Estrin. Returns p, n in *ni. */
+FX_INLINE double fx_exp_parts_f64(double x, int64_t *ni)
 {
-    double xc = fx_sel_f64(x < -709.0, -709.0, x);           /* n >= -1023 */
-    double t = xc * 1.4426950408889634074 + 6755399441055744.0;  /* 1.5*2^52 */
+    double t = x * 1.4426950408889634074 + 6755399441055744.0;  /* 1.5*2^52 */
     double n = t - 6755399441055744.0;
-    int64_t ni = (int64_t)(fx_d2u(t) - UINT64_C(0x4338000000000000));
-    double r = xc - n * 6.93145751953125E-1;
+    *ni = (int64_t)(fx_d2u(t) - UINT64_C(0x4338000000000000));
+    double r = x - n * 6.93145751953125E-1;
     r = r - n * 1.42860682030941723212E-6;
-    /* Taylor to degree 13 (truncation < 5e-18 on |r| <= ln2/2), Estrin. */
     double r2 = r * r, r4 = r2 * r2;
     double p23 = 1.0 / 2 + r * (1.0 / 6);
     double p45 = 1.0 / 24 + r * (1.0 / 120);
@@ -197,11 +196,30 @@ FX_INLINE double fx_exp_neg_f64(double x)
     double p811 = p89 + p1011 * r2;
     double p8_13 = p811 + p1213 * r4;
     double hi = p47 + p8_13 * r4;                              /* terms 4.. / r^4 */
-    double p = (p03 + hi * r4) + 1.0;
+    return (p03 + hi * r4) + 1.0;
+}
+
+/* exp for x <= 0 (or NaN) in double, with gradual underflow as libm's exp: below
+ * -708.4 the result is subnormal. 2^n is applied as 2^(n+64) * 2^-64: the first
+ * factor stays normal down to n = -1086 and the product rounds once into the
+ * subnormals (for a normal result both factors scale exactly: the bits of
+ * p * 2^n). x < -746 (and -inf) is clamped to -746, whose exp rounds to 0. */
+FX_INLINE double fx_exp_neg_f64(double x)
+{
+    int64_t ni;
+    double p = fx_exp_parts_f64(fx_sel_f64(x < -746.0, -746.0, x), &ni);
+    return p * fx_u2d((uint64_t)(ni + 1023 + 64) << 52) * 0x1p-64;
+}
+
+/* exp(x) for x in [FX_EXP_NEAR, 0] only (no -inf, no NaN), in double: the exps of a
+ * softmax sum whose block lies near its row max. The results are normal: 2^n
+ * scales directly, without fx_exp_neg_f64's clamp and second factor. */
+FX_INLINE double fx_exp_near_f64(double x)
+{
+    int64_t ni;
+    double p = fx_exp_parts_f64(x, &ni);
     return p * fx_u2d((uint64_t)(ni + 1023) << 52);
 }
-/* float64 sums are not bound by the FMA ports in the same way: the exact one */
-FX_INLINE double fx_exp_near_f64(double x) { return fx_exp_neg_f64(x); }
 
 /* Full-range exp (used by the tests and the "simd exp" hook; the kernels only
  * need fx_exp_neg_*): two-factor scaling keeps subnormal results and overflows to
@@ -362,51 +380,53 @@ FX_INLINE double fx_relu_neg_f64(double x)
     return fx_u2d((uint64_t)(b & (b >> 63)) & UINT64_C(0x7fffffffffffffff));
 }
 
-/* Element loss (1-y)*softplus(x) + pw*y*softplus(-x), from x and its softplus
- * tail l = log1p(exp(-|x|)) (the kernels take exps and tails in passes of their
- * own: see bce_tails): softplus(+-x) = max(+-x, 0) + l. A zero coefficient gives
- * exactly 0 (x = +inf with y = 1 costs 0, not NaN); NaN x gives NaN.
+/* Element loss (1-y)*softplus(x) + pw*y*softplus(-x), from x, its softplus tail
+ * l = log1p(exp(-|x|)) (the kernels take exps and tails in passes of their own:
+ * see bce_tails), the target y and neg = 1 - y (formed in float64 by the caller):
+ * softplus(+-x) = max(+-x, 0) + l. A zero coefficient gives exactly 0 (x = +inf
+ * with y = 1 costs 0, not NaN); NaN x gives NaN.
  * _fin is the same loss for finite x, where every softplus is finite and the
  * selects have nothing to do (a block of finite x skips their six operations).
  * Both end in the same expression neg * sp_pos + pos * sp_neg, which the compiler
  * contracts alike, so an element's bits do not depend on its block's other x. */
 #define FX_DEFINE_BCE_LOGITS(T, SFX, SEL)                                          \
-    FX_INLINE T fx_bce_logits_loss_fin_##SFX(T x, T l, T y, T pw)                  \
+    FX_INLINE T fx_bce_logits_loss_fin_##SFX(T x, T l, T y, T neg, T pw)           \
     {                                                                              \
         T sp_pos = fx_relu_##SFX(x) + l;     /* softplus(x)  */                    \
         T sp_neg = fx_relu_neg_##SFX(x) + l; /* softplus(-x) */                    \
-        T neg = (T)1 - y, pos = pw * y;                                            \
+        T pos = pw * y;                                                            \
         return neg * sp_pos + pos * sp_neg;                                        \
     }                                                                              \
-    FX_INLINE T fx_bce_logits_loss_##SFX(T x, T l, T y, T pw)                      \
+    FX_INLINE T fx_bce_logits_loss_##SFX(T x, T l, T y, T neg, T pw)               \
     {                                                                              \
-        T neg = (T)1 - y, pos = pw * y;                                            \
+        T pos = pw * y;                                                            \
         T sp_pos = SEL(neg != 0, fx_relu_##SFX(x) + l, (T)0);                     \
         T sp_neg = SEL(pos != 0, fx_relu_neg_##SFX(x) + l, (T)0);                 \
         return SEL(x != x, x, neg * sp_pos + pos * sp_neg);                        \
     }                                                                              \
     /* pos_weight 1 (the default): (1-y) softplus(x) + y softplus(-x)              \
-     * = (max(x, 0) - y x) + l, four operations where the general form takes      \
-     * about twelve, and no cancellation for y in [0, 1]: both terms are >= 0.    \
-     * _unit gives the same bits for finite x, the general form's values for      \
-     * infinite and NaN x (x = +inf, y = 1 costs 0). */                           \
-    FX_INLINE T fx_bce_logits_loss_unit_fin_##SFX(T x, T l, T y)                   \
+     * = ((1-y) max(x, 0) + y max(-x, 0)) + l, with 1 - y as given: no            \
+     * cancellation (max(x, 0) - y x would lose 1 - y against y x when y is near  \
+     * 1). One of the two products is 0, so contracting the other into a          \
+     * multiply-add changes no bit. _unit gives the same bits for finite x, the   \
+     * general form's values for infinite and NaN x (x = +inf, y = 1 costs 0). */ \
+    FX_INLINE T fx_bce_logits_loss_unit_fin_##SFX(T x, T l, T y, T neg)            \
     {                                                                              \
-        return (fx_relu_##SFX(x) - y * x) + l;                                     \
+        return (neg * fx_relu_##SFX(x) + y * fx_relu_neg_##SFX(x)) + l;            \
     }                                                                              \
-    FX_INLINE T fx_bce_logits_loss_unit_##SFX(T x, T l, T y)                       \
+    FX_INLINE T fx_bce_logits_loss_unit_##SFX(T x, T l, T y, T neg)                \
     {                                                                              \
-        return SEL(x - x != 0, fx_bce_logits_loss_##SFX(x, l, y, (T)1),            \
-                   fx_bce_logits_loss_unit_fin_##SFX(x, l, y));                    \
+        return SEL(x - x != 0, fx_bce_logits_loss_##SFX(x, l, y, neg, (T)1),       \
+                   fx_bce_logits_loss_unit_fin_##SFX(x, l, y, neg));               \
     }                                                                              \
     /* (1-y)*sigmoid(x) - pw*y*sigmoid(-x), both sigmoids from e. */               \
-    FX_INLINE T fx_bce_logits_grad_e_##SFX(T x, T e, T y, T pw)                    \
+    FX_INLINE T fx_bce_logits_grad_e_##SFX(T x, T e, T y, T neg, T pw)             \
     {                                                                              \
         T inv = (T)1 / ((T)1 + e);           /* sigmoid(|x|)  */                   \
         T sm = e * inv;                      /* sigmoid(-|x|) */                   \
         T sig_pos = SEL(x < 0, sm, inv);     /* sigmoid(x); NaN: e*inv = NaN */     \
         T sig_neg = SEL(x < 0, inv, sm);     /* sigmoid(-x) */                      \
-        return ((T)1 - y) * sig_pos - pw * y * sig_neg;                            \
+        return neg * sig_pos - pw * y * sig_neg;                                   \
     }
 
 FX_DEFINE_BCE_LOGITS(float, f32, fx_sel_f32)

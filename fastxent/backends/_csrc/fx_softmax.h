@@ -1,0 +1,498 @@
+/* Softmax cross-entropy from logits: sparse_from_logits and categorical_from_logits.
+ * Row form (logits_row: class axis at any stride, blocks of FX_BLOCK classes with an
+ * online max) and column form (logits_cols: inner axis contiguous, one lane per row).
+ * A template for one compute type, included by fx_kernels_isa.h once per type with
+ * FX_T (float/double), FX_S (f32/f64), FX_K (int32_t/int64_t: ordering keys) and
+ * FX_CODE (FX_F32/FX_F64) defined; T, FXN(name) (this type's functions: name_f32)
+ * and FXM(name) (fx_math.h helpers) follow from them. */
+
+/* ------------------------------------------------------------------ row reductions */
+
+/* Block max and min, for the exp pass, through integer keys that order like the
+ * floats (fx_key: one key transform and two integer reductions a vector, no float
+ * compare on the FMA ports). A positive NaN's key lies above +inf's and a negative
+ * one's below -inf's, so the block holds a NaN exactly when the max is a NaN or
+ * the min a negative NaN: returns 1 then (the row's loss is NaN), else 0 with the
+ * max and min in *mx, *mn. */
+static int FXN(block_range)(const T *x, fx_ssize n, T *mx, T *mn)
+{
+    FX_K hi = (FX_K)1 << (sizeof(FX_K) * 8 - 1); /* INT_MIN */
+    FX_K lo = ~hi;                                /* INT_MAX */
+    for (fx_ssize c = 0; c < n; c++) {
+        const FX_K key = FXM(fx_key)(x[c]);
+        hi = key > hi ? key : hi;
+        lo = key < lo ? key : lo;
+    }
+    *mx = FXM(fx_unkey)(hi);
+    *mn = FXM(fx_unkey)(lo);
+    return *mx != *mx || *mn != *mn;
+}
+
+#ifdef FX_AVX512_MASKS
+/* First index holding v, or -1. AVX-512: a compare into a mask register tests a
+ * vector (16 float32, 8 float64) and the mask's lowest set bit is the index: per
+ * vector one compare and one test, where the portable version takes an
+ * any-equal and a first-index reduction. */
+static fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
+{
+    for (fx_ssize c = 0; c < n; c += 64 / (fx_ssize)sizeof(T)) {
+        const unsigned hit = FXM(fx_eq_mask)(x + c, v, n - c);
+        if (hit) return c + __builtin_ctz(hit);
+    }
+    return -1;
+}
+#else
+/* Index of the first element equal to v among x[0 .. n) (n < 2^31), or n: the
+ * smallest index of a match, as a min-reduction that vectorises (no early exit;
+ * the 8-element any-equal blocks it replaces stayed scalar compares). */
+static fx_ssize FXN(first_in)(const T *x, fx_ssize n, T v)
+{
+    const FX_K none = (FX_K)n;
+    FX_K best = none;
+    for (FX_K c = 0; c < none; c++) {
+        const FX_K hit = x[c] == v ? c : none;
+        best = hit < best ? hit : best;
+    }
+    return (fx_ssize)best;
+}
+
+/* First index holding v, or -1: whole blocks of 64 are tested with a vectorised
+ * any-equal; the block with the match, or the rest of the row, by first_in. */
+static fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
+{
+    fx_ssize c = 0;
+    for (; c + 64 <= n; c += 64) {
+        int hit = 0;
+        for (int j = 0; j < 64; j++) hit |= x[c + j] == v;
+        if (hit) return c + FXN(first_in)(x + c, 64, v);
+    }
+    const fx_ssize r = FXN(first_in)(x + c, n - c, v);
+    return r < n - c ? c + r : -1;
+}
+#endif
+
+
+#define FX_IOTA8_(b) b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
+#define FX_IOTA32_(b) FX_IOTA8_(b), FX_IOTA8_(b + 8), FX_IOTA8_(b + 16), FX_IOTA8_(b + 24)
+/* 0, 1, ..., FX_RUN - 1 (the index of each element of a run), for masks */
+static const T FXN(run_iota)[FX_RUN] = {
+    FX_IOTA32_(0), FX_IOTA32_(32), FX_IOTA32_(64), FX_IOTA32_(96)
+};
+#undef FX_IOTA8_
+#undef FX_IOTA32_
+
+/* sum_{c in [0, n), c != skip} exp(x_c - m) in float64 (skip: the row's first
+ * argmax when it lies in this block, else -1). Leaving the argmax's exp(0) = 1 out
+ * of the sum keeps R = S - 1 exact when one class dominates; other classes equal
+ * to the max count 1 each, as they should. With e non-NULL also stores every
+ * exp(x_c - m) (the gradient pass reuses them). near: every x_c - m lies in
+ * fx_exp_near's range (no -inf), so the cheaper exp serves. The block holds no
+ * NaN (block_range). pf: the block read next. */
+static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near, T *e, const char *pf)
+{
+    double s1 = 0;
+    if (n <= FX_RUN) {
+        /* short rows: a padded copy keeps every exp in vector steps instead of
+         * scalar tails (the padding is m, in range for fx_exp_near; its exps and
+         * the argmax's are then set to 0); the exps add in T lanes as one run
+         * (FX_RUNSUM) */
+        T xb[FX_RUN + FX_RUNW], eb[FX_RUN + FX_RUNW];
+        const fx_ssize np = (n + FX_RUNW - 1) / FX_RUNW * FX_RUNW;
+        for (fx_ssize c = 0; c < np; c++) xb[c] = c < n ? x[c] : m;
+        if (near)
+            for (fx_ssize c = 0; c < np; c++) eb[c] = FXM(fx_exp_near)(xb[c] - m);
+        else
+            for (fx_ssize c = 0; c < np; c++) eb[c] = FXM(fx_exp_neg)(xb[c] - m);
+        for (fx_ssize c = n; c < np; c++) eb[c] = 0;
+        if (skip >= 0) eb[skip] = 0;
+#define FX_EB(c0, j) eb[(c0) + (j)]
+#define FX_EB_M(c0, j) ((void)skr, eb[(c0) + (j)]) /* nothing masked: skip is -1 */
+        FX_RUNSUM(s1, np, FX_EB, FX_EB_M, -1, FX_NOPRE);
+#undef FX_EB
+#undef FX_EB_M
+        if (e) {
+            for (fx_ssize c = 0; c < n; c++) e[c] = eb[c];
+            if (skip >= 0) e[skip] = (T)1;
+        }
+        return s1;
+    }
+    /* the next block into cache while this one computes, a run's worth (FX_RUN
+     * elements) per run: spread over the pass, the prefetches overlap the exps
+     * and never queue up on the outstanding-miss limit, as all of a row's lines
+     * asked for up front do. Prefetches stay out of the vector loop (they would
+     * stop its vectorisation). */
+#define FX_PF_RUN(c0)                                                              \
+    for (int b_ = 0; b_ < FX_RUN * (int)sizeof(T); b_ += 64)                       \
+        FX_PREFETCH_L2(pf + (c0) * (fx_ssize)sizeof(T) + b_)
+    /* one sweep: the argmax is left out by the masked run (FX_RUNSUM); its stored
+     * exp is exp(0) = 1 either way */
+#define FX_EXP(c0, j) FX_EXPFN(x[(c0) + (j)] - m)
+#define FX_EXP_ST(c0, j) (e[(c0) + (j)] = FX_EXPFN(x[(c0) + (j)] - m))
+#define FX_EXP_IP(c0, j) (e[(c0) + (j)] = FX_EXPFN(e[(c0) + (j)] - m))
+    /* the mask compares a table of indices (a vector load): GCC does not build
+     * the vector {j, j+1, ...} from the scalar index and would leave the run scalar */
+#define FX_EXP_M(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_EXP(c0, j))
+#define FX_EXP_STM(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_EXP_ST(c0, j))
+#define FX_EXP_IPM(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_EXP_IP(c0, j))
+    /* in place (grad_out is x): one pointer, or GCC's overlap check sends the loop
+     * to its scalar version */
+#define FX_EXP_RUNS                                                  \
+    if (e && (const T *)e == x) {                                    \
+        FX_RUNSUM(s1, n, FX_EXP_IP, FX_EXP_IPM, skip, FX_PF_RUN);    \
+    } else if (e) {                                                  \
+        FX_RUNSUM(s1, n, FX_EXP_ST, FX_EXP_STM, skip, FX_PF_RUN);    \
+    } else {                                                         \
+        FX_RUNSUM(s1, n, FX_EXP, FX_EXP_M, skip, FX_PF_RUN);         \
+    }
+    if (near) {
+#define FX_EXPFN FXM(fx_exp_near)
+        FX_EXP_RUNS
+#undef FX_EXPFN
+    } else {
+#define FX_EXPFN FXM(fx_exp_neg)
+        FX_EXP_RUNS
+#undef FX_EXPFN
+    }
+#undef FX_EXP_RUNS
+#undef FX_EXP
+#undef FX_EXP_ST
+#undef FX_EXP_IP
+#undef FX_EXP_M
+#undef FX_EXP_STM
+#undef FX_EXP_IPM
+#undef FX_PF_RUN
+    if (e && skip >= 0) e[skip] = (T)1;
+    return s1;
+}
+
+/* sum_{u_c != 0} u_c (m - x_c): a zero weight contributes exactly 0 even where
+ * x_c = -inf. u == NULL: every u_c = 1. */
+static double FXN(lin_sum)(const T *x, const T *u, fx_ssize n, T m)
+{
+    double s;
+#define FX_LW(c) SEL(u[c] != 0, u[c] * (m - x[c]), (T)0)
+#define FX_L1(c) (m - x[c])
+    if (u) FX_LANESUM(s, n, FX_LW, FX_NOPRE);
+    else FX_LANESUM(s, n, FX_L1, FX_NOPRE);
+#undef FX_LW
+#undef FX_L1
+    return s;
+}
+
+/* sum_{u_c != 0} u_c * inf: the IEEE sum of the weighted (m - x_c) of classes whose
+ * logit is -inf, m finite (+inf, -inf, NaN or 0). */
+static double FXN(inf_sum)(const T *u, fx_ssize n)
+{
+    double s;
+#define FX_UI(c) SEL(u[c] != 0, u[c] * (T)INFINITY, (T)0)
+    FX_LANESUM(s, n, FX_UI, FX_NOPRE);
+#undef FX_UI
+    return s;
+}
+
+static double FXN(sum)(const T *u, fx_ssize n)
+{
+    double s;
+#define FX_U(c) u[c]
+    FX_LANESUM(s, n, FX_U, FX_NOPRE);
+#undef FX_U
+    return s;
+}
+
+/* ------------------------------------------------------------------ softmax rows */
+
+/* Sparse or categorical cross-entropy from logits, one row, one sweep per block:
+ * per block a max pass and an exp pass over data that is in L1; blocks update a
+ * running max (online softmax), so a 128k-class row is read from memory once. */
+static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
+{
+    const fx_ssize C = k->n_c;
+    const char *xrow = k->x.data + o * k->x.so + i * k->x.si;
+    const char *trow = k->dense ? k->t.data + o * k->t.so + i * k->t.si : NULL;
+    char *grow = k->g.data ? k->g.data + o * k->g.so + i * k->g.si : NULL;
+    double *loss = &k->loss[o * k->n_i + i - k->loss_r0];
+    const fx_ssize xs = k->x.sc, gs = k->g.sc;
+    /* where the next row starts (its data is read next) */
+    const char *xnext = fx_next_row(xrow, i, k->n_i, k->x.si, k->x.so);
+    const char *tnext = trow ? fx_next_row(trow, i, k->n_i, k->t.si, k->t.so) : NULL;
+
+    if (!k->dense && y < 0) { /* ignored row */
+        *loss = 0.0;
+        if (grow) FXN(fill)(grow, gs, C, (T)0);
+        return 0;
+    }
+    const FXN(weights) w = FXN(weights_for)(k, y);
+    const int single = C <= FX_BLOCK; /* one block: keep exp(x - m) for the gradient */
+    T xbuf[FX_BLOCK], ubuf[FX_BLOCK], tbuf[FX_BLOCK], ebuf[FX_BLOCK];
+    T *ework = NULL;
+
+    /* the label's own logit, read before anything is written (in-place gradient) */
+    const T xy = k->dense ? (T)0 : FXN(load1)(xrow + y * xs, k->x.dtype);
+
+    T m = (T)-INFINITY;
+    double R = 0, lin = 0, usum = 0;
+    fx_ssize kmax = -1;
+    int bad = 0;
+    for (fx_ssize c0 = 0; c0 < C && !bad; c0 += FX_BLOCK) {
+        const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
+        const T *xv = FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
+        const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
+        T bmax, bmin;
+        if (FXN(block_range)(xv, n, &bmax, &bmin) || bmax == (T)INFINITY) { bad = 1; break; } /* NaN / +inf: NaN row */
+        fx_ssize skip = -1; /* the first argmax, when this block holds it */
+        if (bmax > m) {
+            if (m > (T)-INFINITY) {
+                /* rescale what was summed against the old max; the old argmax,
+                 * left out so far, now counts exp(m - bmax) */
+                R = (R + 1.0) * exp((double)m - (double)bmax);
+                lin += usum * ((double)bmax - (double)m);
+            }
+            m = bmax;
+            skip = FXN(find_first)(xv, n, m);
+            kmax = c0 + skip;
+        }
+        if (m == (T)-INFINITY) { /* everything so far is -inf: a_c (m - x_c) is a_c * inf */
+            usum += w.kind == U_VEC ? FXN(sum)(uv, n) : (w.kind == U_CONST ? (double)w.u0 * (double)n : 0.0);
+            if (w.kind == U_VEC) lin += FXN(inf_sum)(uv, n);
+            else if (w.kind == U_CONST && w.u0 != 0) lin += (double)w.u0 * INFINITY;
+            continue;
+        }
+        /* weighted (m - x) before the exp pass: in place, that pass overwrites x */
+        if (w.kind == U_VEC) {
+            lin += FXN(lin_sum)(xv, uv, n, m);
+            usum += FXN(sum)(uv, n);
+        } else if (w.kind == U_CONST) {
+            lin += (double)w.u0 * FXN(lin_sum)(xv, NULL, n, m);
+            usum += (double)w.u0 * (double)n;
+        }
+        /* the block read next: the rest of this row, or the next row's start */
+        const char *pf = c0 + n < C ? xrow + (c0 + n) * xs : xnext;
+        if (trow && k->t.sc > 0 && k->t.sc <= 8) {
+            /* dense targets: the next block's are asked for too (the exp pass
+             * prefetches only the logits), or u_block waits on memory for them */
+            const char *tn = c0 + n < C ? trow + (c0 + n) * k->t.sc : tnext;
+            for (fx_ssize b = 0; b < n * k->t.sc; b += 64) FX_PREFETCH_L2(tn + b);
+        }
+        const int near = bmin - m >= (T)FX_EXP_NEAR; /* every x - m in fx_exp_near's range */
+        if (grow && single) {
+            ework = FXN(gdst)(grow, gs, ebuf);
+            R += FXN(exp_sum)(xv, n, m, skip, near, ework, pf);
+        } else {
+            R += FXN(exp_sum)(xv, n, m, skip, near, NULL, pf);
+        }
+    }
+
+    const double A = k->dense ? usum : w.A;
+    if (bad) {
+        *loss = NAN;
+        if (grow) FXN(fill)(grow, gs, C, (T)NAN);
+        return 0;
+    }
+    if (m == (T)-INFINITY) { /* every logit -inf: A * inf (0 when A == 0), NaN gradient */
+        *loss = A == 0 ? 0.0 : A * INFINITY;
+        if (grow) FXN(fill)(grow, gs, C, A != 0 ? (T)NAN : (T)0);
+        return 0;
+    }
+    if (w.lab != 0) lin += w.lab * ((double)m - (double)xy);
+    *loss = fx_softmax_row_loss(lin, A, R);
+    if (!grow) return 0;
+
+    /* gradient: gw * (A q_c - a_c), q_c = e_c / S, then exact values at y and k */
+    const double gw = FXN(grad_weight)(k, o, i);
+    const double S = 1.0 + R;
+    const T alpha = (T)(gw * A / S);
+    const T beta = (T)(gw * (double)w.u0);
+    for (fx_ssize c0 = 0; c0 < C; c0 += FX_BLOCK) {
+        const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
+        T *gd = FXN(gdst)(grow + c0 * gs, gs, ebuf);
+        const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
+        if (single) { /* gd (== ework) holds exp(x - m) */
+            if (uv) { const T gwt = (T)gw; for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * gd[c] - gwt * uv[c]; }
+            else for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * gd[c] - beta;
+        } else {
+            const T *xv = FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
+            if (uv) { const T gwt = (T)gw; for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * FXM(fx_exp_neg)(xv[c] - m) - gwt * uv[c]; }
+            else for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * FXM(fx_exp_neg)(xv[c] - m) - beta;
+        }
+        FXN(gflush)(grow + c0 * gs, gs, n, gd);
+    }
+    if (!k->dense && y != kmax) {
+        const double ey = (double)FXM(fx_exp_neg)(xy - m);
+        FXN(store1)(grow + y * gs, gw * (A * ey / S - (w.lab + FXN(u_at)(k, trow, y))));
+    }
+    const double a_k = FXN(u_at)(k, trow, kmax) + (kmax == y && !k->dense ? w.lab : 0.0);
+    FXN(store1)(grow + kmax * gs, gw * fx_softmax_grad_at_max(A, a_k, R, S));
+    return 0;
+}
+
+/* Rows (o, i0 .. i0+n-1) with a contiguous inner axis: one lane per row, the class
+ * loop outside, so every pass is a unit-stride vector loop across rows. */
+static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
+{
+    const fx_ssize C = k->n_c;
+    const char *xo = k->x.data + o * k->x.so + i0 * k->x.si;
+    const char *to = k->dense ? k->t.data + o * k->t.so + i0 * k->t.si : NULL;
+    char *go = k->g.data ? k->g.data + o * k->g.so + i0 * k->g.si : NULL;
+    double loss[FX_LANES];
+    const double per = k->ls_per_c;
+
+    T m[FX_LANES], msafe[FX_LANES], xy[FX_LANES], xbuf[FX_LANES], ubuf[FX_LANES], tbuf[FX_LANES];
+    double R[FX_LANES], lin[FX_LANES], usum[FX_LANES], lab[FX_LANES], A[FX_LANES], gwv[FX_LANES];
+    int32_t nan[FX_LANES], ties[FX_LANES];
+    fx_ssize y[FX_LANES], kmax[FX_LANES];
+
+    for (fx_ssize j = 0; j < n; j++) {
+        m[j] = (T)-INFINITY; nan[j] = 0; kmax[j] = 0; R[j] = 0; lin[j] = 0; usum[j] = 0; ties[j] = 0;
+        y[j] = 0; lab[j] = 0;
+    }
+    if (!k->dense) {
+        for (fx_ssize j = 0; j < n; j++) {
+            const int64_t v = fx_label(k->lab + o * k->lab_so + (i0 + j) * k->lab_si, k->lab_dtype);
+            y[j] = v == k->ignore ? -1 : (fx_ssize)v;
+            if (y[j] >= 0) {
+                lab[j] = (1.0 - k->ls) * k->cw[y[j]];
+                xy[j] = FXN(load1)(xo + y[j] * k->x.sc + j * k->x.si, k->x.dtype);
+            }
+        }
+    }
+    /* Columns that must be copied (a strided lane axis: row-major (N, C) with few
+     * classes; or another dtype) are kept from pass 1 for pass 2 when the tile
+     * fits: the strided copy costs more than the arithmetic of short rows. */
+    T tile[FX_TILE];
+    const int keep_tile = C * n <= FX_TILE;
+#define FX_COLUMN_BUF(c) (keep_tile ? tile + (c) * n : xbuf)
+    /* pass 1: max, NaN, and the first argmax when a gradient is wanted */
+    for (fx_ssize c = 0; c < C; c++) {
+        const T *xv = FXN(load)(xo + c * k->x.sc, k->x.si, k->x.dtype, n, FX_COLUMN_BUF(c));
+        if (go) {
+            for (fx_ssize j = 0; j < n; j++) {
+                T v = xv[j];
+                int gt = v > m[j];
+                m[j] = SEL(gt, v, m[j]);
+                kmax[j] = gt ? c : kmax[j];
+                nan[j] |= v != v;
+            }
+        } else {
+            for (fx_ssize j = 0; j < n; j++) {
+                T v = xv[j];
+                m[j] = SEL(v > m[j], v, m[j]);
+                nan[j] |= v != v;
+            }
+        }
+    }
+    for (fx_ssize j = 0; j < n; j++) {
+        nan[j] |= m[j] == (T)INFINITY;
+        msafe[j] = (m[j] == (T)-INFINITY || nan[j]) ? (T)0 : m[j];
+    }
+    /* pass 2: exp sums, weighted (m - x); with a gradient, the exps are kept for
+     * pass 3: in a tile when it fits (then pass 3 writes the gradient once), else
+     * in the gradient itself (through a buffer where its lane axis is strided) */
+    const int kind = k->dense ? U_VEC : (k->ls == 0 ? U_NONE : U_CONST);
+    T etile[FX_TILE], ebuf[FX_LANES];
+    const int e_in_tile = C * n <= FX_TILE;
+    for (fx_ssize c = 0; c < C; c++) {
+        const char *xc = xo + c * k->x.sc;
+        const T *xv = keep_tile && FXN(load_copies)(xc, k->x.si, k->x.dtype)
+                          ? tile + c * n
+                          : FXN(load)(xc, k->x.si, k->x.dtype, n, xbuf);
+        T *ev = !go ? NULL : e_in_tile ? etile + c * n : FXN(gdst)(go + c * k->g.sc, k->g.si, ebuf);
+        const T *uv = NULL;
+        T uc = kind == U_CONST ? (T)(per * k->cw[c]) : (T)0;
+        if (kind == U_VEC) {
+            const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
+            const T wc = (T)k->cw[c], keep = (T)(1.0 - k->ls), add = (T)per;
+            for (fx_ssize j = 0; j < n; j++) ubuf[j] = FXN(dense_weight)(wc, t[j], keep, add);
+            uv = ubuf;
+        }
+        /* prefetch this class's slice of the next tile: pass 1 of the next task
+         * then reads from cache while this pass computes */
+        if (k->x.si > 0 && k->x.si <= 8)
+            for (fx_ssize off = 0; off < n * k->x.si; off += 64)
+                FX_PREFETCH_L2(xo + c * k->x.sc + n * k->x.si + off);
+        /* weighted (m - x) first: in place, ev is xv */
+        if (kind == U_VEC) {
+            for (fx_ssize j = 0; j < n; j++) {
+                T wj = uv[j];
+                lin[j] += (double)SEL(wj != 0, wj * (msafe[j] - xv[j]), (T)0);
+                usum[j] += (double)wj;
+            }
+        } else if (kind == U_CONST && uc != 0) {
+            for (fx_ssize j = 0; j < n; j++) lin[j] += (double)(uc * (msafe[j] - xv[j]));
+        }
+        if (ev) {
+            for (fx_ssize j = 0; j < n; j++) {
+                T d = xv[j] - msafe[j];
+                T e = FXM(fx_exp_neg)(d);
+                R[j] += (double)SEL(d == 0, (T)0, e);
+                ties[j] += d == 0;
+                ev[j] = e;
+            }
+            if (!e_in_tile) FXN(gflush)(go + c * k->g.sc, k->g.si, n, ev);
+        } else {
+            for (fx_ssize j = 0; j < n; j++) {
+                T d = xv[j] - msafe[j];
+                T e = FXM(fx_exp_neg)(d);
+                R[j] += (double)SEL(d == 0, (T)0, e);
+                ties[j] += d == 0;
+            }
+        }
+    }
+#undef FX_COLUMN_BUF
+    /* R = S - 1 and its log1p for every lane, in one vector loop (a scalar log per
+     * row would cost as much as the rest of a short row); lanes of the special
+     * rows below get values nobody reads */
+    double l1p[FX_LANES];
+    for (fx_ssize j = 0; j < n; j++) {
+        R[j] += (double)(ties[j] - 1);
+        l1p[j] = fx_log1p_unit_f64(R[j]);
+    }
+    /* per row: loss and the gradient's scale */
+    for (fx_ssize j = 0; j < n; j++) {
+        A[j] = k->dense ? usum[j] : (k->ls == 0 ? lab[j] : lab[j] + per * k->cw_sum);
+        gwv[j] = go ? FXN(grad_weight)(k, o, i0 + j) : 0.0;
+        if (!k->dense && y[j] < 0) { loss[j] = 0.0; continue; }
+        if (nan[j]) { loss[j] = NAN; continue; }
+        if (m[j] == (T)-INFINITY) { loss[j] = A[j] == 0 ? 0.0 : A[j] * INFINITY; continue; }
+        double l = lin[j];
+        if (!k->dense && lab[j] != 0) l += lab[j] * ((double)m[j] - (double)xy[j]);
+        loss[j] = l + A[j] * l1p[j]; /* fx_softmax_row_loss, its log1p taken above */
+    }
+    fx_store_losses(&k->loss[o * k->n_i + i0 - k->loss_r0], loss, n, k->stream_loss);
+    if (!go) return -1;
+    /* pass 3: gradient gw (A e / S - u); exact values at y and k; special rows */
+    T alpha[FX_LANES], gwt[FX_LANES], beta[FX_LANES];
+    for (fx_ssize j = 0; j < n; j++) {
+        alpha[j] = (T)(gwv[j] * A[j] / (1.0 + R[j]));
+        gwt[j] = (T)gwv[j];
+    }
+    for (fx_ssize c = 0; c < C; c++) {
+        char *gc = go + c * k->g.sc;
+        const T *ev = e_in_tile ? etile + c * n : FXN(load)(gc, k->g.si, FX_CODE, n, ebuf);
+        T *gd = FXN(gdst)(gc, k->g.si, xbuf);
+        if (kind == U_VEC) {
+            const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
+            const T wc = (T)k->cw[c], keep = (T)(1.0 - k->ls), add = (T)per;
+            for (fx_ssize j = 0; j < n; j++) gd[j] = alpha[j] * ev[j] - gwt[j] * FXN(dense_weight)(wc, t[j], keep, add);
+        } else {
+            const T uc = kind == U_CONST ? (T)(per * k->cw[c]) : (T)0;
+            for (fx_ssize j = 0; j < n; j++) beta[j] = gwt[j] * uc;
+            for (fx_ssize j = 0; j < n; j++) gd[j] = alpha[j] * ev[j] - beta[j];
+        }
+        FXN(gflush)(gc, k->g.si, n, gd);
+    }
+    for (fx_ssize j = 0; j < n; j++) {
+        char *gj = go + j * k->g.si;
+        const char *tj = to ? to + j * k->t.si : NULL;
+        if (!k->dense && y[j] < 0) { FXN(fill)(gj, k->g.sc, C, (T)0); continue; }
+        if (nan[j]) { FXN(fill)(gj, k->g.sc, C, (T)NAN); continue; }
+        if (m[j] == (T)-INFINITY) { FXN(fill)(gj, k->g.sc, C, A[j] != 0 ? (T)NAN : (T)0); continue; }
+        const double S = 1.0 + R[j];
+        if (!k->dense && y[j] != kmax[j]) {
+            const double ey = (double)FXM(fx_exp_neg)(xy[j] - m[j]);
+            FXN(store1)(gj + y[j] * k->g.sc, gwv[j] * (A[j] * ey / S - (lab[j] + FXN(u_at)(k, tj, y[j]))));
+        }
+        const double a_k = FXN(u_at)(k, tj, kmax[j]) + (!k->dense && kmax[j] == y[j] ? lab[j] : 0.0);
+        FXN(store1)(gj + kmax[j] * k->g.sc, gwv[j] * fx_softmax_grad_at_max(A[j], a_k, R[j], S));
+    }
+    return -1;
+}
