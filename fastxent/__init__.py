@@ -13,11 +13,13 @@ from ._classes import BinaryCrossentropy, CategoricalCrossentropy, SparseCategor
 from ._config import config
 from ._dispatch import Plan
 from ._introspect import explain, show_config
+from .linear import linear_cross_entropy
 
 __all__ = [
     "binary_crossentropy",
     "categorical_crossentropy",
     "sparse_categorical_crossentropy",
+    "linear_cross_entropy",
     "BinaryCrossentropy",
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
