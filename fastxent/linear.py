@@ -35,13 +35,17 @@ from . import _reduce
 from ._api import sparse_categorical_crossentropy
 from ._validate import _all_in_range, _check_integral, _first, check_options, coerce_class_weight
 
-#: Default memory budget for one block of logits: 2,048 x 32,000 float32 logits (262 MB)
-#: go through in 16 blocks of 128 rows; 8 rows of a 524,288 vocabulary fill it.
-BLOCK_BYTES = 16 << 20
-#: Fewest rows a block of the whole vocabulary may have: below it (a vocabulary
-#: above 262,144 classes in float32 with the default budget) the vocabulary is cut
-#: into blocks as well, since BLAS products of a handful of rows run slowly.
+#: Default memory budget for one block of logits. Each block's product packs the whole
+#: of ``weight`` again (BLAS copies its operands into its own panel layout), so blocks
+#: of more rows cost less per row: 2,048 x 32,000 float32 logits (250 MiB) go through
+#: in 8 blocks of 256 rows. benchmarks/linear.py --budgets compares budgets.
+BLOCK_BYTES = 32 << 20
+#: Fewest rows a block of the whole vocabulary may have (a float32 vocabulary above
+#: 524,288 classes with the default budget): below it the vocabulary is cut into
+#: blocks as well, and each block of :data:`VOCAB_BLOCK_ROWS` rows goes through the
+#: vocabulary in as many classes as the budget holds.
 MIN_BLOCK_ROWS = 16
+VOCAB_BLOCK_ROWS = 256
 #: Bytes of the scratch receiving a slice of one block's weight gradient before it
 #: is added to ``grad_weight`` (NumPy has no product that accumulates into ``out``).
 ACCUMULATE_BYTES = 4 << 20
@@ -149,10 +153,11 @@ def linear_cross_entropy(
         Also return the gradients of the returned loss (for ``"none"``, of its sum).
     chunk : None, int >= 1, or (rows, classes)
         The block of logits held at once. None: a budget of :data:`BLOCK_BYTES`
-        (16 MiB) of logits, as many whole rows as fit and at least
-        :data:`MIN_BLOCK_ROWS`; when that many rows of the whole vocabulary exceed
-        the budget, the vocabulary is cut into blocks too (an online log-sum-exp over
-        them). An int: that many rows of the whole vocabulary per block. A pair
+        (32 MiB) of logits, as many whole rows as fit; when fewer than
+        :data:`MIN_BLOCK_ROWS` (16) rows of the whole vocabulary fit, blocks of
+        :data:`VOCAB_BLOCK_ROWS` (256) rows and as many classes as fit (an online
+        log-sum-exp over the vocabulary blocks). Larger blocks run faster (the
+        weight is packed for BLAS once per block of rows); smaller ones hold less. An int: that many rows of the whole vocabulary per block. A pair
         ``(rows, classes)``: blocks of that many rows and classes (vocabulary-blocked
         whenever ``classes < V``).
     backend : {"auto", "numpy", "numba", "cython"}
@@ -348,10 +353,10 @@ def block_shape(n_rows: int, vocab: int, itemsize: int, chunk, smoothing: bool, 
     """``(rows, classes)`` of one block of logits.
 
     Without ``chunk``: as many whole rows as ``budget`` (default :data:`BLOCK_BYTES`,
-    read at each call) holds, spread evenly over
-    the blocks; fewer than :data:`MIN_BLOCK_ROWS` (and fewer than the batch) cuts
-    the vocabulary as well. Vocabulary blocks with label smoothing keep a float64
-    scratch of their size, which the budget counts.
+    read at each call) holds, spread evenly over the blocks. When that is fewer than
+    :data:`MIN_BLOCK_ROWS` (and fewer than the batch), blocks of
+    :data:`VOCAB_BLOCK_ROWS` rows and as many classes as fit. Vocabulary blocks with
+    label smoothing keep a float64 scratch of their size, which the budget counts.
     """
     if isinstance(chunk, (int, np.integer)):
         chunk = (chunk,)
@@ -364,7 +369,7 @@ def block_shape(n_rows: int, vocab: int, itemsize: int, chunk, smoothing: bool, 
     if rows >= min(n, MIN_BLOCK_ROWS):
         blocks = -(-n // max(1, rows))
         return -(-n // blocks), vocab
-    rows = min(n, MIN_BLOCK_ROWS)
+    rows = min(n, VOCAB_BLOCK_ROWS)
     per_element = itemsize + (8 if smoothing else 0)
     return rows, max(1, min(vocab, budget // (rows * per_element)))
 
