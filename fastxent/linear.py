@@ -37,9 +37,12 @@ from ._validate import _all_in_range, _check_integral, _first, check_options, co
 
 #: Default memory budget for one block of logits. Each block's product packs the whole
 #: of ``weight`` again (BLAS copies its operands into its own panel layout), so blocks
-#: of more rows cost less per row: 2,048 x 32,000 float32 logits (250 MiB) go through
-#: in 8 blocks of 256 rows. benchmarks/linear.py --budgets compares budgets.
-BLOCK_BYTES = 32 << 20
+#: of more rows cost less per row; and OpenBLAS runs the gradient's ``G @ weight``
+#: (a contraction over the vocabulary) many times slower on 2 threads than on 1 when
+#: a block has 256 rows or fewer, on a machine whose cores are shared. 2,048 x 32,000
+#: float32 logits (250 MiB) go through in 6 blocks of 342 rows.
+#: ``benchmarks/linear.py --budgets`` compares budgets.
+BLOCK_BYTES = 48 << 20
 #: Fewest rows a block of the whole vocabulary may have (a float32 vocabulary above
 #: 524,288 classes with the default budget): below it the vocabulary is cut into
 #: blocks as well, and each block of :data:`VOCAB_BLOCK_ROWS` rows goes through the
@@ -48,7 +51,7 @@ MIN_BLOCK_ROWS = 16
 VOCAB_BLOCK_ROWS = 256
 #: Bytes of the scratch receiving a slice of one block's weight gradient before it
 #: is added to ``grad_weight`` (NumPy has no product that accumulates into ``out``).
-ACCUMULATE_BYTES = 4 << 20
+ACCUMULATE_BYTES = 8 << 20
 
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
@@ -153,7 +156,7 @@ def linear_cross_entropy(
         Also return the gradients of the returned loss (for ``"none"``, of its sum).
     chunk : None, int >= 1, or (rows, classes)
         The block of logits held at once. None: a budget of :data:`BLOCK_BYTES`
-        (32 MiB) of logits, as many whole rows as fit; when fewer than
+        (48 MiB) of logits, as many whole rows as fit; when fewer than
         :data:`MIN_BLOCK_ROWS` (16) rows of the whole vocabulary fit, blocks of
         :data:`VOCAB_BLOCK_ROWS` (256) rows and as many classes as fit (an online
         log-sum-exp over the vocabulary blocks). Larger blocks run faster (the

@@ -225,9 +225,9 @@ def test_float16_and_bfloat16_compute_in_float32(rng):
 
 def test_default_budget_blocks_rows_then_the_vocabulary():
     f32 = 4
-    assert linear.block_shape(2048, 32_000, f32, None, False) == (256, 32_000)  # 8 blocks of 32 MB
+    assert linear.block_shape(2048, 32_000, f32, None, False) == (342, 32_000)  # 6 even blocks
     assert linear.block_shape(2048, 32_000, f32, None, False, budget=16 << 20) == (128, 32_000)
-    assert linear.block_shape(2000, 32_000, f32, None, False) == (250, 32_000)  # 8 even blocks
+    assert linear.block_shape(2048, 32_000, f32, None, False, budget=64 << 20) == (512, 32_000)
     assert linear.block_shape(10, 32_000, f32, None, False) == (10, 32_000)  # fewer rows than a block
     rows, cols = linear.block_shape(2048, 1_000_000, f32, None, False)  # 16 rows would be 64 MB
     assert rows == linear.VOCAB_BLOCK_ROWS and cols * rows * f32 <= linear.BLOCK_BYTES and cols < 1_000_000
