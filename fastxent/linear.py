@@ -33,6 +33,7 @@ import numpy as np
 
 from . import _reduce
 from ._api import sparse_categorical_crossentropy
+from ._introspect import explain
 from ._validate import _all_in_range, _check_integral, _first, check_options, coerce_class_weight
 
 #: Default memory budget for one block of logits. Each block's product packs the whole
@@ -243,6 +244,7 @@ def build_linear_problem(
     w = _blas_ready(w.astype(dtype, copy=False))
     if b is not None:
         b = b.astype(dtype, copy=False)
+    _check_backend_runs(backend, threads, dtype, vocab, labels.dtype, return_grad)
     return LinearProblem(
         hidden=h, weight=w, bias=b, labels=labels,
         valid=None if ignore is None else labels != ignore,
@@ -250,6 +252,15 @@ def build_linear_problem(
         reduction=red, return_grad=return_grad, block=block, backend=backend, threads=threads,
         dtype=dtype, sample_shape=sample_shape, hidden_shape=hidden_shape,
     )  # fmt: skip
+
+
+def _check_backend_runs(backend, threads, dtype, vocab, label_dtype, return_grad) -> None:
+    """Raise the RuntimeError a block's kernel call would raise (a forced backend that
+    cannot run, here or through ``fastxent.config`` or ``FASTXENT_BACKEND``) before
+    any block is computed: plan one row of logits."""
+    row = np.broadcast_to(np.zeros((), dtype), (1, vocab))
+    explain(sparse_categorical_crossentropy, np.zeros(1, label_dtype), row, from_logits=True,
+            return_grad=return_grad, backend=backend, threads=threads)  # fmt: skip
 
 
 def _check_ignore_index(ignore_index):

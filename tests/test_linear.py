@@ -518,6 +518,20 @@ def test_bad_input_raises_before_any_work(monkeypatch, exc, parts, args, kwargs)
         lce(*args, **kwargs)
 
 
+def test_a_backend_that_cannot_run_raises_before_any_work(monkeypatch):
+    from fastxent import backends
+
+    def no_work(*_):
+        raise AssertionError("ran before the backend was checked")
+
+    monkeypatch.setattr(linear, "run", no_work)
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name: f"{name} is not built here")
+    with raises(RuntimeError, "cython", "not built"):
+        lce(Y, H, W, backend="cython")
+    with fastxent.config(backend="numba"), raises(RuntimeError, "numba", "not built"):
+        lce(Y, H, W)
+
+
 def test_good_inputs_of_the_bad_input_table_run():
     """The table's base call is valid: each case fails for its own reason only."""
     loss = lce(Y, H, W, B, class_weight=np.ones(5), sample_weight=np.ones(3), chunk=(2, 3))
