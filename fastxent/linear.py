@@ -13,8 +13,9 @@ buffer is reused. Nothing is computed twice.
 When even a few rows of the whole vocabulary exceed the memory budget, the
 vocabulary is cut into blocks too: a first pass keeps a running maximum and sum of
 exponentials per row (an online log-sum-exp, the label's logit picked up in its
-block), and a second pass forms each block's gradient from them. That path does
-its arithmetic in NumPy here rather than in a kernel, since a kernel sees one
+block), and a second pass forms each block's logits again and its gradient from
+them (the one product computed twice, and only with ``return_grad``). That path
+does its arithmetic in NumPy here rather than in a kernel, since a kernel sees one
 whole row at a time.
 
 Where each computation lives, so options that change the per-row math slot in:
@@ -26,7 +27,6 @@ option the kernel takes goes into ``_Blocks.kernel_options``), and
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +45,10 @@ from ._validate import _all_in_range, _check_integral, _first, check_options, co
 #: ``benchmarks/linear.py --budgets`` compares budgets.
 BLOCK_BYTES = 48 << 20
 #: Fewest rows a block of the whole vocabulary may have (a float32 vocabulary above
-#: 524,288 classes with the default budget): below it the vocabulary is cut into
+#: 786,432 classes with the default budget): below it the vocabulary is cut into
 #: blocks as well, and each block of :data:`VOCAB_BLOCK_ROWS` rows goes through the
-#: vocabulary in as many classes as the budget holds.
+#: vocabulary in as many classes as the budget holds (more rows per block: the
+#: weight is packed fewer times).
 MIN_BLOCK_ROWS = 16
 VOCAB_BLOCK_ROWS = 256
 #: Bytes of the scratch receiving a slice of one block's weight gradient before it
