@@ -15,11 +15,13 @@ from ._dispatch import Plan
 from ._introspect import explain, show_config
 from ._metrics import Metrics, sparse_metrics
 from ._validate import ProbabilitiesAsLogitsWarning
+from .linear import linear_cross_entropy
 
 __all__ = [
     "binary_crossentropy",
     "categorical_crossentropy",
     "sparse_categorical_crossentropy",
+    "linear_cross_entropy",
     "BinaryCrossentropy",
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
