@@ -120,10 +120,12 @@ _choices: dict[tuple, tuple[str, int]] = {}
 _MAX_CHOICES = 4096
 
 
-def _signature(backend, threads, kind, from_logits, label_smoothing, return_grad, shape, dtype) -> tuple:
+def _signature(backend, threads, kind, from_logits, label_smoothing, return_grad, shape, dtype, extras) -> tuple:
     """The memo key of a call: everything the decision reads (the call's options,
-    ``config()`` blocks, the environment and OpenMP limit as one int)."""
-    return (backend, threads, settings_key(), kind, from_logits, label_smoothing == 0, return_grad, shape, dtype)
+    ``config()`` blocks, the environment and OpenMP limit as one int). The compiled
+    call (``_fastcall.pyx``) builds the same tuple for plain calls."""
+    return (backend, threads, settings_key(), kind, from_logits, label_smoothing == 0, return_grad, shape, dtype,
+            extras)  # fmt: skip
 
 
 def choose(problem) -> tuple[str, int]:
@@ -137,7 +139,8 @@ def choose(problem) -> tuple[str, int]:
     :func:`forget_choices`.
     """
     key = _signature(problem.backend, problem.threads, problem.kind, problem.from_logits,
-                     problem.label_smoothing, problem.return_grad, problem.x.shape, problem.x.dtype)
+                     problem.label_smoothing, problem.return_grad, problem.x.shape, problem.x.dtype,
+                     problem.row_extras)  # fmt: skip
     choice = _choices.get(key)
     if choice is None:
         plan = make_plan(problem)

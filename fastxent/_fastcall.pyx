@@ -63,7 +63,7 @@ cdef int _planned_threads(object backend, object threads, object from_logits, ob
     for the calls that reach here (exact bools, label smoothing 0, a C-ordered 2-D
     y_pred seen as (n, c, 1))."""
     key = (backend, threads, settings_key(_backend_var, _threads_var), "sparse", from_logits, True,
-           return_grad, (n, c, 1), (<object>x).dtype)
+           return_grad, (n, c, 1), (<object>x).dtype, False)
     choice = _choices.get(key)
     if choice is None or choice[0] != "cython":
         return 0

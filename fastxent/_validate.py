@@ -304,18 +304,19 @@ def _class_axis(a: np.ndarray, axis, kind: str) -> int:
 
 def warn_if_probabilities(x3: np.ndarray) -> None:
     """Warn when ``from_logits=True`` logits look like probabilities (see
-    :class:`ProbabilitiesAsLogitsWarning`): only the first :data:`HINT_ROWS` rows
-    are read, so a call pays microseconds for the hint."""
+    :class:`ProbabilitiesAsLogitsWarning`): up to the first :data:`HINT_ROWS` rows are
+    read, row by row, without a temporary; real logits usually stop at the first row's
+    negative values."""
     o, c, i = x3.shape
-    if c < 2 or o * i == 0:
+    if c < 2:
         return
-    rows = x3[0, :, :HINT_ROWS] if i > 1 else x3[:HINT_ROWS, :, 0].T  # (C, rows)
-    rows = rows.astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        if not ((rows >= 0) & (rows <= 1)).all():
-            return
-        if not (np.abs(rows.sum(axis=0) - 1.0) <= 1e-3).all():
-            return
+    for r in range(min(HINT_ROWS, o * i)):
+        row = x3[r // i, :, r % i]
+        with np.errstate(invalid="ignore"):
+            if not (row.min() >= 0 and row.max() <= 1 and abs(row.sum(dtype=np.float64) - 1.0) <= 1e-3):
+                return
+    if o * i == 0:
+        return
     warnings.warn(
         "y_pred: from_logits=True, but its first rows look like probabilities (values in [0, 1] "
         "summing to 1). If y_pred holds probabilities, pass from_logits=False",
@@ -535,9 +536,10 @@ def check_grad_out(grad_out, y_pred: np.ndarray, dtype: np.dtype, callers: tuple
         raise TypeError(f"grad_out: expected a NumPy array, got {type(grad_out).__name__}")
     if grad_out.shape != y_pred.shape:
         raise ValueError(f"grad_out: expected y_pred's shape {y_pred.shape}, got shape {grad_out.shape}")
-    if grad_out.dtype != dtype:
+    if grad_out.dtype != dtype and not (_is_bfloat16(y_pred.dtype) and grad_out.dtype == y_pred.dtype):
+        also = " or bfloat16" if _is_bfloat16(y_pred.dtype) else ""
         raise ValueError(
-            f"grad_out: expected dtype {dtype} (the gradient's dtype for {y_pred.dtype} y_pred), "
+            f"grad_out: expected dtype {dtype}{also} (the gradient's dtype for {y_pred.dtype} y_pred), "
             f"got dtype {grad_out.dtype}"
         )
     if not grad_out.flags.writeable:

@@ -491,7 +491,7 @@ BAD_INPUTS = [
     (ValueError, ["reduction", "'mean'", "'avg'"], (Y, H, W), {"reduction": "avg"}),
     (TypeError, ["return_grad", "True or False", "1"], (Y, H, W), {"return_grad": 1}),
     (ValueError, ["backend", "'cython'", "'gpu'"], (Y, H, W), {"backend": "gpu"}),
-    (ValueError, ["threads", ">= 1", "0"], (Y, H, W), {"threads": 0}),
+    (ValueError, ["threads", "[1, 4096]", "0"], (Y, H, W), {"threads": 0}),
     (TypeError, ["ignore_index", "an int", "1.5"], (Y, H, W), {"ignore_index": 1.5}),
     (ValueError, ["ignore_index", "2**63", str(2**64)], (Y, H, W), {"ignore_index": 2**64}),
     (ValueError, ["chunk", "int >= 1", "0"], (Y, H, W), {"chunk": 0}),

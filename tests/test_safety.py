@@ -147,6 +147,108 @@ def test_infinite_sample_weight_multiplies_as_given(backend):
     assert np.isnan(exact_zero[0])  # inf * 0
 
 
+# --------------------------------------------------------------------------- kernels: every backend alike
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_soft_target_near_one_is_exact(backend, dtype):
+    # (1 - y) * x for y = 1 - 1e-9 and x = 1e4: 1e-5 (a float32 target rounds y to 1: 0)
+    loss = call(BIN, np.array([1 - 1e-9]), np.array([1e4], dtype), from_logits=True, backend=backend)
+    np.testing.assert_allclose(float(loss), 1e-5, rtol=1e-6)
+    loss = call(BIN, np.array([1.0]), np.array([1e4], dtype), from_logits=True, label_smoothing=1e-9,
+                backend=backend)
+    np.testing.assert_allclose(float(loss), 0.5e-9 * 1e4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_binary_soft_target_from_a_teacher_keeps_its_digits(backend, from_logits):
+    y = np.array([1 - 1e-6, 1e-6, 0.3])
+    p = np.array([0.999, 0.001, 0.4], np.float32)
+    pc = p.astype(np.float64)
+    one_minus = (np.float32(1) - p).astype(np.float64)  # 1 - p formed in the compute dtype
+    if from_logits:
+        z = np.log(pc / one_minus).astype(np.float32)
+        zz = z.astype(np.float64)
+        expected = (1 - y) * zz + np.log1p(np.exp(-zz))
+        got = call(BIN, y, z, from_logits=True, reduction="none", axis=None, backend=backend)
+    else:
+        expected = -(y * np.log(pc) + (1 - y) * np.log(one_minus))
+        got = call(BIN, y, p, reduction="none", axis=None, backend=backend)
+    np.testing.assert_allclose(got, expected, rtol=2e-6)
+
+
+@pytest.mark.parametrize("weight", [np.inf, np.nan, 1e308])
+@pytest.mark.parametrize("kind", ["sparse", "categorical"])
+@pytest.mark.parametrize("reduction", ["mean", "weighted_mean", "none"])
+def test_weight_of_an_absent_class_does_not_matter(backend, weight, kind, reduction):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    labels = np.array([0, 1, 0, 1, 1, 0])  # class 2 never occurs
+    y = labels if kind == "sparse" else np.eye(3)[labels]
+    fn = SPARSE if kind == "sparse" else CAT
+    kw = dict(from_logits=True, reduction=reduction, return_grad=True, backend=backend)
+    loss, grad = call(fn, y, x, class_weight=[1.0, 2.0, weight], **kw)
+    ref_loss, ref_grad = call(fn, y, x, class_weight=[1.0, 2.0, 1.0], **kw)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight", [np.inf, np.nan])
+def test_weight_of_an_absent_class_from_probabilities(backend, weight):
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    labels = np.array([0, 1])
+    for fn, y in ((SPARSE, labels), (CAT, np.eye(3)[labels])):
+        got = call(fn, y, p, class_weight=[1.0, 1.0, weight], reduction="weighted_mean", backend=backend)
+        np.testing.assert_allclose(float(got), -(np.log(0.7) + np.log(0.8)) / 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_same_loss_bits_with_and_without_gradient(backend, from_logits):
+    rng = np.random.default_rng(3)
+    x = rng.random((257, 5)).astype(np.float32)
+    x = np.log(x / (1 - x)) if from_logits else x
+    y = rng.random((257, 5))
+    kw = dict(from_logits=from_logits, pos_weight=[0.5, 1.0, 2.0, 3.0, 1.5], label_smoothing=0.05,
+              sample_weight=rng.random(257), reduction="none", backend=backend)
+    plain = call(BIN, y, x, **kw)
+    with_grad, _ = call(BIN, y, x, return_grad=True, **kw)
+    np.testing.assert_array_equal(plain.view(np.uint32), with_grad.view(np.uint32))
+
+
+def test_every_class_masked_with_a_negative_weight(backend):
+    x = np.array([[-np.inf, -np.inf, -np.inf], [-np.inf, -np.inf, -np.inf], [-np.inf] * 3])
+    loss, grad = call(SPARSE, np.array([0, 1, 2]), x, from_logits=True, class_weight=[-1.0, 2.0, 0.0],
+                      reduction="none", return_grad=True, backend=backend)
+    assert loss[0] == -np.inf and loss[1] == np.inf and loss[2] == 0
+    assert np.isnan(grad[:2]).all() and (grad[2] == 0).all()
+
+
+def test_float64_losses_keep_gradual_underflow(backend):
+    got = call(BIN, np.array([1.0]), np.array([745.0]), from_logits=True, reduction="none", backend=backend)
+    assert got[0] == np.log1p(np.exp(-745.0)) and got[0] > 0  # 5e-324
+    got = call(SPARSE, np.array([0]), np.array([[0.0, -740.0]]), from_logits=True, reduction="none",
+               backend=backend)
+    np.testing.assert_allclose(got[0], np.exp(-740.0), rtol=1e-6)  # a subnormal
+    assert got[0] > 0
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("targets, hint", [([-1.0, 1.0], r"\(y_true \+ 1\) / 2"), ([0, 255], "y_true / 255"),
+                                           ([0.5, 1.5], "y_true / 255")])
+def test_binary_targets_outside_unit_interval_are_refused(backend, from_logits, targets, hint):
+    x = np.array([0.2, 0.9], np.float32)
+    y = np.array(targets, dtype=np.float32 if isinstance(targets[0], float) else np.int64)
+    with pytest.raises(ValueError, match=f"y_true: expected binary targets in \\[0, 1\\].*{hint}"):
+        call(BIN, y, x, from_logits=from_logits, backend=backend)
+    big = np.tile(x, 20000)
+    big_y = np.tile(y, 20000)
+    _raises_untouched(call, [big], "binary targets", BIN, big_y, big, from_logits=from_logits,
+                      return_grad=True, grad_out=big, backend=backend)
+
+
+def test_binary_float32_targets_outside_with_huge_logits_are_refused(backend):
+    with pytest.raises(ValueError, match="binary targets"):
+        call(BIN, np.array([2.0], np.float32), np.array([3e38], np.float32), from_logits=True, backend=backend)
+
+
 # --------------------------------------------------------------------------- clear errors
 
 

@@ -25,14 +25,18 @@ def forked_child() -> bool:
     return _forked
 
 
-#: y_pred dtypes the compiled kernels read (float16 is computed in float32).
+#: y_pred dtypes the compiled kernels read by default (float16 is computed in float32);
+#: a backend passes its own tuple to :func:`compiled_dtype_reason`.
 COMPILED_X_DTYPES = ("float16", "float32", "float64")
 
 
-def compiled_dtype_reason(problem, backend_label: str) -> str | None:
-    """Why a compiled backend cannot read ``problem``'s y_pred dtype, or None."""
-    if problem.x.dtype.name not in COMPILED_X_DTYPES or not problem.x.dtype.isnative:
-        return f"y_pred dtype {problem.x.dtype} (the {backend_label} kernels read float16, float32 and float64)"
+def compiled_dtype_reason(problem, backend_label: str, dtypes: tuple = COMPILED_X_DTYPES) -> str | None:
+    """Why a compiled backend that reads ``dtypes`` cannot read ``problem``'s y_pred
+    (and gradient buffer), or None."""
+    if problem.x.dtype.name not in dtypes or not problem.x.dtype.isnative:
+        return f"y_pred dtype {problem.x.dtype} (the {backend_label} kernels read {', '.join(dtypes)})"
+    if problem.grad_out is not None and problem.grad_out.dtype.name not in ("float32", "float64", *dtypes):
+        return f"grad_out dtype {problem.grad_out.dtype} (the {backend_label} kernels write float32 and float64)"
     return None
 
 

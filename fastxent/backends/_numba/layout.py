@@ -150,8 +150,10 @@ def _int64(value) -> int:
 
 
 def _compute_weights(x, class_weight):
-    """class_weight in the compute dtype, for the element loops (O(C))."""
-    return _small_input(class_weight, np.float64 if x.dtype == np.float64 else np.float32)
+    """class_weight in the compute dtype, for the element loops (O(C)); a weight
+    float32 cannot hold becomes inf there (a class no target uses adds 0 anyway)."""
+    with np.errstate(over="ignore"):
+        return _small_input(class_weight, np.float64 if x.dtype == np.float64 else np.float32)
 
 
 def _bounds(x, epsilon):
