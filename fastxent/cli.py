@@ -266,7 +266,8 @@ def _cli_message(exc: Exception, args) -> str:
 
 
 class _progress_bar:
-    """A ``progress(done, total)`` callback drawing a bar on stderr (rich if installed)."""
+    """A ``progress(done, total, note=None)`` callback drawing a bar on stderr (rich if
+    installed); ``note`` says what the evaluation is doing (e.g. compiling a kernel)."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -282,16 +283,20 @@ class _progress_bar:
                                        TransferSpeedColumn)  # fmt: skip
         except ImportError:
             return self._plain
-        columns = (TextColumn("eval"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn())  # fmt: skip
         self._bar = Progress(*columns, console=Console(stderr=True), transient=True)
         self._bar.start()
         self._task = self._bar.add_task("eval", total=None)
         return self._rich
 
-    def _rich(self, done: int, total: int) -> None:
-        self._bar.update(self._task, completed=done, total=total)
+    def _rich(self, done: int, total: int, note: str | None = None) -> None:
+        self._bar.update(self._task, completed=done, total=total, description=note or "eval")
 
-    def _plain(self, done: int, total: int) -> None:
+    def _plain(self, done: int, total: int, note: str | None = None) -> None:
+        if note:
+            print(f"\reval: {note}", file=sys.stderr, flush=True)
+            return
         now = time.monotonic()
         if done < total and now - self._last < 0.2:
             return

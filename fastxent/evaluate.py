@@ -42,7 +42,9 @@ import numpy as np
 from . import _api, _reduce
 from ._dispatch import Plan, make_plan
 from ._validate import REDUCTIONS, Problem, build_problem
+from ._execute import kernel_calls
 from ._metrics import probability_ranks
+from .backends import numba_backend
 from .backends.numpy_backend import BLOCK_ELEMENTS
 
 KINDS = ("binary", "categorical", "sparse")
@@ -337,6 +339,7 @@ class EvalResult:
     plan: Plan  # the whole call's plan (each chunk runs its backend)
     out: str | None = None  # the per-sample losses' file, for reduction="none"
     metrics: dict | None = None  # with metrics=: name -> value (loss, accuracy, topK, perplexity)
+    compile_seconds: float = 0.0  # a JIT backend's first compilation, outside ``seconds``
 
     @property
     def throughput(self) -> float:
@@ -362,6 +365,7 @@ class EvalResult:
                      "threads": self.plan.threads, "reason": self.plan.reason},  # fmt: skip
             "out": self.out,
             "metrics": self.metrics,
+            "compile_seconds": self.compile_seconds,
         }
 
     def __str__(self) -> str:
@@ -372,6 +376,8 @@ class EvalResult:
             f"({self.throughput:.2f} GB/s), {self.chunks} chunk(s), "
             f"{self.plan.backend}.{self.plan.kernel} with {self.plan.threads} thread(s)"
         )
+        if self.compile_seconds:
+            text += f" (plus {self.compile_seconds:.1f} s compiling or loading the Numba kernel)"
         if self.metrics:
             text += "\n" + ", ".join(f"{k} {v:.6g}" for k, v in self.metrics.items())
         return text
@@ -426,7 +432,9 @@ def evaluate_files(
         With ``reduction="none"`` (only then, and then required): where to write the
         per-sample losses, as a ``.npy`` file written chunk by chunk.
     progress : callable, optional
-        Called as ``progress(done_bytes, total_bytes)`` after each chunk.
+        Called as ``progress(done_bytes, total_bytes)`` before the first chunk and after
+        each one, and as ``progress(0, total_bytes, note)`` when a JIT backend compiles
+        its kernel first (that time is left out of ``seconds`` and the throughput).
     metrics : sequence of str, optional
         Sparse only: any of ``"loss"``, ``"accuracy"``, ``"topK"`` (e.g. ``"top5"``) and
         ``"perplexity"``, computed in the same pass (see ``fastxent.sparse_metrics``)
@@ -593,6 +601,9 @@ class _Stream:
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastxent-prefetch") if self.whole_rows else None
         try:
             readers = {name: _Reader(f) for name, f in self.files.items()}
+            if progress is not None:
+                progress(0, total)
+            compile_seconds = self._compile(readers, total, progress)
             if out is not None:
                 writer = _NpyWriter(out, self.problem.layout.sample_shape, self.problem.result_dtype)
             for start in range(0, self.length, self.chunk_size):
@@ -652,9 +663,37 @@ class _Stream:
         return EvalResult(
             loss=value, kind=self.kind, from_logits=self.problem.from_logits, reduction=self.reduction,
             rows=rows, valid_rows=count if writer is None else rows, bytes=total,
-            seconds=time.perf_counter() - t0, chunks=chunks, chunk_size=self.chunk_size, memory=self.budget,
+            seconds=time.perf_counter() - t0 - compile_seconds, compile_seconds=compile_seconds, chunks=chunks, chunk_size=self.chunk_size, memory=self.budget,
             plan=self.plan, out=None if writer is None else os.fspath(out), metrics=found,
         )  # fmt: skip
+
+    def _compile(self, readers: dict, total: int, progress) -> float:
+        """Run a JIT backend's kernel once on the first indices (up to a block of rows:
+        a one-row call may take another of its paths), so that compiling it is said
+        (``progress`` note, and the library's log) and timed on its own: seconds."""
+        if self.plan.backend != "numba" or self.length == 0:
+            return 0.0
+        stop = max(1, min(self.chunk_size, _reduce.BLOCK_ROWS // max(1, self.rows_per_index)))
+        maps = [reader.map(0, stop) for reader in readers.values()]
+        problem = None
+        try:
+            problem = self._chunk_problem(dict(zip(readers, (a for _, a in maps))), 0, stop)
+            hint = numba_backend.compiling_hint(kernel_calls(problem, "numba"))
+            if hint is None:
+                return 0.0
+            if progress is not None:
+                progress(0, total, hint)
+            start = time.perf_counter()
+            _api.row_outputs(problem)  # (a bad value raises again, with its position, in the loop)
+            return time.perf_counter() - start
+        except ValueError:
+            return 0.0
+        finally:
+            del problem
+            mms = [mm for mm, _ in maps]
+            del maps
+            for mm in mms:
+                _unmap(mm)
 
     def _offsets(self, start: int) -> tuple:
         """Where a chunk starts, in y_pred's indices and in the per-sample indices."""

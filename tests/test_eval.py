@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from fastxent import _reduce
 from fastxent.cli import main
 from fastxent.evaluate import evaluate_files, parse_memory
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 3 * _reduce.BLOCK_ROWS + 777  # not a whole number of blocks
 C = 7
 #: Budgets giving chunks of a few hundred rows (not whole blocks), about a block, and one chunk.
@@ -417,3 +419,24 @@ def test_peak_memory_of_a_large_file_stays_within_the_budget(tmp_path, source, r
     finally:
         for path in tmp_path.iterdir():
             path.unlink()
+
+
+def test_a_first_numba_call_says_so_and_stays_out_of_the_throughput(files, tmp_path):
+    pytest.importorskip("numba")
+    paths, _ = files
+    code = (
+        "import json, sys\n"
+        "from fastxent.evaluate import evaluate_files\n"
+        "notes = []\n"
+        "r = evaluate_files('sparse', sys.argv[1], sys.argv[2], from_logits=True, ignore_index=-100,\n"
+        "                   backend='numba', progress=lambda done, total, note=None: notes.append(note))\n"
+        "print(json.dumps({'notes': [n for n in notes if n], 'compile': r.compile_seconds, 'seconds': r.seconds}))\n"
+    )
+    env = dict(os.environ, FASTXENT_CACHE_DIR=str(tmp_path / "cache"))
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code, paths["labels"], paths["logits"]], env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert len(result["notes"]) == 1 and "numba" in result["notes"][0] and "compil" in result["notes"][0]
+    assert result["compile"] > result["seconds"] > 0  # compiling is not counted as reading
