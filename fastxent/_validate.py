@@ -328,8 +328,11 @@ def warn_if_probabilities(x3: np.ndarray) -> None:
 # --------------------------------------------------------------------------- targets
 
 
-def coerce_labels(y_true, x: np.ndarray, axis: int, n_classes: int, ignore_index) -> np.ndarray:
-    """Integer labels shaped like ``y_pred`` without its class axis, range-checked."""
+def coerce_labels(y_true, x: np.ndarray, axis: int, n_classes: int, ignore_index, source: str | None = None,
+                  classes: str | None = None) -> np.ndarray:  # fmt: skip
+    """Integer labels shaped like ``y_pred`` without its class axis, range-checked.
+    ``source`` and ``classes`` say, in messages, where the expected shape and the
+    class count come from (``y_pred``'s shape and class axis, unless given)."""
     labels = as_array(y_true, "y_true")
     dt = labels.dtype
     if dt.kind == "b":
@@ -343,20 +346,21 @@ def coerce_labels(y_true, x: np.ndarray, axis: int, n_classes: int, ignore_index
         if labels.shape == with_unit:  # Keras' trailing (..., 1) label axis
             labels = labels.reshape(expected)
         else:
+            source = source or f"y_pred's shape {x.shape} without its class axis {axis}"
             raise ValueError(
-                f"y_true: expected labels of shape {expected} (y_pred's shape {x.shape} "
-                f"without its class axis {axis}), got shape {labels.shape}{_label_shape_hint(labels, x)}"
+                f"y_true: expected labels of shape {expected} ({source}), got shape {labels.shape}"
+                f"{_label_shape_hint(labels, x)}"
             )
 
     if dt.kind == "f":
         _check_integral(labels)
         too_big = np.abs(labels) >= _FLOAT_LABEL_LIMIT  # int64 cannot hold them: never valid
         if too_big.any():
-            _label_range_error(labels, _first(too_big), n_classes, ignore_index, axis)
+            _label_range_error(labels, _first(too_big), n_classes, ignore_index, axis, classes)
         labels = labels.astype(np.int64)  # exact; compared with ignore_index as ints below
     elif not dt.isnative:
         labels = labels.astype(dt.newbyteorder("="))
-    _check_label_range(labels, n_classes, ignore_index, axis)
+    _check_label_range(labels, n_classes, ignore_index, axis, classes)
     return labels
 
 
@@ -381,7 +385,7 @@ def _check_integral(labels: np.ndarray) -> None:
         )
 
 
-def _check_label_range(labels: np.ndarray, n_classes: int, ignore_index, axis: int) -> None:
+def _check_label_range(labels: np.ndarray, n_classes: int, ignore_index, axis: int, classes=None) -> None:
     """Every (integer) label in [0, n_classes) or equal to ``ignore_index``."""
     if labels.size == 0 or _all_in_range(labels, n_classes):
         return
@@ -389,17 +393,15 @@ def _check_label_range(labels: np.ndarray, n_classes: int, ignore_index, axis: i
     if ignore_index is not None:
         bad &= labels != ignore_index
     if bad.any():
-        _label_range_error(labels, _first(bad), n_classes, ignore_index, axis)
+        _label_range_error(labels, _first(bad), n_classes, ignore_index, axis, classes)
 
 
-def _label_range_error(labels: np.ndarray, pos: tuple, n_classes: int, ignore_index, axis: int):
+def _label_range_error(labels: np.ndarray, pos: tuple, n_classes: int, ignore_index, axis: int, classes=None):
     allowed = f"[0, {n_classes})"
     if ignore_index is not None:
         allowed += f" or ignore_index={ignore_index}"
-    raise ValueError(
-        f"y_true: expected labels in {allowed} ({n_classes} classes along y_pred's axis {axis}), "
-        f"got {labels[pos]} at position {pos}"
-    )
+    classes = classes or f"{n_classes} classes along y_pred's axis {axis}"
+    raise ValueError(f"y_true: expected labels in {allowed} ({classes}), got {labels[pos]} at position {pos}")
 
 
 def _all_in_range(labels: np.ndarray, n_classes: int) -> bool:
@@ -503,8 +505,9 @@ def coerce_pos_weight(pos_weight, layout: RowLayout) -> np.ndarray | None:
     return np.broadcast_to(w[None, :] if layout.virtual else w[:, None], (c, i))
 
 
-def coerce_sample_weight(sample_weight, layout: RowLayout):
-    """A float scalar, or the ``(O, I)`` row grid of weights in float64."""
+def coerce_sample_weight(sample_weight, layout: RowLayout, source: str = "y_pred's shape without its class axis"):
+    """A float scalar, or the ``(O, I)`` row grid of weights in float64 (``source``:
+    where the per-sample shape comes from, in messages)."""
     if sample_weight is None:
         return None
     w = _float_weights("sample_weight", sample_weight)
@@ -517,7 +520,7 @@ def coerce_sample_weight(sample_weight, layout: RowLayout):
         else:
             raise ValueError(
                 f"sample_weight: expected a scalar or one weight per sample, shape {shape} "
-                f"(y_pred's shape without its class axis), got shape {w.shape}"
+                f"({source}), got shape {w.shape}"
             )
     return layout.view2(w)
 

@@ -34,7 +34,9 @@ import numpy as np
 from . import _reduce
 from ._api import sparse_categorical_crossentropy
 from ._introspect import explain
-from ._validate import _all_in_range, _check_integral, _first, check_options, coerce_class_weight
+from ._layout import class_axis_layout
+from ._validate import (as_array, check_ignore_index, check_options, coerce_class_weight, coerce_labels,
+                        coerce_sample_weight)
 
 #: Default memory budget for one block of logits. Each block's product packs the whole
 #: of ``weight`` again (BLAS copies its operands into its own panel layout), so blocks
@@ -55,7 +57,6 @@ VOCAB_BLOCK_ROWS = 256
 #: is added to ``grad_weight`` (NumPy has no product that accumulates into ``out``).
 ACCUMULATE_BYTES = 8 << 20
 
-_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 @dataclass
@@ -210,7 +211,7 @@ def build_linear_problem(
         from_logits=True, label_smoothing=label_smoothing, reduction=reduction, epsilon=0.1,
         return_grad=return_grad, backend=backend, threads=threads,
     )  # fmt: skip
-    ignore = _check_ignore_index(ignore_index)
+    ignore = check_ignore_index(ignore_index)
 
     h = _float_array("hidden", hidden)
     if h.ndim < 2:
@@ -233,9 +234,14 @@ def build_linear_problem(
             raise ValueError(f"bias: expected shape ({vocab},) (one per row of weight), got shape {b.shape}")
 
     sample_shape = h.shape[:-1]
-    labels = _coerce_labels(y_true, sample_shape, h.shape, vocab, ignore)
+    # the checks of the sparse loss, on a stand-in for the logits (no memory)
+    logits = np.broadcast_to(np.zeros((), h.dtype), sample_shape + (vocab,))
+    source = f"hidden's shape {h.shape} without its last axis"
+    labels = coerce_labels(y_true, logits, logits.ndim - 1, vocab, ignore, source=source,
+                           classes=f"weight has {vocab} rows, one per class").reshape(-1)
     cw = coerce_class_weight(class_weight, vocab)
-    sw = _coerce_sample_weight(sample_weight, sample_shape)
+    sw = coerce_sample_weight(sample_weight, class_axis_layout(logits, logits.ndim - 1), source=source)
+    sw = sw.reshape(-1) if isinstance(sw, np.ndarray) else sw
     dtype = np.dtype(np.float64) if h.dtype == np.float64 else np.dtype(np.float32)
     n_rows = labels.size
     block = block_shape(n_rows, vocab, dtype.itemsize, _check_chunk(chunk), ls > 0)
@@ -264,19 +270,9 @@ def _check_backend_runs(backend, threads, dtype, vocab, label_dtype, return_grad
             return_grad=return_grad, backend=backend, threads=threads)  # fmt: skip
 
 
-def _check_ignore_index(ignore_index):
-    if ignore_index is None:
-        return None
-    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
-        raise TypeError(f"ignore_index: expected None or an int, got {ignore_index!r}")
-    if not _INT64[0] <= int(ignore_index) <= _INT64[1]:
-        raise ValueError(f"ignore_index: expected an int in [-2**63, 2**63), got {ignore_index!r}")
-    return int(ignore_index)
-
-
 def _float_array(name: str, value) -> np.ndarray:
     """A float16/32/64 or bfloat16 array in native byte order (no copy when it is one)."""
-    a = value if isinstance(value, np.ndarray) else np.asarray(value)
+    a = as_array(value, name)
     dt = a.dtype
     if dt.kind == "f" and dt.itemsize <= 8 and not dt.isnative:
         return a.astype(dt.newbyteorder("="))  # byte-swapped: one converting copy
@@ -290,63 +286,6 @@ def _blas_ready(a: np.ndarray) -> np.ndarray:
     if a.flags.c_contiguous or a.flags.f_contiguous:
         return a
     return np.ascontiguousarray(a)
-
-
-def _coerce_labels(y_true, sample_shape: tuple, hidden_shape: tuple, vocab: int, ignore) -> np.ndarray:
-    """Integer labels as a flat ``(N,)`` array, range-checked against the vocabulary."""
-    labels = y_true if isinstance(y_true, np.ndarray) else np.asarray(y_true)
-    dt = labels.dtype
-    if dt.kind == "b":
-        labels = labels.view(np.uint8)
-    elif dt.kind not in "iuf":
-        raise TypeError(f"y_true: expected integer class labels, got dtype {dt}")
-    if labels.shape != sample_shape:
-        if labels.shape == sample_shape + (1,):  # Keras' trailing (..., 1) label axis
-            labels = labels.reshape(sample_shape)
-        else:
-            raise ValueError(
-                f"y_true: expected labels of shape {sample_shape} (hidden's shape {hidden_shape} "
-                f"without its last axis), got shape {labels.shape}"
-            )
-    if dt.kind == "f":
-        _check_integral(labels)
-    if labels.size and not _all_in_range(labels, vocab):
-        bad = (labels < 0) | (labels >= vocab)
-        if ignore is not None:
-            bad &= labels != ignore
-        if bad.any():
-            pos = _first(bad)
-            allowed = f"[0, {vocab})" + ("" if ignore is None else f" or ignore_index={ignore}")
-            raise ValueError(
-                f"y_true: expected labels in {allowed} (weight has {vocab} rows, one per class), "
-                f"got {labels[pos]} at position {pos}"
-            )
-    if dt.kind == "f":
-        labels = labels.astype(np.int64)
-    elif not labels.dtype.isnative:
-        labels = labels.astype(labels.dtype.newbyteorder("="))
-    return labels.reshape(-1)
-
-
-def _coerce_sample_weight(sample_weight, sample_shape: tuple):
-    """None, a float, or the ``(N,)`` float64 weights."""
-    if sample_weight is None:
-        return None
-    w = np.asarray(sample_weight)
-    if w.dtype.kind not in "fiub" or w.dtype.itemsize > 8:
-        raise TypeError(f"sample_weight: expected numbers, got dtype {w.dtype}")
-    w = w.astype(np.float64, copy=False)
-    if w.ndim == 0:
-        return float(w)
-    if w.shape != sample_shape:
-        if w.shape == sample_shape + (1,):
-            w = w.reshape(sample_shape)
-        else:
-            raise ValueError(
-                f"sample_weight: expected a scalar or one weight per row, shape {sample_shape} "
-                f"(hidden's shape without its last axis), got shape {w.shape}"
-            )
-    return w.reshape(-1)
 
 
 def _check_chunk(chunk):

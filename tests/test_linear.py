@@ -493,7 +493,7 @@ BAD_INPUTS = [
     (ValueError, ["backend", "'cython'", "'gpu'"], (Y, H, W), {"backend": "gpu"}),
     (ValueError, ["threads", "[1, 4096]", "0"], (Y, H, W), {"threads": 0}),
     (TypeError, ["ignore_index", "an int", "1.5"], (Y, H, W), {"ignore_index": 1.5}),
-    (ValueError, ["ignore_index", "2**63", str(2**64)], (Y, H, W), {"ignore_index": 2**64}),
+    (ValueError, ["ignore_index", "2**64", str(2**64)], (Y, H, W), {"ignore_index": 2**64}),
     (ValueError, ["chunk", "int >= 1", "0"], (Y, H, W), {"chunk": 0}),
     (ValueError, ["chunk", "(rows, classes)", "(4, -1)"], (Y, H, W), {"chunk": (4, -1)}),
     (TypeError, ["chunk", "int >= 1", "2.5"], (Y, H, W), {"chunk": 2.5}),
