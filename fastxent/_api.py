@@ -1,8 +1,9 @@
 """The three public losses and the pipeline they share.
 
-validate (``_validate``) -> plan (``_dispatch``) -> kernel (``backends``) -> reduce
-(``_reduce``). Formulas and options are documented in the README and in
-``backends/KERNELS.md``.
+validate (``_validate``) -> plan (``_dispatch``) -> kernel arguments and run
+(``_execute``) -> kernel (``backends``) -> reduce (``_reduce``). A plain sparse call
+whose signature is already planned runs the same plan compiled (``_fastcall.pyx``).
+Formulas and options are documented in the README and in ``backends/KERNELS.md``.
 """
 
 from __future__ import annotations
