@@ -32,6 +32,8 @@ def config_from_args(args) -> BenchConfig:
 
 
 def run(args) -> int:
+    if args.llm:
+        return run_llm(args)
     config = config_from_args(args)
     args.out.mkdir(parents=True, exist_ok=True)
     results = _with_progress(config)
@@ -50,6 +52,35 @@ def run(args) -> int:
         except ImportError:
             print("(no plot: matplotlib is not installed; pip install 'fastxent[bench]')", file=sys.stderr)
     print("wrote " + ", ".join(written))
+    return 0
+
+
+def run_llm(args) -> int:
+    """``fastxent bench --llm``: the language-model scenario (see ``_bench_llm``)."""
+    try:
+        import ml_dtypes  # noqa: F401 (the scenario's logits are stored in bfloat16)
+    except ImportError:
+        print("fastxent bench --llm: error: needs ml_dtypes for bfloat16 (pip install 'fastxent[bench]')",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    from ._bench_llm import DEFAULT, QUICK, LlmConfig, plot as plot_llm, render, run_llm as measure, write_json as dump
+
+    sizes = QUICK if args.quick else DEFAULT
+    config = LlmConfig(tokens=args.tokens or sizes["tokens"], hidden=args.hidden or sizes["hidden"],
+                       vocab=args.vocab or sizes["vocab"], repeats=args.repeats or (3 if args.quick else 5),
+                       threads=args.threads)  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = measure(config, progress=_plain_progress)
+    print(render(results, config))
+    written = [args.out / "llm.json"]
+    dump(results, config, written[0])
+    if not args.no_plot:
+        try:
+            plot_llm(results, config, args.out / "llm.png")
+            written.append(args.out / "llm.png")
+        except ImportError:
+            print("(no plot: matplotlib is not installed; pip install 'fastxent[bench]')", file=sys.stderr)
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 

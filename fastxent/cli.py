@@ -67,9 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of numpy,numba,cython (fastxent backends), plain-numpy, torch "
         "(default: all available)",
     )
-    bench.add_argument("--repeats", type=_positive_int, help="timed repeats per measurement (median; default 7, quick 3)")
+    bench.add_argument("--repeats", type=_positive_int,
+                       help="timed repeats per measurement, at least (median; default 9, quick 5)")  # fmt: skip
     bench.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default bench-results)")
     bench.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    bench.add_argument("--llm", action="store_true",
+                       help="a language model's loss instead: bfloat16 logits from disk, materialised logits, "
+                            "fused linear + loss, torch (time and peak memory)")  # fmt: skip
+    bench.add_argument("--tokens", type=_positive_int, help="--llm: hidden states (default 2048; quick 1024)")
+    bench.add_argument("--hidden", type=_positive_int, help="--llm: their width (default 256; quick 128)")
+    bench.add_argument("--vocab", type=_positive_int, help="--llm: vocabulary size (default 32000; quick 8192)")
     _add_eval(commands)
     cal = commands.add_parser(
         "calibrate",

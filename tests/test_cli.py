@@ -91,3 +91,21 @@ def test_a_ratio_is_flagged_when_the_spread_exceeds_the_difference():
     assert bench.noisy(fast, slow)  # spread 0.6 > difference 0.2
     steady = bench.Measurement("x", "sparse-logits", 10, 10, 1.0, 0, q1_seconds=0.99, q3_seconds=1.01)
     assert not bench.noisy(steady, slow)
+
+
+def test_bench_llm_writes_table_json_and_plot(tmp_path, capsys):
+    pytest.importorskip("ml_dtypes")
+    pytest.importorskip("matplotlib")
+    code = main(["bench", "--llm", "--tokens", "96", "--hidden", "8", "--vocab", "700", "--repeats", "1",
+                 "--out", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "bf16 logits from disk" in out and "fused linear + loss" in out
+    payload = json.loads((tmp_path / "llm.json").read_text())
+    names = {(r["name"], r["gradient"]) for r in payload["results"]}
+    assert {("materialised logits", True), ("fused linear + loss", True), ("bf16 logits from disk", False)} <= names
+    losses = [r["loss"] for r in payload["results"] if not r["name"].startswith("bf16")]
+    assert max(losses) - min(losses) < 1e-4 * max(losses)  # every way computes the same loss
+    fused = next(r for r in payload["results"] if r["name"] == "fused linear + loss" and not r["gradient"])
+    assert fused["peak_bytes"] >= 0 and payload["machine"]["threads"] >= 1
+    assert (tmp_path / "llm.png").stat().st_size > 5_000

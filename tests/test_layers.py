@@ -36,6 +36,7 @@ LAYERS = [
     ["_classes", "_introspect", "_metrics", "keras", "torch"],
     ["evaluate", "linear"],
     ["dask", "_measure", "bench"],
+    ["_bench_llm"],
     ["_bench_cli"],
     ["cli"],
     ["__main__", ""],
