@@ -113,8 +113,6 @@ def _version_reason() -> str | None:
 
 
 def unsupported_reason(problem) -> str | None:
-    if problem.row_extras:
-        return "z_loss, logit_softcap, return_lse and label ranks run on the numpy backend in this version"
     return compiled_dtype_reason(problem, "Numba")
 
 

@@ -4,6 +4,7 @@ Importing this package imports numba; :mod:`..numba_backend` imports it on first
 use only. One file per kernel family, the same stems as the C backend's:
 
 * :mod:`.softmax` -- ``sparse_from_logits``, ``categorical_from_logits``
+* :mod:`.softmax_extras` -- ``sparse_from_logits`` with z_loss, softcap, lse_out, rank_out
 * :mod:`.probs` -- ``categorical_from_probs``, ``sparse_from_probs`` with label smoothing
 * :mod:`.gather` -- ``sparse_from_probs`` without label smoothing (one read per row)
 * :mod:`.binary` -- ``binary_from_logits``, ``binary_from_probs``

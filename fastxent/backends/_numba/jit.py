@@ -61,6 +61,8 @@ def describe(fn, sig) -> str:
         parts.append("gradient in place")
     if isinstance(args.get("layout"), types.NoneType):
         parts.append("any strides")
+    if "z_loss" in args:  # (softmax_extras)
+        parts.append("z_loss, lse, ranks" + ("" if isinstance(args["cap"], types.NoneType) else ", softcap"))
     path = fn.__name__.rsplit("_", 1)[-1] + (", serial" if fn.__qualname__.endswith("_serial") else "")
     return f"{_KERNEL_OF.get(fn.__name__, fn.__name__)} ({path}) for {', '.join(parts)}"
 

@@ -516,15 +516,24 @@ def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, glayout, bloc
 
 def _prepare_sparse_from_logits(x, labels, class_weight, label_smoothing, ignore_index,
                                 grad_weight, loss_out, grad_out, threads=1):  # fmt: skip
-    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out), threads=threads)
-    labels, grad_weight, loss_out = p.flat
+    p, args, _ = _sparse_logits_arguments(x, labels, class_weight, label_smoothing, ignore_index,
+                                          grad_weight, loss_out, grad_out, threads)  # fmt: skip
+    return p.driver(_sparse_logits_rows, _sparse_logits_cols), (*args, p.last)
+
+
+def _sparse_logits_arguments(x, labels, class_weight, label_smoothing, ignore_index,
+                             grad_weight, loss_out, grad_out, threads, outs=()):  # fmt: skip
+    """(layout, the sparse softmax drivers' arguments up to glayout, ``outs``): ``outs``
+    are more (O, I) outputs, flattened with the per-row arrays when C == 1 is."""
+    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out, *outs), threads=threads)
+    labels, grad_weight, loss_out, *outs = p.flat
     labels, grad_weight = _small_input(labels, np.int64), _small_input(grad_weight, np.float64)
     class_weight = _small_input(class_weight, np.float64)
     ls = float(label_smoothing)
     w_sum = float(class_weight.sum()) if ls else 0.0
-    return p.driver(_sparse_logits_rows, _sparse_logits_cols), (
+    return p, (
         p.x, labels, class_weight, _compute_weights(x, class_weight) if ls else _zero_weights(x, x.shape[1]), w_sum, 1.0 - ls, ls / x.shape[1],
-        _int64(ignore_index), grad_weight, loss_out, p.g, p.glayout, p.last)  # fmt: skip
+        _int64(ignore_index), grad_weight, loss_out, p.g, p.glayout), outs  # fmt: skip
 
 
 def _prepare_categorical_from_logits(x, targets, class_weight, label_smoothing, grad_weight, loss_out, grad_out, threads=1):
