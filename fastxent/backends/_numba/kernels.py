@@ -1,11 +1,12 @@
 """The kernel table of KERNELS.md on top of the family drivers, and how they run.
 
 ``KERNELS`` maps each kernel name to a thin Python wrapper that prepares the
-driver's arguments (``_PREPARE``: the layout path, float16 as records, the small
-inputs in one type each), runs the driver with ``threads`` threads, one call at a
-time, serially in a forked child (``_run``), and, in block-sums mode, sums per-row
-losses afterwards where the driver cannot (``_prepared``). ``is_ready`` and
-``compiling_hint`` tell, without running anything, whether calls would compile.
+driver's arguments (``_PREPARE``: the layout path, float16 and bfloat16 as
+records, the small inputs in one type each), runs the driver with ``threads``
+threads, one call at a time, serially in a forked child (``_run``), and, in
+block-sums mode, sums per-row losses afterwards where the driver cannot
+(``_prepared``). ``is_ready`` and ``compiling_hint`` tell, without running
+anything, whether calls would compile.
 """
 
 from __future__ import annotations

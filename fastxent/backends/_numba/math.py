@@ -15,21 +15,28 @@ from llvmlite import binding as llvm_binding
 from numba import njit, types
 from numba.extending import overload
 
-from .intrinsics import (_exponent, _half_to_float, _mantissa, _maxnum, _minnum, _pow2_from_bits, _scale_pow2,
-                         _times_pow2_bits)
+from .intrinsics import (_bfloat16_to_float, _exponent, _half_to_float, _mantissa, _maxnum, _minnum, _pow2_from_bits,
+                         _scale_pow2, _times_pow2_bits)
 from .jit import _OPTS, _POLY_OPTS, _helper
 
 
 def _x_value(v):
-    """An element of x in the compute dtype (float32 for float16/float32)."""
+    """An element of x in the compute dtype (float32 for float16, bfloat16, float32)."""
 
 
 @overload(_x_value, jit_options=_OPTS)
 def _x_value_ol(v):
-    if isinstance(v, types.Record):  # float16 passed as a record view of its bits
+    if _is_bfloat16(v):  # bfloat16 and float16 come as record views of their bits
+        return lambda v: _bfloat16_to_float(v.bf16)
+    if isinstance(v, types.Record):
         return lambda v: _half_to_float(v.bits)
     if isinstance(v, types.Float):
         return lambda v: v
+
+
+def _is_bfloat16(ty) -> bool:
+    """Whether a numba type is a bfloat16 element (layout._BF16): typing time only."""
+    return isinstance(ty, types.Record) and "bf16" in ty.fields
 
 
 def _compute_scalar(x, v):
@@ -373,10 +380,10 @@ def _as(v, like):
 @overload(_as, jit_options=_OPTS)
 def _as_ol(v, like):
     single = like == types.float32
-    if isinstance(v, types.Record):  # float16 bits
+    if isinstance(v, types.Record):  # float16 or bfloat16 bits
         if single:
-            return lambda v, like: _half_to_float(v.bits)
-        return lambda v, like: np.float64(_half_to_float(v.bits))
+            return lambda v, like: _x_value(v)
+        return lambda v, like: np.float64(_x_value(v))
     if isinstance(v, types.Boolean):
         if single:
             return lambda v, like: _F32_ONE if v else _F32_ZERO

@@ -32,8 +32,8 @@ from .schedule import _block, _claim, _claims, _next_item
 from .softmax import (_CHUNK, _cols_exp_sum, _cols_gap_sum, _cols_max, _cols_softmax_grad, _finite, _grad_coefs,
                       _label_gap, _rows_follow, _softmax_loss, _softmax_row, _softmax_row_grad, _sparse_logits_arguments,
                       _special_grad)
-from .views import (_col_view_c, _compute_empty, _compute_zeros, _exps_store, _fill, _fill_col, _grad_array, _grad_rview, _put, _put3,
-                    _rview)
+from .views import (_col_view_c, _compute_empty, _compute_zeros, _exps_store, _fill, _fill_col, _grad_array,
+                    _grad_rview, _keeps_exps, _put, _put3, _rview, _set, _set3)
 
 # --------------------------------------------------------------------------- softcap, by the type of ``cap``
 
@@ -122,7 +122,7 @@ def _uncap_row_ol(gr, zr, zs, cap):
     def uncap(gr, zr, zs, cap):
         d = zs[1]
         for c in range(gr.shape[0]):
-            gr[c] = zr[c] * d[c]
+            _set(gr, c, zr[c] * d[c])
     return uncap
 
 
@@ -186,7 +186,7 @@ def _uncap_cols_ol(ga, o, i0, nb, zs, cap):
         z3, d3 = zs
         for c in range(ga.shape[1]):
             for j in range(nb):
-                ga[o, c, i0 + j] = z3[0, c, j] * d3[0, c, j]
+                _set3(ga, o, c, i0 + j, z3[0, c, j] * d3[0, c, j])
     return uncap
 
 
@@ -299,7 +299,7 @@ def _sparse_logits_extras_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, 
                 if want_rank:  # (before an in-place gradient overwrites the row)
                     rank[o, i] = _row_rank(zr, k) if valid else -1
                 x_y = _x_value(zr[k])
-                stored = zg is not None and zlayout is not None and n_c <= _CHUNK
+                stored = zg is not None and zlayout is not None and n_c <= _CHUNK and _keeps_exps(zgr)
                 if stored:
                     m, rest, gap, _, near = _softmax_row(zr, None, w, keep, ls_c, dense, _exps_store(zgr, zg), ahead)
                 else:
