@@ -112,10 +112,12 @@ def _version_reason() -> str | None:
     return None
 
 
+#: y_pred dtypes the kernels read (float16 and bfloat16 widened to float32 as they read).
+_X_DTYPES = ("float16", "float32", "float64", "bfloat16")
+
+
 def unsupported_reason(problem) -> str | None:
-    if problem.row_extras:
-        return "z_loss, logit_softcap, return_lse and label ranks run on the numpy backend in this version"
-    return compiled_dtype_reason(problem, "Numba")
+    return compiled_dtype_reason(problem, "Numba", _X_DTYPES)
 
 
 def is_ready(calls) -> bool:

@@ -4,6 +4,7 @@ Importing this package imports numba; :mod:`..numba_backend` imports it on first
 use only. One file per kernel family, the same stems as the C backend's:
 
 * :mod:`.softmax` -- ``sparse_from_logits``, ``categorical_from_logits``
+* :mod:`.softmax_extras` -- ``sparse_from_logits`` with z_loss, softcap, lse_out, rank_out
 * :mod:`.probs` -- ``categorical_from_probs``, ``sparse_from_probs`` with label smoothing
 * :mod:`.gather` -- ``sparse_from_probs`` without label smoothing (one read per row)
 * :mod:`.binary` -- ``binary_from_logits``, ``binary_from_probs``
@@ -19,8 +20,10 @@ Each kernel's Python wrapper picks a path by layout: ``rows`` (class stride ==
 itemsize for x, targets and grad_out: each row is a contiguous vector), ``cols``
 (inner stride == itemsize: a block of adjacent rows is processed as vectors across
 rows, e.g. (1, C, N) or (N, C, H*W)), or ``generic`` (any strides, row by row).
-float16 arrays reach the kernels as a one-field record view, widened with
-``vcvtph2ps``.
+float16 and bfloat16 (ml_dtypes) arrays reach the kernels as one-field record
+views of their bits (no copy), widened to float32 as they are read (``vcvtph2ps``;
+bfloat16 by a 16-bit shift); a bfloat16 gradient buffer is written rounded to
+nearest even.
 
 Design rules: every transcendental is a polynomial of :mod:`.math` so that LLVM
 vectorises the loops that call it; sums over a row are float64; one helper per

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .intrinsics import _acc, _half_to_float, _imax, _key
+from .intrinsics import _acc, _imax, _key
 from .jit import _OPTS, _POLY_OPTS, _driver, _helper
 from .layout import _bounds, _Layout, _small_input
 from .math import (_as, _at, _clip, _compute_scalar, _exp_neg, _inf_like, _log, _log1p_unit, _one_like, _sigmoids,
@@ -19,7 +19,7 @@ from .ranges import _count_out_of_range, _first_bad_in_block, _lower, _out_of_ra
 from .schedule import _block, _claim, _claims, _next_item
 from .sums import _BLOCK, _flush, _leaf128, _store_leaf_tree, _store_losses, _whole_leaves
 from .views import (_col_view_c, _compute_empty, _compute_zeros, _grad_cview, _grad_rview, _part, _pw_col, _pw_row,
-                    _rview)
+                    _rview, _set)
 
 
 def _bad_target(t):
@@ -34,7 +34,7 @@ def _bad_target_ol(t):
     if isinstance(t, types.Integer) and not t.signed:
         return lambda t: t > 1
     if isinstance(t, types.Record):  # float16 bits
-        return lambda t: _out_of_range(_half_to_float(t.bits))
+        return lambda t: _out_of_range(_x_value(t))
     return lambda t: (t < 0) | (t > 1)
 
 
@@ -160,7 +160,7 @@ def _bce_logits_grad_row(xr, g, o, i, layout, tr, pwr, keep, half_ls, scale):
     for c in range(xr.shape[0]):
         v = _x_value(xr[c])
         y, neg = _smoothed(tr[c], keep, half_ls, v)
-        gr[c] = scale * _bce_logit_grad(v, y, neg, _as(_at(pwr, c), v))
+        _set(gr, c, scale * _bce_logit_grad(v, y, neg, _as(_at(pwr, c), v)))
 
 
 @_helper
@@ -191,7 +191,7 @@ def _bce_probs_grad_row(xr, g, o, i, layout, tr, pwr, keep, half_ls, lo, hi, sca
     for c in range(xr.shape[0]):
         p = _x_value(xr[c])
         y, neg = _smoothed(tr[c], keep, half_ls, p)
-        gr[c] = scale * _bce_prob_grad(p, y, neg, _as(_at(pwr, c), p), lo, hi)
+        _set(gr, c, scale * _bce_prob_grad(p, y, neg, _as(_at(pwr, c), p), lo, hi))
 
 
 @_helper
@@ -326,7 +326,7 @@ def _cols_bce_logits_grad(x, g, glayout, t, pw, o, i0, keep, half_ls, gw):
         for j in range(nb):
             v = _x_value(xv[j])
             y, neg = _smoothed(tv[j], keep, half_ls, v)
-            gv[j] = gw[j] * _bce_logit_grad(v, y, neg, _as(_at(pwv, j), v))
+            _set(gv, j, gw[j] * _bce_logit_grad(v, y, neg, _as(_at(pwv, j), v)))
 
 
 @_helper
@@ -358,7 +358,7 @@ def _cols_bce_probs_grad(x, g, glayout, t, pw, o, i0, keep, half_ls, lo, hi, gw)
         for j in range(nb):
             p = _x_value(xv[j])
             y, neg = _smoothed(tv[j], keep, half_ls, p)
-            gv[j] = gw[j] * _bce_prob_grad(p, y, neg, _as(_at(pwv, j), p), lo, hi)
+            _set(gv, j, gw[j] * _bce_prob_grad(p, y, neg, _as(_at(pwv, j), p), lo, hi))
 
 
 @_driver("binary_from_logits")

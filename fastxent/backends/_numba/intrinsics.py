@@ -2,8 +2,8 @@
 
 Float bit tricks for the exp/log polynomials (``_scale_pow2``, ``_exponent``, ...),
 NaN-aware and integer max/min that LLVM vectorises without fast-math flags, the
-reassociating add that lets a sum vectorise (``_acc``), float16 widening and a
-cache prefetch.
+reassociating add that lets a sum vectorise (``_acc``), float16 and bfloat16
+widening, bfloat16 rounding and a cache prefetch.
 """
 
 from __future__ import annotations
@@ -74,6 +74,57 @@ def _half_to_float(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _bfloat16_to_float(typingctx, bits):
+    """bfloat16 (as its uint16 bits) -> float32, exactly: the bits are float32's top half."""
+    sig = types.float32(bits)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        wide = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return sig, codegen
+
+
+def _bfloat16_bits(builder, f):
+    """The uint16 bits of float32 f rounded to bfloat16, to nearest even, as ml_dtypes
+    rounds: overflow gives inf, a NaN the quiet NaN of its sign (0x7fc0, 0xffc0)."""
+    i32 = ir.IntType(32)
+    bits = builder.bitcast(f, i32)
+    high = builder.lshr(bits, ir.Constant(i32, 16))
+    odd = builder.and_(high, ir.Constant(i32, 1))
+    rounded = builder.lshr(builder.add(builder.add(bits, ir.Constant(i32, 0x7FFF)), odd), ir.Constant(i32, 16))
+    nan = builder.or_(builder.and_(high, ir.Constant(i32, 0x8000)), ir.Constant(i32, 0x7FC0))
+    is_nan = builder.fcmp_unordered("uno", f, f)
+    return builder.trunc(builder.select(is_nan, nan, rounded), ir.IntType(16))
+
+
+@intrinsic
+def _float_to_bfloat16(typingctx, v):
+    """float32 or float64 -> bfloat16 bits (uint16), rounded once to nearest even
+    (see _bfloat16_bits). Integer operations and selects only: loops that store it
+    vectorise. A float64 goes to float32 rounded to odd first (toward zero, the last
+    bit set when inexact), which makes the second rounding the correct one."""
+    sig = types.uint16(v)
+
+    def codegen(context, builder, signature, args):
+        if signature.args[0] == types.float32:
+            return _bfloat16_bits(builder, args[0])
+        v, f32, i32 = args[0], ir.FloatType(), ir.IntType(32)
+        f = builder.fptrunc(v, f32)
+        back = builder.fpext(f, v.type)
+        away = builder.select(builder.fcmp_ordered(">", v, ir.Constant(v.type, 0.0)),
+                              builder.fcmp_ordered(">", back, v), builder.fcmp_ordered("<", back, v))  # fmt: skip
+        bits = builder.bitcast(f, i32)
+        toward_zero = builder.select(away, builder.sub(bits, ir.Constant(i32, 1)), bits)
+        inexact = builder.fcmp_ordered("!=", back, v)
+        odd = builder.select(inexact, builder.or_(toward_zero, ir.Constant(i32, 1)), bits)
+        return _bfloat16_bits(builder, builder.bitcast(odd, f32))
 
     return sig, codegen
 

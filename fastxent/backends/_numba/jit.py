@@ -45,22 +45,30 @@ def _helper(fn=None, inline=False):
     return njit(**opts)(fn)
 
 
+def _dtype_name(dtype) -> str:
+    """An array element type by its NumPy name (the record views of layout.py: float16
+    as field ``bits``, bfloat16 as field ``bf16``)."""
+    if isinstance(dtype, types.Record):
+        return "bfloat16" if "bf16" in dtype.fields else "float16"
+    return str(dtype)
+
+
 def describe(fn, sig) -> str:
     """A driver's specialization in words: kernel, path, and the argument types
     that make it one (y_pred's dtype, the targets', the gradient mode, strides)."""
     args = dict(zip(inspect.signature(fn).parameters, sig))
-    x = args["x"]
-    parts = [f"{'float16' if isinstance(x.dtype, types.Record) else x.dtype} y_pred"]
+    parts = [f"{_dtype_name(args['x'].dtype)} y_pred"]
     if isinstance(args.get("t"), types.Array):
-        t = args["t"].dtype
-        parts.append(f"{'float16' if isinstance(t, types.Record) else t} targets")
+        parts.append(f"{_dtype_name(args['t'].dtype)} targets")
     g = args.get("g")
     if isinstance(g, types.Array):
-        parts.append(f"{g.dtype} gradient")
+        parts.append(f"{_dtype_name(g.dtype)} gradient")
     elif g is not None and not isinstance(g, types.NoneType):
         parts.append("gradient in place")
     if isinstance(args.get("layout"), types.NoneType):
         parts.append("any strides")
+    if "z_loss" in args:  # (softmax_extras)
+        parts.append("z_loss, lse, ranks" + ("" if isinstance(args["cap"], types.NoneType) else ", softcap"))
     path = fn.__name__.rsplit("_", 1)[-1] + (", serial" if fn.__qualname__.endswith("_serial") else "")
     return f"{_KERNEL_OF.get(fn.__name__, fn.__name__)} ({path}) for {', '.join(parts)}"
 

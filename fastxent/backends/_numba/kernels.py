@@ -1,11 +1,12 @@
 """The kernel table of KERNELS.md on top of the family drivers, and how they run.
 
 ``KERNELS`` maps each kernel name to a thin Python wrapper that prepares the
-driver's arguments (``_PREPARE``: the layout path, float16 as records, the small
-inputs in one type each), runs the driver with ``threads`` threads, one call at a
-time, serially in a forked child (``_run``), and, in block-sums mode, sums per-row
-losses afterwards where the driver cannot (``_prepared``). ``is_ready`` and
-``compiling_hint`` tell, without running anything, whether calls would compile.
+driver's arguments (``_PREPARE``: the layout path, float16 and bfloat16 as
+records, the small inputs in one type each), runs the driver with ``threads``
+threads, one call at a time, serially in a forked child (``_run``), and, in
+block-sums mode, sums per-row losses afterwards where the driver cannot
+(``_prepared``). ``is_ready`` and ``compiling_hint`` tell, without running
+anything, whether calls would compile.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from ... import _reduce
 from .._common import forked_child
-from . import binary, cache, gather, jit, probs, softmax
+from . import binary, cache, gather, jit, probs, softmax, softmax_extras
 
 
 def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, *rest, threads=1):
@@ -28,10 +29,17 @@ def _prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, *rest, 
     return family._prepare_sparse_from_probs(x, labels, class_weight, label_smoothing, *rest, threads=threads)
 
 
+def _prepare_sparse_from_logits(*args, threads=1, **extras):
+    """The optional keywords (z_loss, softcap, lse_out, rank_out) run the drivers of
+    :mod:`.softmax_extras`; a call without them never compiles those."""
+    family = softmax_extras if extras else softmax
+    return family._prepare_sparse_from_logits(*args, threads=threads, **extras)
+
+
 #: Per kernel: its KERNELS.md arguments (``threads`` as a keyword: it sizes the work
 #: items so that every thread gets some) -> (driver, driver arguments).
 _PREPARE = {
-    "sparse_from_logits": softmax._prepare_sparse_from_logits,
+    "sparse_from_logits": _prepare_sparse_from_logits,
     "sparse_from_probs": _prepare_sparse_from_probs,
     "categorical_from_logits": softmax._prepare_categorical_from_logits,
     "categorical_from_probs": probs._prepare_categorical_from_probs,
@@ -107,19 +115,20 @@ def _run(driver, args, threads) -> int:
                 _listener()
 
 
-def _prepared(prepare, call_args, block_sums: bool, threads: int = 1):
+def _prepared(prepare, call_args, block_sums: bool, threads: int = 1, extras=None):
     """(driver, its arguments, per-row losses to block-sum after the run or None).
 
     With ``block_sums``, ``loss_out`` (``call_args[-2]``) receives the float64 sum of
     every block of ``BLOCK_ROWS`` rows (``_reduce.block_sums``' bits): summed by the
     driver itself where its work items are those blocks -- 10M binary losses then
     never reach memory -- else from per-row losses afterwards."""
+    extras = extras or {}
     if not block_sums:
-        return (*prepare(*call_args, threads=threads), None)
+        return (*prepare(*call_args, threads=threads, **extras), None)
     call_args = list(call_args)
     x, sums = call_args[0], call_args[-2]
     rows = call_args[-2] = np.empty((x.shape[0], x.shape[2]))  # pages untouched unless used
-    driver, driver_args = prepare(*call_args, threads=threads)
+    driver, driver_args = prepare(*call_args, threads=threads, **extras)
     allowed = _SUMMABLE.get(driver)
     if allowed is not None and allowed(driver_args[0]):
         driver_args = list(driver_args)
@@ -134,9 +143,9 @@ def _prepared(prepare, call_args, block_sums: bool, threads: int = 1):
 def _kernel(name):
     prepare = _PREPARE[name]
 
-    def kernel(*args, block_sums=False):
+    def kernel(*args, block_sums=False, **extras):
         *call_args, threads = args
-        driver, driver_args, rows = _prepared(prepare, call_args, block_sums, int(threads))
+        driver, driver_args, rows = _prepared(prepare, call_args, block_sums, int(threads), extras)
         first_bad = _run(driver, driver_args, threads)
         if rows is not None and first_bad == -1:
             call_args[-2][:] = _reduce.block_sums(rows)
@@ -144,7 +153,8 @@ def _kernel(name):
 
     kernel.__name__ = kernel.__qualname__ = name
     kernel.__doc__ = (f"``{name}`` of KERNELS.md (arguments as documented there, ``threads`` last; "
-                      "``block_sums=True``: loss_out gets one sum per block of BLOCK_ROWS rows).")
+                      "``block_sums=True``: loss_out gets one sum per block of BLOCK_ROWS rows; "
+                      "sparse_from_logits also takes z_loss, softcap, lse_out and rank_out).")
     return kernel
 
 
@@ -156,9 +166,10 @@ KERNELS = {name: _kernel(name) for name in _PREPARE}
 
 def _pending(calls):
     """(driver, signature) of every driver ``calls`` would run that is not compiled in
-    this process for its argument types. ``calls``: (kernel name, args, block_sums)."""
-    for name, args, block_sums in calls:
-        driver, driver_args, _ = _prepared(_PREPARE[name], args, block_sums)
+    this process for its argument types. ``calls``: (kernel name, args, block_sums),
+    perhaps with a fourth item, the call's optional keywords (a dict)."""
+    for name, args, block_sums, *extras in calls:
+        driver, driver_args, _ = _prepared(_PREPARE[name], args, block_sums, extras=extras[0] if extras else None)
         driver = _pick(driver)
         # (with _run's last argument, the worker count: an int)
         sig = tuple(driver.typeof_pyval(a) for a in (*driver_args, 1))

@@ -15,10 +15,18 @@ import numpy as np
 #: numba cannot type float16 arrays on the CPU, and a record type cannot be
 #: confused with genuine uint16 targets.
 _HALF = np.dtype([("bits", np.uint16)])
+#: bfloat16 (ml_dtypes) arrays the same way, under a field name of their own: the
+#: record type is what tells the compiled code how to widen (and round) the bits.
+_BF16 = np.dtype([("bf16", np.uint16)])
 
 
 def _numba_view(a):
-    return a.view(_HALF) if a is not None and a.dtype == np.float16 else a
+    """``a`` as numba can type it: float16 and bfloat16 as record views of their bits."""
+    if a is None or a.dtype.kind == "f" and a.dtype != np.float16:
+        return a
+    if a.dtype == np.float16:
+        return a.view(_HALF)
+    return a.view(_BF16) if a.dtype.name == "bfloat16" else a
 
 
 # Numba compiles one machine-code version per argument *type*: dtype, layout (C or
@@ -79,10 +87,10 @@ def _contiguous(a, axis: int) -> bool:
 
 
 class _Layout:
-    """Canonical arguments of one call: float16 as records, the gradient mode, C == 1
-    rows flattened into one long row axis, the path with its last argument (the
-    views' layout, or the column path's rows per block for ``threads`` threads), and
-    the gradient views' layout.
+    """Canonical arguments of one call: float16 and bfloat16 as records, the gradient
+    mode, C == 1 rows flattened into one long row axis, the path with its last
+    argument (the views' layout, or the column path's rows per block for ``threads``
+    threads), and the gradient views' layout.
 
     The path depends on x and the targets only: a gradient array of another layout
     is written through strided views (``glayout`` None), so that asking for a
@@ -114,7 +122,7 @@ class _Layout:
             self.glayout = True if grad is None or n_c == 1 or _contiguous(grad, 1) else None
         self.x = _numba_view(x) if in_place else _input(_numba_view(x))  # in place: the kernel writes x
         self.dense = _input(_numba_view(dense))
-        self.g = True if in_place else grad
+        self.g = True if in_place else _numba_view(grad)  # (a bfloat16 gradient is written as such)
         self.flat = flat
         if pos_weight is not None:  # small (C,) or (C, I): in the compute dtype, contiguous
             cdt = np.float64 if x.dtype == np.float64 else np.float32

@@ -15,21 +15,28 @@ from llvmlite import binding as llvm_binding
 from numba import njit, types
 from numba.extending import overload
 
-from .intrinsics import (_exponent, _half_to_float, _mantissa, _maxnum, _minnum, _pow2_from_bits, _scale_pow2,
-                         _times_pow2_bits)
+from .intrinsics import (_bfloat16_to_float, _exponent, _half_to_float, _mantissa, _maxnum, _minnum, _pow2_from_bits,
+                         _scale_pow2, _times_pow2_bits)
 from .jit import _OPTS, _POLY_OPTS, _helper
 
 
 def _x_value(v):
-    """An element of x in the compute dtype (float32 for float16/float32)."""
+    """An element of x in the compute dtype (float32 for float16, bfloat16, float32)."""
 
 
 @overload(_x_value, jit_options=_OPTS)
 def _x_value_ol(v):
-    if isinstance(v, types.Record):  # float16 passed as a record view of its bits
+    if _is_bfloat16(v):  # bfloat16 and float16 come as record views of their bits
+        return lambda v: _bfloat16_to_float(v.bf16)
+    if isinstance(v, types.Record):
         return lambda v: _half_to_float(v.bits)
     if isinstance(v, types.Float):
         return lambda v: v
+
+
+def _is_bfloat16(ty) -> bool:
+    """Whether a numba type is a bfloat16 element (layout._BF16): typing time only."""
+    return isinstance(ty, types.Record) and "bf16" in ty.fields
 
 
 def _compute_scalar(x, v):
@@ -290,6 +297,43 @@ def _log1p_unit_ol(u):
         return _log1p_unit64
 
 
+def _tanh(x):
+    """tanh in x's own precision, vectorisable (the logit softcap): tanh(+-inf) =
+    +-1, NaN -> NaN (tanh(-0.0) is +0.0, which no softmax can tell apart)."""
+
+
+# Cephes tanhf / tanh: below 0.625 an odd polynomial (float32) or rational function
+# (float64) in x**2; above, 1 - 2 / (exp(2|x|) + 1), which needs no clamp (exp
+# overflows to inf, and the quotient to 0). Both branches are computed, then one is
+# selected: a branch would keep the loop scalar.
+_TH_SMALL = 0.625
+_TH32_P0, _TH32_P1, _TH32_P2 = _F32(-5.70498872745e-3), _F32(2.06390887954e-2), _F32(-5.37397155531e-2)
+_TH32_P3, _TH32_P4 = _F32(1.33314422036e-1), _F32(-3.33332819422e-1)
+_TH64_P0, _TH64_P1, _TH64_P2 = -9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3
+_TH64_Q0, _TH64_Q1, _TH64_Q2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3
+
+
+def _tanh32(x):
+    a = abs(x)
+    z = x * x
+    small = ((((_TH32_P0 * z + _TH32_P1) * z + _TH32_P2) * z + _TH32_P3) * z + _TH32_P4) * z * x + x
+    big = _F32_ONE - _F32_TWO / (_exp(a + a) + _F32_ONE)
+    return small if a < _F32(_TH_SMALL) else (big if x >= _F32_ZERO else (-big if x < _F32_ZERO else x))
+
+
+def _tanh64(x):
+    a = abs(x)
+    z = x * x
+    p = ((_TH64_P0 * z + _TH64_P1) * z + _TH64_P2) * z
+    q = ((z + _TH64_Q0) * z + _TH64_Q1) * z + _TH64_Q2
+    small = x + x * (p / q)
+    big = 1.0 - 2.0 / (_exp(a + a) + 1.0)
+    return small if a < _TH_SMALL else (big if x >= 0.0 else (-big if x < 0.0 else x))
+
+
+_per_float(_tanh, _tanh32, _tanh64)
+
+
 def _one_like(u):
     """1 in u's float type."""
 
@@ -336,10 +380,10 @@ def _as(v, like):
 @overload(_as, jit_options=_OPTS)
 def _as_ol(v, like):
     single = like == types.float32
-    if isinstance(v, types.Record):  # float16 bits
+    if isinstance(v, types.Record):  # float16 or bfloat16 bits
         if single:
-            return lambda v, like: _half_to_float(v.bits)
-        return lambda v, like: np.float64(_half_to_float(v.bits))
+            return lambda v, like: _x_value(v)
+        return lambda v, like: np.float64(_x_value(v))
     if isinstance(v, types.Boolean):
         if single:
             return lambda v, like: _F32_ONE if v else _F32_ZERO

@@ -15,7 +15,7 @@ from .ranges import _count_out_of_range, _first_bad_in_block, _lower, _out_of_ra
 from .schedule import _block, _claim, _claims, _next_item
 from .sums import _BLOCK, _flush
 from .views import (_col_view_c, _compute_zeros, _fill, _fill_col, _grad_array, _grad_cview, _grad_rview, _part, _put,
-                    _put3, _rview, _t_cview, _weight)
+                    _put3, _rview, _set, _t_cview, _weight)
 
 
 @_helper
@@ -44,7 +44,7 @@ def _xent_probs_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, lo, hi,
     gr = _grad_rview(xr, g, o, i, xr.shape[0], layout)  # (see _softmax_grad_row)
     for c in range(xr.shape[0]):
         a = scale * _weight(tr, c, wc[c], keep, ls_c)
-        gr[c] = gw * _xent_prob_grad(_x_value(xr[c]), a, lo, hi)
+        _set(gr, c, gw * _xent_prob_grad(_x_value(xr[c]), a, lo, hi))
 
 
 @_helper
@@ -72,7 +72,7 @@ def _cols_xent_probs_grad(x, g, glayout, t, wc, o, i0, keep, ls_c, scale, lo, hi
         w_c = wc[c]
         for j in range(nb):
             a = scale * _weight(tv, j, w_c, keep, ls_c)
-            gv[j] = gw[j] * _xent_prob_grad(_x_value(xv[j]), a, lo, hi)
+            _set(gv, j, gw[j] * _xent_prob_grad(_x_value(xv[j]), a, lo, hi))
 
 
 @_driver("sparse_from_probs")

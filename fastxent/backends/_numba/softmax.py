@@ -19,7 +19,7 @@ from .math import _compute_scalar, _exp, _exp_near, _exp_neg, _inf_like, _NEAR, 
 from .schedule import _block, _claim, _claims, _next_item
 from .sums import _BLOCK, _flush
 from .views import (_col_view_c, _compute_zeros, _exps_dest, _exps_store, _fill, _fill_col, _grad_array, _grad_cview,
-                    _grad_rview, _keep_exp, _part, _put, _put3, _rview, _t_cview, _weight)
+                    _grad_rview, _exps_row, _keep_exp, _keeps_exps, _part, _put, _put3, _rview, _set, _t_cview, _weight)
 
 
 @_helper(inline=True)
@@ -251,11 +251,11 @@ def _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, m, big_a, 
     if near and ar_over_s < _zero_like(ar_over_s):
         for c in range(xr.shape[0]):
             a = scale * _weight(tr, c, wc[c], keep, ls_c)
-            gr[c] = gw * (a_over_s * _exp_near(_x_value(xr[c]) - m) - a)
+            _set(gr, c, gw * (a_over_s * _exp_near(_x_value(xr[c]) - m) - a))
         return
     for c in range(xr.shape[0]):
         a = scale * _weight(tr, c, wc[c], keep, ls_c)
-        gr[c] = gw * _softmax_grad(_x_value(xr[c]), m, a, big_a, a_over_s, ar_over_s)
+        _set(gr, c, gw * _softmax_grad(_x_value(xr[c]), m, a, big_a, a_over_s, ar_over_s))
 
 
 @_helper(inline=True)
@@ -268,7 +268,7 @@ def _softmax_row_grad(x, xr, g, gr, o, i, layout, tr, wc, keep, ls_c, scale, m, 
     coefs = (_compute_scalar(x, big_a), _compute_scalar(x, a_over_s), _compute_scalar(x, ar_over_s),
              _compute_scalar(x, gw))
     if stored:
-        _softmax_grad_from_exps(gr, tr, wc, keep, ls_c, scale, *coefs)
+        _softmax_grad_from_exps(_exps_row(gr), tr, wc, keep, ls_c, scale, *coefs)
     else:
         _softmax_grad_row(xr, g, o, i, layout, tr, wc, keep, ls_c, scale, m, *coefs, near)
     return a_over_s, ar_over_s
@@ -329,7 +329,7 @@ def _cols_softmax_grad(x, g, glayout, t, wc, o, i0, keep, ls_c, scale, m, big_a,
         w_c = wc[c]
         for j in range(nb):
             a = scale * _weight(tv, j, w_c, keep, ls_c)
-            gv[j] = gw[j] * _softmax_grad(_x_value(xv[j]), m[j], a, big_a[j], a_over_s[j], ar_over_s[j])
+            _set(gv, j, gw[j] * _softmax_grad(_x_value(xv[j]), m[j], a, big_a[j], a_over_s[j], ar_over_s[j]))
 
 
 # --------------------------------------------------------------------------- drivers
@@ -364,7 +364,8 @@ def _sparse_logits_rows(x, labels, w, wc, w_sum, keep, ls_c, ignore, gw, loss, g
                     _fill(gr, 0.0)
             else:
                 x_y = _x_value(xr[y])  # read before an in-place gradient overwrites it
-                stored = g is not None and glayout is not None and n_c <= _CHUNK  # exps kept in a contiguous gradient row
+                # exps kept in a contiguous gradient row (of float32 or float64)
+                stored = g is not None and glayout is not None and n_c <= _CHUNK and _keeps_exps(gr)
                 if stored:
                     m, rest, gap, _, near = _softmax_row(xr, None, w, keep, ls_c, dense, _exps_store(gr, g), ahead)
                 else:
@@ -460,7 +461,8 @@ def _categorical_logits_rows(x, t, w, wc, keep, ls_c, gw, loss, g, glayout, layo
             xr = _rview(x, o, i, n_c, layout)
             tr = _rview(t, o, i, n_c, layout)
             gr = _grad_rview(xr, g, o, i, n_c, glayout)
-            stored = g is not None and glayout is not None and n_c <= _CHUNK  # exps kept in a contiguous gradient row
+            # exps kept in a contiguous gradient row (of float32 or float64)
+            stored = g is not None and glayout is not None and n_c <= _CHUNK and _keeps_exps(gr)
             if stored:
                 m, rest, gap, big_a, near = _softmax_row(xr, tr, w, keep, ls_c, True, _exps_store(gr, g), ahead)
             else:
@@ -516,15 +518,24 @@ def _categorical_logits_cols(x, t, w, wc, keep, ls_c, gw, loss, g, glayout, bloc
 
 def _prepare_sparse_from_logits(x, labels, class_weight, label_smoothing, ignore_index,
                                 grad_weight, loss_out, grad_out, threads=1):  # fmt: skip
-    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out), threads=threads)
-    labels, grad_weight, loss_out = p.flat
+    p, args, _ = _sparse_logits_arguments(x, labels, class_weight, label_smoothing, ignore_index,
+                                          grad_weight, loss_out, grad_out, threads)  # fmt: skip
+    return p.driver(_sparse_logits_rows, _sparse_logits_cols), (*args, p.last)
+
+
+def _sparse_logits_arguments(x, labels, class_weight, label_smoothing, ignore_index,
+                             grad_weight, loss_out, grad_out, threads, outs=()):  # fmt: skip
+    """(layout, the sparse softmax drivers' arguments up to glayout, ``outs``): ``outs``
+    are more (O, I) outputs, flattened with the per-row arrays when C == 1 is."""
+    p = _Layout(x, grad_out, flat=(labels, grad_weight, loss_out, *outs), threads=threads)
+    labels, grad_weight, loss_out, *outs = p.flat
     labels, grad_weight = _small_input(labels, np.int64), _small_input(grad_weight, np.float64)
     class_weight = _small_input(class_weight, np.float64)
     ls = float(label_smoothing)
     w_sum = float(class_weight.sum()) if ls else 0.0
-    return p.driver(_sparse_logits_rows, _sparse_logits_cols), (
+    return p, (
         p.x, labels, class_weight, _compute_weights(x, class_weight) if ls else _zero_weights(x, x.shape[1]), w_sum, 1.0 - ls, ls / x.shape[1],
-        _int64(ignore_index), grad_weight, loss_out, p.g, p.glayout, p.last)  # fmt: skip
+        _int64(ignore_index), grad_weight, loss_out, p.g, p.glayout), outs  # fmt: skip
 
 
 def _prepare_categorical_from_logits(x, targets, class_weight, label_smoothing, grad_weight, loss_out, grad_out, threads=1):

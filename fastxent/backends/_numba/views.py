@@ -14,8 +14,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
+from .intrinsics import _float_to_bfloat16
 from .jit import _OPTS, _helper
-from .math import _as
+from .math import _as, _is_bfloat16
 
 
 def _make_view(axis: int, layout: str):
@@ -104,6 +105,8 @@ def _exps_store(gr, g):
 
 @overload(_exps_store, jit_options=_OPTS)
 def _exps_store_ol(gr, g):
+    if isinstance(gr, types.Array) and _is_bfloat16(gr.dtype):  # (see _keeps_exps)
+        return lambda gr, g: None
     if isinstance(g, types.Array):
         return lambda gr, g: gr
     if isinstance(g, types.NoneType):
@@ -227,23 +230,82 @@ def _part_ol(a, c0, c1):
     return lambda a, c0, c1: a
 
 
+def _set(a, k, value):
+    """a[k] = value, a gradient element: rounded to nearest even when ``a`` holds
+    bfloat16 (a record view of its bits, see layout._BF16), else as numba assigns."""
+
+
+@overload(_set, jit_options=_OPTS, inline="always")
+def _set_ol(a, k, value):
+    if _is_bfloat16(a.dtype):
+        def set_bfloat16(a, k, value):
+            a[k].bf16 = _float_to_bfloat16(value)
+        return set_bfloat16
+
+    def set_float(a, k, value):
+        a[k] = value
+    return set_float
+
+
+def _set3(a, o, c, i, value):
+    """a[o, c, i] = value, as _set."""
+
+
+@overload(_set3, jit_options=_OPTS, inline="always")
+def _set3_ol(a, o, c, i, value):
+    if _is_bfloat16(a.dtype):
+        def set_bfloat16(a, o, c, i, value):
+            a[o, c, i].bf16 = _float_to_bfloat16(value)
+        return set_bfloat16
+
+    def set_float(a, o, c, i, value):
+        a[o, c, i] = value
+    return set_float
+
+
+def _keeps_exps(gr):
+    """Whether a gradient row may hold a row's exps between the softmax's passes
+    (_exps_store): not when it holds bfloat16, whose rounding would reach the
+    gradient twice (and make a class whose exp rounds to 1 look like the max)."""
+
+
+@overload(_keeps_exps, jit_options=_OPTS)
+def _keeps_exps_ol(gr):
+    if isinstance(gr, types.Array) and _is_bfloat16(gr.dtype):
+        return lambda gr: False
+    return lambda gr: True
+
+
+def _exps_row(gr):
+    """The gradient row holding a row's exps: ``gr`` itself; for a bfloat16 row, which
+    never holds them (_keeps_exps), an empty float32 row, so that the code reading
+    them is typed for floats only."""
+
+
+@overload(_exps_row, jit_options=_OPTS, inline="always")
+def _exps_row_ol(gr):
+    if _is_bfloat16(gr.dtype):
+        return lambda gr: np.empty(0, np.float32)
+    return lambda gr: gr
+
+
 @_helper
 def _put(a, k, value):
-    """a[k] = value. Drivers write into views through this call: numba's parfor
+    """a[k] = value (_set). Drivers write into views through this call: numba's parfor
     dead-code elimination does not know that a view made by an intrinsic aliases
     an argument, and silently drops a plain `view[k] = value` in a prange body."""
-    a[k] = value
+    _set(a, k, value)
 
 
 @_helper
 def _put3(a, o, c, i, value):
-    a[o, c, i] = value
+    _set3(a, o, c, i, value)
 
 
 @_helper
 def _fill(gr, value):
     for c in range(gr.shape[0]):
-        gr[c] = value
+        _set(gr, c, value)
 
 
 def _compute_zeros(x, k, n):
@@ -272,4 +334,4 @@ def _compute_empty_ol(x, n):
 def _fill_col(ga, o, i, value):
     """Gradient of row (o, i) set to ``value`` (special rows of the column path)."""
     for c in range(ga.shape[1]):
-        ga[o, c, i] = value
+        _set3(ga, o, c, i, value)
