@@ -81,6 +81,11 @@ cdef extern from "_csrc/fx_common.h":
         fx_ssize lab_so, lab_si
         int lab_dtype
         int64_t ignore
+        double z_loss, softcap
+        char *lse
+        fx_ssize lse_so, lse_si
+        char *rank
+        fx_ssize rank_so, rank_si
     ctypedef int (*fx_row_fn)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) noexcept nogil
     ctypedef fx_ssize (*fx_cols_fn)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n) noexcept nogil
     ctypedef fx_ssize (*fx_range_fn)(const fx_call *k, fx_ssize r0, fx_ssize r1) noexcept nogil
@@ -88,6 +93,8 @@ cdef extern from "_csrc/fx_common.h":
         const char *name
         fx_row_fn logits_row[2]
         fx_cols_fn logits_cols[2]
+        fx_row_fn logits_x_row[2]
+        fx_cols_fn logits_x_cols[2]
         fx_row_fn probs_row[2]
         fx_cols_fn probs_cols[2]
         fx_row_fn bce_logits_row[2]
@@ -281,11 +288,13 @@ cdef inline int _arr2(cnp.ndarray a, fx_ssize O, fx_ssize I, const char **data,
 
 cdef int _setup(fx_call *k, cnp.ndarray x, object targets, object labels, object class_weight,
                 object pos_weight, cnp.ndarray grad_weight, cnp.ndarray loss_out, object grad_out,
-                double ls, double eps, int64_t ignore, bint block_sums=False) except -1:
+                double ls, double eps, int64_t ignore, bint block_sums=False,
+                object lse_out=None, object rank_out=None) except -1:
     """Fill ``k`` from the arguments (cheap: pointers, strides and type numbers).
 
     ``loss_out`` holds O*I per-row losses, or with ``block_sums`` one float64 sum
-    per block of BLOCK_ROWS consecutive rows (see ``_run``)."""
+    per block of BLOCK_ROWS consecutive rows (see ``_run``). ``lse_out`` and
+    ``rank_out`` (sparse from logits): (O, I) float64 and int64 outputs, or None."""
     cdef fx_ssize O, C, I, c, n_out
     cdef cnp.ndarray a
     cdef const double *w
@@ -347,6 +356,16 @@ cdef int _setup(fx_call *k, cnp.ndarray x, object targets, object labels, object
         _arr2(a, C, I, &k.pw, &k.pw_sc, &k.pw_si)
         k.pw_const = (k.pw_sc == 0 or C == 1) and (k.pw_si == 0 or I == 1)
         memcpy(&k.pw0, k.pw, 8)
+    if lse_out is not None:
+        a = <cnp.ndarray?>lse_out
+        _arr2(a, O, I, <const char **>&k.lse, &k.lse_so, &k.lse_si)
+        if cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE or not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError(f"lse_out must be a writeable float64 array of shape {(O, I)}")
+    if rank_out is not None:
+        a = <cnp.ndarray?>rank_out
+        _arr2(a, O, I, <const char **>&k.rank, &k.rank_so, &k.rank_si)
+        if _dtype_code(a) != FX_I64 or not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError(f"rank_out must be a writeable int64 array of shape {(O, I)}")
     _normalise(k)
     return 0
 
@@ -358,6 +377,8 @@ cdef inline void _swap_axes(fx_call *k) noexcept nogil:
     k.g.si = k.g.so
     k.lab_si = k.lab_so
     k.gw_si = k.gw_so
+    k.lse_si = k.lse_so
+    k.rank_si = k.rank_so
     k.pw_si = 0  # pos_weight[c, 0] for every row
     k.n_i = k.n_o
     k.n_o = 1
@@ -381,6 +402,10 @@ cdef void _normalise(fx_call *k) noexcept nogil:
         if k.lab != NULL and k.lab_so != I * k.lab_si:
             return
         if k.gw_so != I * k.gw_si:
+            return
+        if k.lse != NULL and k.lse_so != I * k.lse_si:
+            return
+        if k.rank != NULL and k.rank_so != I * k.rank_si:
             return
         if k.pw != NULL and k.pw_si != 0:
             return
@@ -746,14 +771,23 @@ cdef inline int _ct(const fx_call *k) noexcept nogil:
 
 def sparse_from_logits(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weight,
                        double label_smoothing, int64_t ignore_index, cnp.ndarray grad_weight,
-                       cnp.ndarray loss_out, grad_out, int threads, bint block_sums=False):
+                       cnp.ndarray loss_out, grad_out, int threads, bint block_sums=False, *,
+                       double z_loss=0.0, double softcap=0.0, lse_out=None, rank_out=None):
+    """The optional keywords (KERNELS.md) run the kernels' X form (logits_x_*);
+    a call without them runs the plain kernels."""
     cdef fx_call k
     _setup(&k, x, None, labels, class_weight, None, grad_weight, loss_out, grad_out,
-           label_smoothing, 0.0, ignore_index, block_sums)
+           label_smoothing, 0.0, ignore_index, block_sums, lse_out, rank_out)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
+    cdef bint extras = z_loss != 0 or softcap != 0 or lse_out is not None or rank_out is not None
+    k.z_loss = z_loss
+    k.softcap = softcap
     with nogil:
-        _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], threads, _sums(&k, block_sums))
+        if extras:
+            _run_kernel(&k, tb.logits_x_row[ct], tb.logits_x_cols[ct], threads, _sums(&k, block_sums))
+        else:
+            _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], threads, _sums(&k, block_sums))
     return -1
 
 

@@ -29,8 +29,6 @@ def unavailable_reason() -> str | None:
 
 
 def unsupported_reason(problem) -> str | None:
-    if problem.row_extras:
-        return "z_loss, logit_softcap, return_lse and label ranks run on the numpy backend in this version"
     return compiled_dtype_reason(problem, "Cython")
 
 

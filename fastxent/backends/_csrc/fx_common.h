@@ -48,6 +48,16 @@ typedef struct {
     fx_ssize lab_so, lab_si;
     int lab_dtype;
     int64_t ignore;
+    /* sparse_from_logits' optional terms and outputs, read only by the logits_x
+     * kernels (KERNELS.md): z_loss * lse^2 added to a row's loss (0: off), logits
+     * taken as softcap * tanh(x / softcap) (0: off), each row's logsumexp (float64)
+     * and label rank (int64) written to (O, I) arrays at byte strides (NULL: not
+     * asked for) */
+    double z_loss, softcap;
+    char *lse;
+    fx_ssize lse_so, lse_si;
+    char *rank;
+    fx_ssize rank_so, rank_si;
 } fx_call;
 
 /* Row kernel: row (o, i); y is the label (sparse; -1 when ignored), else 0.
@@ -72,6 +82,8 @@ typedef struct {
     const char *name;
     fx_row_fn logits_row[2];
     fx_cols_fn logits_cols[2];
+    fx_row_fn logits_x_row[2];   /* sparse_from_logits with z_loss, softcap, lse or rank */
+    fx_cols_fn logits_x_cols[2];
     fx_row_fn probs_row[2];
     fx_cols_fn probs_cols[2];
     fx_row_fn bce_logits_row[2];
