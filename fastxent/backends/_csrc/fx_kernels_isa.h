@@ -183,7 +183,7 @@ static double read_sum_f32(const float *x, fx_ssize n)
 const fx_table FX_TABLE_NAME = {
     FX_ISA_NAME,
     FX_PAIR(logits_row), FX_PAIR(logits_cols),
-    FX_PAIR(logits_x_row), FX_PAIR(logits_x_cols),
+    FX_PAIR(logits_x_row), FX_PAIR(logits_x_cols), logits_bf16_row_f32, logits_x_bf16_row_f32,
     FX_PAIR(probs_row), FX_PAIR(probs_cols),
     FX_PAIR(bce_logits_row), FX_PAIR(bce_logits_cols),
     FX_PAIR(bce_probs_row), FX_PAIR(bce_probs_cols),

@@ -79,6 +79,28 @@ FX_INLINE float fx_half_to_f32(uint16_t h)
     return fx_u2f(sign | (special & is_special) | (finite & ~is_special));
 }
 
+/* bfloat16 bits -> float32: they are its upper half (exact, one shift). */
+FX_INLINE float fx_bf16_to_f32(uint16_t h) { return fx_u2f((uint32_t)h << 16); }
+
+/* fx_key for bfloat16 bits, as int16 (a 512-bit vector holds 32): the keys order
+ * like the float32 keys of the widened values, NaN included. */
+FX_INLINE int16_t fx_key_bf16(uint16_t h)
+{
+    int16_t b = (int16_t)h;
+    return (int16_t)(b ^ ((b >> 15) & 0x7fff));
+}
+FX_INLINE float fx_unkey_bf16(int16_t k) { return fx_bf16_to_f32((uint16_t)fx_key_bf16((uint16_t)k)); }
+
+/* float32 -> bfloat16 bits, rounded to nearest even (an overflow rounds to inf);
+ * NaN stays NaN (quieted: rounding could carry its low payload into inf). */
+FX_INLINE uint16_t fx_f32_to_bf16(float f)
+{
+    uint32_t u = fx_f2u(f);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
 /* ------------------------------------------------------------------ exp */
 
 /* e^r for |r| <= ln2/2: 1 + r + r^2 q(r), degree 6, Horner to the end (max
@@ -178,14 +200,14 @@ FX_INLINE float fx_exp_neg_f32(float x)
 #define FX_EXP_NEAR -86.5
 FX_INLINE float fx_exp_near_f32(float x)
 {
-    float t = x * 1.44269504088896341f + 12582912.0f;       /* 1.5*2^23: n in the low bits */
-    float n = t - 12582912.0f;
+    float t = x * 1.44269504088896341f + 12583039.0f;       /* 1.5*2^23 + 127: n + 127 in the low bits */
+    float n = t - 12583039.0f;
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
     float p = fx_exp_poly5_short_f32(x - n * 0.693147182f);
 #else /* n * ln2 rounded before the subtraction: up to 68 ulp; n * ln2_hi is exact */
     float p = fx_exp_poly5_short_f32((x - n * 0.693359375f) - n * -2.12194440e-4f);
 #endif
-    return fx_u2f(fx_f2u(p) + (fx_f2u(t) << 23));
+    return p * fx_u2f(fx_f2u(t) << 23);
 }
 
 /* e^x = (pm1 + 1) * 2^n in double: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2,

@@ -28,6 +28,21 @@ static int FXN(block_range)(const T *x, fx_ssize n, T *mx, T *mn)
     return *mx != *mx || *mn != *mn;
 }
 
+/* block_range over n contiguous bfloat16 values, from their bits: the same max,
+ * min and NaN answer as on the widened values, at twice the lanes a vector. */
+static int FXN(bf16_range)(const uint16_t *h, fx_ssize n, T *mx, T *mn)
+{
+    int16_t hi = INT16_MIN, lo = INT16_MAX;
+    for (fx_ssize c = 0; c < n; c++) {
+        const int16_t key = fx_key_bf16(h[c]);
+        hi = key > hi ? key : hi;
+        lo = key < lo ? key : lo;
+    }
+    *mx = (T)fx_unkey_bf16(hi);
+    *mn = (T)fx_unkey_bf16(lo);
+    return *mx != *mx || *mn != *mn;
+}
+
 #ifdef FX_AVX512_MASKS
 /* First index holding v, or -1. AVX-512: a compare into a mask register tests a
  * vector (16 float32, 8 float64) and the mask's lowest set bit is the index: per
@@ -163,6 +178,70 @@ static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near,
 #undef FX_PF_RUN
     if (e && skip >= 0) e[skip] = (T)1;
     return s1;
+}
+
+/* ------------------------------------------------------------------ bfloat16 rows */
+
+/* Unaligned 32-bit words of bfloat16 pairs (a 2-aligned row). */
+#ifndef FX_U32_PAIRS
+#define FX_U32_PAIRS
+typedef uint32_t fx_u32_pairs __attribute__((aligned(2), may_alias));
+#endif
+
+/* The first index whose bfloat16 value equals v (as floats: -0 == +0), or -1
+ * (n < 2^31): a min-reduction over the whole block, which vectorises (a loop with
+ * an early exit stays scalar, and costs more than the block's exps). */
+static fx_ssize FXN(bf16_find_first)(const uint16_t *h, fx_ssize n, T v)
+{
+    const int32_t none = (int32_t)n;
+    int32_t best = none;
+    for (int32_t c = 0; c < none; c++) {
+        const int32_t hit = (T)fx_bf16_to_f32(h[c]) == v ? c : none;
+        best = hit < best ? hit : best;
+    }
+    return best < none ? (fx_ssize)best : -1;
+}
+
+/* exp_sum (loss only) of n bfloat16 logits read straight from their bits, 2-aligned:
+ * each 32-bit word holds two, w << 16 the first and w & 0xffff0000 the second, as
+ * float32 -- one integer operation a value, where widening them into a buffer takes
+ * two (the exp pass is bound by the vector ports). Firsts and seconds are summed in
+ * passes of their own (the words are in L1 for the second), each as exp_sum sums:
+ * float32 runs into float64 lanes, the argmax's exp(0) left out. */
+static double FXN(bf16_exp_sum)(const uint16_t *h, fx_ssize n, T m, fx_ssize skip, int near, const char *pf)
+{
+    const fx_u32_pairs *w = (const fx_u32_pairs *)h;
+    const fx_ssize nw = n / 2;
+    const fx_ssize skip_lo = skip >= 0 && skip % 2 == 0 && skip < 2 * nw ? skip / 2 : -1;
+    const fx_ssize skip_hi = skip >= 0 && skip % 2 == 1 ? skip / 2 : -1;
+    double lo, hi, tail = 0;
+#define FX_PF_RUN(c0)                                                              \
+    for (int b_ = 0; b_ < FX_RUN * 4; b_ += 64)                                    \
+        FX_PREFETCH_L2(pf + (c0) * 4 + b_)
+#define FX_LO(c0, j) FX_EXPFN((T)fx_u2f(w[(c0) + (j)] << 16) - m)
+#define FX_HI(c0, j) FX_EXPFN((T)fx_u2f(w[(c0) + (j)] & 0xffff0000u) - m)
+#define FX_LO_M(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_LO(c0, j))
+#define FX_HI_M(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_HI(c0, j))
+#define FX_BF16_RUNS                                                 \
+    FX_RUNSUM(lo, nw, FX_LO, FX_LO_M, skip_lo, FX_PF_RUN);           \
+    FX_RUNSUM(hi, nw, FX_HI, FX_HI_M, skip_hi, FX_NOPRE);            \
+    if (n % 2 && n - 1 != skip) tail = (double)FX_EXPFN((T)fx_bf16_to_f32(h[n - 1]) - m);
+    if (near) {
+#define FX_EXPFN FXM(fx_exp_near)
+        FX_BF16_RUNS
+#undef FX_EXPFN
+    } else {
+#define FX_EXPFN FXM(fx_exp_neg)
+        FX_BF16_RUNS
+#undef FX_EXPFN
+    }
+#undef FX_BF16_RUNS
+#undef FX_LO
+#undef FX_HI
+#undef FX_LO_M
+#undef FX_HI_M
+#undef FX_PF_RUN
+    return (lo + hi) + tail;
 }
 
 /* sum_{u_c != 0} u_c (m - x_c): a zero weight contributes exactly 0 even where
@@ -317,7 +396,7 @@ static double FXN(row_lse)(const fx_call *k, const char *xrow, T *buf)
  * per block a max pass and an exp pass over data that is in L1; blocks update a
  * running max (online softmax), so a 128k-class row is read from memory once.
  * X: the extras above (sparse only). */
-FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y, const int X)
+FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y, const int X, const int B)
 {
     const fx_ssize C = k->n_c;
     const int dense = X ? 0 : k->dense;
@@ -339,11 +418,16 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
         if (lse_at) fx_put_f64(lse_at, FXN(row_lse)(k, xrow, xbuf)); /* before an in-place gradient */
         if (rank_at) fx_put_i64(rank_at, -1);
         *loss = 0.0;
-        if (grow) FXN(fill)(grow, gs, C, (T)0);
+        if (grow) FXN(fill)(grow, gs, k->g.dtype, C, (T)0);
         return 0;
     }
     const FXN(weights) w = FXN(weights_for)(k, y);
-    const int single = C <= FX_BLOCK; /* one block: keep exp(x - m) for the gradient */
+    /* B without softcap: the exp sums read the bits (bf16_exp_sum), with or without
+     * a gradient (a loss has the same bits either way); the gradient pass then takes
+     * the exps again, as for long rows */
+    const int bits = B && !capped;
+    const int single = C <= FX_BLOCK && !bits; /* one block: keep exp(x - m) for the gradient */
+    const int need_xv = !bits || w.kind != U_NONE || rank_at; /* the logits as T */
     T *ework = NULL;
 
     /* the label's own logit, read before anything is written (in-place gradient) */
@@ -358,11 +442,14 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
     int bad = 0;
     for (fx_ssize c0 = 0; c0 < C && !bad; c0 += FX_BLOCK) {
         const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
-        const T *xv = X ? FXN(x_block)(k, xrow + c0 * xs, xs, n, xbuf, capped && grow && single ? dbuf : NULL)
-                        : FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
+        const uint16_t *hv = (const uint16_t *)(xrow + c0 * xs); /* B: the bits */
+        const T *xv = !need_xv ? NULL
+                    : X        ? FXN(x_block)(k, xrow + c0 * xs, xs, n, xbuf, capped && grow && single ? dbuf : NULL)
+                               : FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
         const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
         T bmax, bmin;
-        if (FXN(block_range)(xv, n, &bmax, &bmin) || bmax == (T)INFINITY) { bad = 1; break; } /* NaN / +inf: NaN row */
+        if ((bits ? FXN(bf16_range)(hv, n, &bmax, &bmin) : FXN(block_range)(xv, n, &bmax, &bmin))
+            || bmax == (T)INFINITY) { bad = 1; break; } /* NaN / +inf: NaN row */
         if (rank_at) above += FXN(rank_block)(xv, n, xy, y - c0);
         fx_ssize skip = -1; /* the first argmax, when this block holds it */
         if (bmax > m) {
@@ -373,7 +460,7 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
                 lin += usum * ((double)bmax - (double)m);
             }
             m = bmax;
-            skip = FXN(find_first)(xv, n, m);
+            skip = bits ? FXN(bf16_find_first)(hv, n, m) : FXN(find_first)(xv, n, m);
             kmax = c0 + skip;
             if (capped && grow) /* x at kmax is unwritten yet (in place, the exps follow) */
                 dk = single ? dbuf[skip] : FXN(cap_factor)(k, xrow + kmax * xs);
@@ -402,8 +489,10 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
         }
         const int near = bmin - m >= (T)FX_EXP_NEAR; /* every x - m in fx_exp_near's range */
         if (grow && single) {
-            ework = FXN(gdst)(grow, gs, ebuf);
+            ework = FXN(gdst)(grow, gs, k->g.dtype, ebuf);
             R += FXN(exp_sum)(xv, n, m, skip, near, ework, pf);
+        } else if (bits) {
+            R += FXN(bf16_exp_sum)(hv, n, m, skip, near, pf);
         } else {
             R += FXN(exp_sum)(xv, n, m, skip, near, NULL, pf);
         }
@@ -414,7 +503,7 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
         if (lse_at) fx_put_f64(lse_at, NAN);
         if (rank_at) fx_put_i64(rank_at, FXN(rank_row)(k, xrow, xy, y, xbuf)); /* before the NaN fill */
         *loss = NAN;
-        if (grow) FXN(fill)(grow, gs, C, (T)NAN);
+        if (grow) FXN(fill)(grow, gs, k->g.dtype, C, (T)NAN);
         return 0;
     }
     double lse = 0, zx = 0; /* X: the row's logsumexp; z_loss's term 2 z lse of A */
@@ -428,7 +517,7 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
     if (m == (T)-INFINITY) { /* every logit -inf: A * inf (0 when A == 0), NaN gradient */
         *loss = A == 0 ? 0.0 : A * INFINITY;
         if (X && k->z_loss != 0) *loss += k->z_loss * lse * lse;
-        if (grow) FXN(fill)(grow, gs, C, Az != 0 ? (T)NAN : (T)0);
+        if (grow) FXN(fill)(grow, gs, k->g.dtype, C, Az != 0 ? (T)NAN : (T)0);
         return 0;
     }
     if (w.lab != 0) lin += w.lab * ((double)m - (double)xy);
@@ -443,7 +532,7 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
     const T beta = (T)(gw * (double)w.u0);
     for (fx_ssize c0 = 0; c0 < C; c0 += FX_BLOCK) {
         const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
-        T *gd = FXN(gdst)(grow + c0 * gs, gs, ebuf);
+        T *gd = FXN(gdst)(grow + c0 * gs, gs, k->g.dtype, ebuf);
         const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
         if (single) { /* gd (== ework) holds exp(x - m) */
             if (uv) { const T gwt = (T)gw; for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * gd[c] - gwt * uv[c]; }
@@ -455,28 +544,39 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
             else for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * FXM(fx_exp_neg)(xv[c] - m) - beta;
         }
         if (capped) for (fx_ssize c = 0; c < n; c++) gd[c] *= dbuf[c];
-        FXN(gflush)(grow + c0 * gs, gs, n, gd);
+        FXN(gflush)(grow + c0 * gs, gs, k->g.dtype, n, gd);
     }
     if (!dense && y != kmax) {
         const double ey = (double)FXM(fx_exp_neg)(xy - m);
         const double g_y = gw * (Az * ey / S - (w.lab + FXN(u_at)(k, trow, y)));
-        FXN(store1)(grow + y * gs, capped ? g_y * (double)dy : g_y);
+        FXN(store1)(grow + y * gs, k->g.dtype, capped ? g_y * (double)dy : g_y);
     }
     const double a_k = FXN(u_at)(k, trow, kmax) + (kmax == y && !dense ? w.lab : 0.0);
     if (X) /* A (q_k - 1) + (A - a_k), A gaining 2 z lse in both */
-        FXN(store1)(grow + kmax * gs, gw * (Az * (-R / S) + ((A - a_k) + zx)) * (double)dk);
+        FXN(store1)(grow + kmax * gs, k->g.dtype, gw * (Az * (-R / S) + ((A - a_k) + zx)) * (double)dk);
     else
-        FXN(store1)(grow + kmax * gs, gw * fx_softmax_grad_at_max(A, a_k, R, S));
+        FXN(store1)(grow + kmax * gs, k->g.dtype, gw * fx_softmax_grad_at_max(A, a_k, R, S));
     return 0;
 }
 
 static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
 {
-    return FXN(logits_row_t)(k, o, i, y, 0);
+    return FXN(logits_row_t)(k, o, i, y, 0, 0);
 }
 static int FXN(logits_x_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
 {
-    return FXN(logits_row_t)(k, o, i, y, 1);
+    return FXN(logits_row_t)(k, o, i, y, 1, 0);
+}
+/* B: bfloat16 logits at a class stride of 2 bytes, every row 2-aligned (the driver
+ * checks): block ranges and exp sums straight from the bits (bf16_range,
+ * bf16_exp_sum) */
+static int FXN(logits_bf16_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
+{
+    return FXN(logits_row_t)(k, o, i, y, 0, 1);
+}
+static int FXN(logits_x_bf16_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
+{
+    return FXN(logits_row_t)(k, o, i, y, 1, 1);
 }
 
 /* Rows (o, i0 .. i0+n-1) with a contiguous inner axis: one lane per row, the class
@@ -575,12 +675,13 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
     /* pass 2: exp sums, weighted (m - x); with a gradient, the exps are kept for
      * pass 3: in a tile when it fits (then pass 3 writes the gradient once), else
      * in the gradient itself (through a buffer where its lane axis is strided).
-     * X with softcap and no room in the tile: pass 3 takes the exps again from x
-     * (the gradient cannot hold them: in place, x would be gone for the factors). */
+     * Where the gradient cannot hold them -- bfloat16 would round them; with
+     * softcap, in place, x would be gone for the factors -- and the tile is too
+     * small, pass 3 takes the exps again from x. */
     const int kind = dense ? U_VEC : (k->ls == 0 ? U_NONE : U_CONST);
-    T etile[FX_TILE], ebuf[FX_LANES];
+    T etile[FX_TILE], ebuf[FX_LANES], gbuf[FX_LANES];
     const int e_in_tile = C * n <= FX_TILE;
-    const int recompute = capped && !e_in_tile;
+    const int recompute = !e_in_tile && (capped || FX_G_BF16(k->g.dtype));
     for (fx_ssize c = 0; c < C; c++) {
         const char *xc = xo + c * k->x.sc;
         const T *xv;
@@ -590,7 +691,7 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
             xv = keep_tile && FXN(load_copies)(xc, k->x.si, k->x.dtype)
                      ? tile + c * n
                      : FXN(load)(xc, k->x.si, k->x.dtype, n, xbuf);
-        T *ev = !go || recompute ? NULL : e_in_tile ? etile + c * n : FXN(gdst)(go + c * k->g.sc, k->g.si, ebuf);
+        T *ev = !go || recompute ? NULL : e_in_tile ? etile + c * n : FXN(gdst)(go + c * k->g.sc, k->g.si, k->g.dtype, ebuf);
         const T *uv = NULL;
         T uc = kind == U_CONST ? (T)(per * k->cw[c]) : (T)0;
         if (kind == U_VEC) {
@@ -622,7 +723,7 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
                 ties[j] += d == 0;
                 ev[j] = e;
             }
-            if (!e_in_tile) FXN(gflush)(go + c * k->g.sc, k->g.si, n, ev);
+            if (!e_in_tile) FXN(gflush)(go + c * k->g.sc, k->g.si, k->g.dtype, n, ev);
         } else {
             for (fx_ssize j = 0; j < n; j++) {
                 T d = xv[j] - msafe[j];
@@ -680,14 +781,15 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
         T *gd;
         const T *dc = dtile + c * n; /* capped: the derivative factors */
         if (recompute) { /* the exps again from x (unwritten: in place, column c is next) */
-            const T *zv = FXN(x_block)(k, xo + c * k->x.sc, k->x.si, n, xbuf, dbuf);
+            const char *xc = xo + c * k->x.sc;
+            const T *zv = capped ? FXN(x_block)(k, xc, k->x.si, n, xbuf, dbuf) : FXN(load)(xc, k->x.si, k->x.dtype, n, xbuf);
             for (fx_ssize j = 0; j < n; j++) ebuf[j] = FXM(fx_exp_neg)(zv[j] - msafe[j]);
             ev = ebuf;
             dc = dbuf;
-            gd = FXN(gdst)(gc, k->g.si, tbuf);
+            gd = FXN(gdst)(gc, k->g.si, k->g.dtype, gbuf);
         } else {
             ev = e_in_tile ? etile + c * n : FXN(load)(gc, k->g.si, FX_CODE, n, ebuf);
-            gd = FXN(gdst)(gc, k->g.si, xbuf);
+            gd = FXN(gdst)(gc, k->g.si, k->g.dtype, xbuf);
         }
         if (kind == U_VEC) {
             const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
@@ -699,26 +801,26 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
             for (fx_ssize j = 0; j < n; j++) gd[j] = alpha[j] * ev[j] - beta[j];
         }
         if (capped) for (fx_ssize j = 0; j < n; j++) gd[j] *= dc[j];
-        FXN(gflush)(gc, k->g.si, n, gd);
+        FXN(gflush)(gc, k->g.si, k->g.dtype, n, gd);
     }
     for (fx_ssize j = 0; j < n; j++) {
         char *gj = go + j * k->g.si;
         const char *tj = to ? to + j * k->t.si : NULL;
-        if (!dense && y[j] < 0) { FXN(fill)(gj, k->g.sc, C, (T)0); continue; }
-        if (nan[j]) { FXN(fill)(gj, k->g.sc, C, (T)NAN); continue; }
-        if (m[j] == (T)-INFINITY) { FXN(fill)(gj, k->g.sc, C, Aw[j] != 0 ? (T)NAN : (T)0); continue; }
+        if (!dense && y[j] < 0) { FXN(fill)(gj, k->g.sc, k->g.dtype, C, (T)0); continue; }
+        if (nan[j]) { FXN(fill)(gj, k->g.sc, k->g.dtype, C, (T)NAN); continue; }
+        if (m[j] == (T)-INFINITY) { FXN(fill)(gj, k->g.sc, k->g.dtype, C, Aw[j] != 0 ? (T)NAN : (T)0); continue; }
         const double S = 1.0 + R[j];
         if (!dense && y[j] != kmax[j]) {
             const double ey = (double)FXM(fx_exp_neg)(xy[j] - m[j]);
             const double g_y = gwv[j] * (Aw[j] * ey / S - (lab[j] + FXN(u_at)(k, tj, y[j])));
-            FXN(store1)(gj + y[j] * k->g.sc, capped ? g_y * (double)dy[j] : g_y);
+            FXN(store1)(gj + y[j] * k->g.sc, k->g.dtype, capped ? g_y * (double)dy[j] : g_y);
         }
         const double a_k = FXN(u_at)(k, tj, kmax[j]) + (!dense && kmax[j] == y[j] ? lab[j] : 0.0);
         if (X) /* A (q_k - 1) + (A - a_k), A gaining 2 z lse in both */
-            FXN(store1)(gj + kmax[j] * k->g.sc,
+            FXN(store1)(gj + kmax[j] * k->g.sc, k->g.dtype,
                         gwv[j] * (Az[j] * (-R[j] / S) + ((A[j] - a_k) + zx[j])) * (double)dk[j]);
         else
-            FXN(store1)(gj + kmax[j] * k->g.sc, gwv[j] * fx_softmax_grad_at_max(A[j], a_k, R[j], S));
+            FXN(store1)(gj + kmax[j] * k->g.sc, k->g.dtype, gwv[j] * fx_softmax_grad_at_max(A[j], a_k, R[j], S));
     }
     return -1;
 }
