@@ -187,15 +187,16 @@ FX_INLINE float fx_exp_neg_f32(float x)
 
 /* exp(x) for x in [FX_EXP_NEAR, 0] only (no -inf, no NaN): the exps of a softmax
  * sum whose block lies within 86.5 of the row max (block_range checks it), which
- * are most. Three FMA-port operations fewer than fx_exp_neg_f32, whose exp pass is
- * bound by those ports:
+ * are most. Fewer FMA-port operations than fx_exp_neg_f32, whose exp pass is bound
+ * by those ports:
  *  - one-constant reduction r = x - n*ln2 (with FMA, where n*ln2 is exact inside
  *    the multiply-add; without, the two-constant one): float(ln2) errs by 1.9e-9,
  *    so the result errs by |n| * 1.9e-9 relative more (<= 2.4e-7 at n = -125: 2
  *    ulp, on terms below 2^-124 of the row's largest);
- *  - 2^n added into p's exponent bits instead of multiplied: p * 2^n is normal
- *    for n >= -125, and no NaN reaches here (an integer add would make a number
- *    of one);
+ *  - 2^n is exact as a multiplier: p * 2^n is normal for n >= -125, so the product
+ *    has the bits of p with n added to its exponent, and a sum `s += exp` becomes
+ *    one FMA (the compiler contracts s + p * 2^n), one operation less a term than
+ *    an integer add into the exponent and a float add;
  *  - no select for x below the range. */
 #define FX_EXP_NEAR -86.5
 FX_INLINE float fx_exp_near_f32(float x)
