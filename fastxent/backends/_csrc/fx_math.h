@@ -24,8 +24,12 @@
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #define FX_INLINE static __forceinline
+#define FX_NOINLINE __declspec(noinline)
+#define FX_MAYBE_UNUSED
 #else
 #define FX_INLINE static inline __attribute__((always_inline))
+#define FX_NOINLINE __attribute__((noinline))
+#define FX_MAYBE_UNUSED __attribute__((unused))
 #endif
 
 /* ------------------------------------------------------------------ bit casts */
@@ -187,25 +191,38 @@ FX_INLINE float fx_exp_neg_f32(float x)
 
 /* exp(x) for x in [FX_EXP_NEAR, 0] only (no -inf, no NaN): the exps of a softmax
  * sum whose block lies within 86.5 of the row max (block_range checks it), which
- * are most. Fewer FMA-port operations than fx_exp_neg_f32, whose exp pass is bound
- * by those ports:
+ * are most. Three FMA-port operations fewer than fx_exp_neg_f32, whose exp pass is
+ * bound by those ports:
  *  - one-constant reduction r = x - n*ln2 (with FMA, where n*ln2 is exact inside
  *    the multiply-add; without, the two-constant one): float(ln2) errs by 1.9e-9,
  *    so the result errs by |n| * 1.9e-9 relative more (<= 2.4e-7 at n = -125: 2
  *    ulp, on terms below 2^-124 of the row's largest);
- *  - 2^n is exact as a multiplier: p * 2^n is normal for n >= -125, so the product
- *    has the bits of p with n added to its exponent, and a sum `s += exp` becomes
- *    one FMA (the compiler contracts s + p * 2^n), one operation less a term than
- *    an integer add into the exponent and a float add;
+ *  - 2^n added into p's exponent bits instead of multiplied: p * 2^n is normal
+ *    for n >= -125, and no NaN reaches here (an integer add would make a number
+ *    of one);
  *  - no select for x below the range. */
 #define FX_EXP_NEAR -86.5
 FX_INLINE float fx_exp_near_f32(float x)
+{
+    float t = x * 1.44269504088896341f + 12582912.0f;       /* 1.5*2^23: n in the low bits */
+    float n = t - 12582912.0f;
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    float p = fx_exp_poly5_short_f32(x - n * 0.693147182f);
+#else /* n * ln2 rounded before the subtraction: up to 68 ulp; n * ln2_hi is exact */
+    float p = fx_exp_poly5_short_f32((x - n * 0.693359375f) - n * -2.12194440e-4f);
+#endif
+    return fx_u2f(fx_f2u(p) + (fx_f2u(t) << 23));
+}
+/* The same exp as a product p * 2^n, for sums `s += exp` that keep no exp: the
+ * compiler contracts s + p * 2^n into one FMA, an operation less a term than the
+ * integer add and the float add. The same bits: 2^n scales exactly in this range. */
+FX_INLINE float fx_exp_near_sum_f32(float x)
 {
     float t = x * 1.44269504088896341f + 12583039.0f;       /* 1.5*2^23 + 127: n + 127 in the low bits */
     float n = t - 12583039.0f;
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
     float p = fx_exp_poly5_short_f32(x - n * 0.693147182f);
-#else /* n * ln2 rounded before the subtraction: up to 68 ulp; n * ln2_hi is exact */
+#else
     float p = fx_exp_poly5_short_f32((x - n * 0.693359375f) - n * -2.12194440e-4f);
 #endif
     return p * fx_u2f(fx_f2u(t) << 23);
@@ -262,6 +279,8 @@ FX_INLINE double fx_exp_near_f64(double x)
     double p = fx_exp_parts_f64(x, &ni);
     return p * fx_u2d((uint64_t)(ni + 1023) << 52);
 }
+
+FX_INLINE double fx_exp_near_sum_f64(double x) { return fx_exp_near_f64(x); }
 
 /* Full-range exp (used by the tests and the "simd exp" hook; the kernels only
  * need fx_exp_neg_*): two-factor scaling keeps subnormal results and overflows to

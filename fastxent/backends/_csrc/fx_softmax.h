@@ -141,7 +141,7 @@ static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near,
         FX_PREFETCH_L2(pf + (c0) * (fx_ssize)sizeof(T) + b_)
     /* one sweep: the argmax is left out by the masked run (FX_RUNSUM); its stored
      * exp is exp(0) = 1 either way */
-#define FX_EXP(c0, j) FX_EXPFN(x[(c0) + (j)] - m)
+#define FX_EXP(c0, j) FX_EXPSUM(x[(c0) + (j)] - m) /* kept nowhere: the product form */
 #define FX_EXP_ST(c0, j) (e[(c0) + (j)] = FX_EXPFN(x[(c0) + (j)] - m))
 #define FX_EXP_IP(c0, j) (e[(c0) + (j)] = FX_EXPFN(e[(c0) + (j)] - m))
     /* the mask compares a table of indices (a vector load): GCC does not build
@@ -161,12 +161,16 @@ static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near,
     }
     if (near) {
 #define FX_EXPFN FXM(fx_exp_near)
+#define FX_EXPSUM FXM(fx_exp_near_sum)
         FX_EXP_RUNS
 #undef FX_EXPFN
+#undef FX_EXPSUM
     } else {
 #define FX_EXPFN FXM(fx_exp_neg)
+#define FX_EXPSUM FXM(fx_exp_neg)
         FX_EXP_RUNS
 #undef FX_EXPFN
+#undef FX_EXPSUM
     }
 #undef FX_EXP_RUNS
 #undef FX_EXP
@@ -227,7 +231,7 @@ static double FXN(bf16_exp_sum)(const uint16_t *h, fx_ssize n, T m, fx_ssize ski
     FX_RUNSUM(hi, nw, FX_HI, FX_HI_M, skip_hi, FX_NOPRE);            \
     if (n % 2 && n - 1 != skip) tail = (double)FX_EXPFN((T)fx_bf16_to_f32(h[n - 1]) - m);
     if (near) {
-#define FX_EXPFN FXM(fx_exp_near)
+#define FX_EXPFN FXM(fx_exp_near_sum)
         FX_BF16_RUNS
 #undef FX_EXPFN
     } else {
@@ -396,8 +400,10 @@ static double FXN(row_lse)(const fx_call *k, const char *xrow, T *buf)
  * per block a max pass and an exp pass over data that is in L1; blocks update a
  * running max (online softmax), so a 128k-class row is read from memory once.
  * X: the extras above (sparse only). */
-FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y, const int X, const int B)
+FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y, const int X, const int B,
+                                const int G)
 {
+    const int gdt = G ? FX_BF16 : FX_CODE; /* G: a bfloat16 gradient (float32 kernels) */
     const fx_ssize C = k->n_c;
     const int dense = X ? 0 : k->dense;
     const char *xrow = k->x.data + o * k->x.so + i * k->x.si;
@@ -418,7 +424,7 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
         if (lse_at) fx_put_f64(lse_at, FXN(row_lse)(k, xrow, xbuf)); /* before an in-place gradient */
         if (rank_at) fx_put_i64(rank_at, -1);
         *loss = 0.0;
-        if (grow) FXN(fill)(grow, gs, k->g.dtype, C, (T)0);
+        if (grow) FXN(fill)(grow, gs, gdt, C, (T)0);
         return 0;
     }
     const FXN(weights) w = FXN(weights_for)(k, y);
@@ -489,7 +495,7 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
         }
         const int near = bmin - m >= (T)FX_EXP_NEAR; /* every x - m in fx_exp_near's range */
         if (grow && single) {
-            ework = FXN(gdst)(grow, gs, k->g.dtype, ebuf);
+            ework = FXN(gdst)(grow, gs, gdt, ebuf);
             R += FXN(exp_sum)(xv, n, m, skip, near, ework, pf);
         } else if (bits) {
             R += FXN(bf16_exp_sum)(hv, n, m, skip, near, pf);
@@ -503,7 +509,7 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
         if (lse_at) fx_put_f64(lse_at, NAN);
         if (rank_at) fx_put_i64(rank_at, FXN(rank_row)(k, xrow, xy, y, xbuf)); /* before the NaN fill */
         *loss = NAN;
-        if (grow) FXN(fill)(grow, gs, k->g.dtype, C, (T)NAN);
+        if (grow) FXN(fill)(grow, gs, gdt, C, (T)NAN);
         return 0;
     }
     double lse = 0, zx = 0; /* X: the row's logsumexp; z_loss's term 2 z lse of A */
@@ -517,7 +523,7 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
     if (m == (T)-INFINITY) { /* every logit -inf: A * inf (0 when A == 0), NaN gradient */
         *loss = A == 0 ? 0.0 : A * INFINITY;
         if (X && k->z_loss != 0) *loss += k->z_loss * lse * lse;
-        if (grow) FXN(fill)(grow, gs, k->g.dtype, C, Az != 0 ? (T)NAN : (T)0);
+        if (grow) FXN(fill)(grow, gs, gdt, C, Az != 0 ? (T)NAN : (T)0);
         return 0;
     }
     if (w.lab != 0) lin += w.lab * ((double)m - (double)xy);
@@ -532,7 +538,7 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
     const T beta = (T)(gw * (double)w.u0);
     for (fx_ssize c0 = 0; c0 < C; c0 += FX_BLOCK) {
         const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
-        T *gd = FXN(gdst)(grow + c0 * gs, gs, k->g.dtype, ebuf);
+        T *gd = FXN(gdst)(grow + c0 * gs, gs, gdt, ebuf);
         const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
         if (single) { /* gd (== ework) holds exp(x - m) */
             if (uv) { const T gwt = (T)gw; for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * gd[c] - gwt * uv[c]; }
@@ -544,46 +550,50 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
             else for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * FXM(fx_exp_neg)(xv[c] - m) - beta;
         }
         if (capped) for (fx_ssize c = 0; c < n; c++) gd[c] *= dbuf[c];
-        FXN(gflush)(grow + c0 * gs, gs, k->g.dtype, n, gd);
+        FXN(gflush)(grow + c0 * gs, gs, gdt, n, gd);
     }
     if (!dense && y != kmax) {
         const double ey = (double)FXM(fx_exp_neg)(xy - m);
         const double g_y = gw * (Az * ey / S - (w.lab + FXN(u_at)(k, trow, y)));
-        FXN(store1)(grow + y * gs, k->g.dtype, capped ? g_y * (double)dy : g_y);
+        FXN(store1)(grow + y * gs, gdt, capped ? g_y * (double)dy : g_y);
     }
     const double a_k = FXN(u_at)(k, trow, kmax) + (kmax == y && !dense ? w.lab : 0.0);
     if (X) /* A (q_k - 1) + (A - a_k), A gaining 2 z lse in both */
-        FXN(store1)(grow + kmax * gs, k->g.dtype, gw * (Az * (-R / S) + ((A - a_k) + zx)) * (double)dk);
+        FXN(store1)(grow + kmax * gs, gdt, gw * (Az * (-R / S) + ((A - a_k) + zx)) * (double)dk);
     else
-        FXN(store1)(grow + kmax * gs, k->g.dtype, gw * fx_softmax_grad_at_max(A, a_k, R, S));
+        FXN(store1)(grow + kmax * gs, gdt, gw * fx_softmax_grad_at_max(A, a_k, R, S));
     return 0;
 }
 
-static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
-{
-    return FXN(logits_row_t)(k, o, i, y, 0, 0);
-}
-static int FXN(logits_x_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
-{
-    return FXN(logits_row_t)(k, o, i, y, 1, 0);
-}
+/* The instantiations: X (the optional terms), B (bfloat16 rows read as bits), G
+ * (a bfloat16 gradient), each a constant. G = 1 lives in a function of its own,
+ * entered once a row: inlined next to G = 0, it made the latter's code slower. */
+#define FX_ROW_KERNEL(name, X, B)                                                          \
+    static FX_NOINLINE int FXN(name##_g)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) \
+    {                                                                                      \
+        return FXN(logits_row_t)(k, o, i, y, X, B, 1);                                     \
+    }                                                                                      \
+    static FX_MAYBE_UNUSED int FXN(name)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) \
+    {                                                                                      \
+        if (FX_G_BF16(k->g.dtype)) return FXN(name##_g)(k, o, i, y);                       \
+        return FXN(logits_row_t)(k, o, i, y, X, B, 0);                                     \
+    }
+FX_ROW_KERNEL(logits_row, 0, 0)
+FX_ROW_KERNEL(logits_x_row, 1, 0)
 /* B: bfloat16 logits at a class stride of 2 bytes, every row 2-aligned (the driver
  * checks): block ranges and exp sums straight from the bits (bf16_range,
- * bf16_exp_sum) */
-static int FXN(logits_bf16_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
-{
-    return FXN(logits_row_t)(k, o, i, y, 0, 1);
-}
-static int FXN(logits_x_bf16_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
-{
-    return FXN(logits_row_t)(k, o, i, y, 1, 1);
-}
+ * bf16_exp_sum); the table holds the float32 ones only */
+FX_ROW_KERNEL(logits_bf16_row, 0, 1)
+FX_ROW_KERNEL(logits_x_bf16_row, 1, 1)
+#undef FX_ROW_KERNEL
 
 /* Rows (o, i0 .. i0+n-1) with a contiguous inner axis: one lane per row, the class
  * loop outside, so every pass is a unit-stride vector loop across rows.
  * X: the extras (sparse only). */
-FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n, const int X)
+FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n, const int X,
+                                      const int G)
 {
+    const int gdt = G ? FX_BF16 : FX_CODE; /* G: a bfloat16 gradient (float32 kernels) */
     const fx_ssize C = k->n_c;
     const int dense = X ? 0 : k->dense;
     const char *xo = k->x.data + o * k->x.so + i0 * k->x.si;
@@ -681,7 +691,7 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
     const int kind = dense ? U_VEC : (k->ls == 0 ? U_NONE : U_CONST);
     T etile[FX_TILE], ebuf[FX_LANES], gbuf[FX_LANES];
     const int e_in_tile = C * n <= FX_TILE;
-    const int recompute = !e_in_tile && (capped || FX_G_BF16(k->g.dtype));
+    const int recompute = !e_in_tile && (capped || G);
     for (fx_ssize c = 0; c < C; c++) {
         const char *xc = xo + c * k->x.sc;
         const T *xv;
@@ -691,7 +701,7 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
             xv = keep_tile && FXN(load_copies)(xc, k->x.si, k->x.dtype)
                      ? tile + c * n
                      : FXN(load)(xc, k->x.si, k->x.dtype, n, xbuf);
-        T *ev = !go || recompute ? NULL : e_in_tile ? etile + c * n : FXN(gdst)(go + c * k->g.sc, k->g.si, k->g.dtype, ebuf);
+        T *ev = !go || recompute ? NULL : e_in_tile ? etile + c * n : FXN(gdst)(go + c * k->g.sc, k->g.si, gdt, ebuf);
         const T *uv = NULL;
         T uc = kind == U_CONST ? (T)(per * k->cw[c]) : (T)0;
         if (kind == U_VEC) {
@@ -723,7 +733,7 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
                 ties[j] += d == 0;
                 ev[j] = e;
             }
-            if (!e_in_tile) FXN(gflush)(go + c * k->g.sc, k->g.si, k->g.dtype, n, ev);
+            if (!e_in_tile) FXN(gflush)(go + c * k->g.sc, k->g.si, gdt, n, ev);
         } else {
             for (fx_ssize j = 0; j < n; j++) {
                 T d = xv[j] - msafe[j];
@@ -786,10 +796,10 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
             for (fx_ssize j = 0; j < n; j++) ebuf[j] = FXM(fx_exp_neg)(zv[j] - msafe[j]);
             ev = ebuf;
             dc = dbuf;
-            gd = FXN(gdst)(gc, k->g.si, k->g.dtype, gbuf);
+            gd = FXN(gdst)(gc, k->g.si, gdt, gbuf);
         } else {
             ev = e_in_tile ? etile + c * n : FXN(load)(gc, k->g.si, FX_CODE, n, ebuf);
-            gd = FXN(gdst)(gc, k->g.si, k->g.dtype, xbuf);
+            gd = FXN(gdst)(gc, k->g.si, gdt, xbuf);
         }
         if (kind == U_VEC) {
             const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
@@ -801,35 +811,40 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
             for (fx_ssize j = 0; j < n; j++) gd[j] = alpha[j] * ev[j] - beta[j];
         }
         if (capped) for (fx_ssize j = 0; j < n; j++) gd[j] *= dc[j];
-        FXN(gflush)(gc, k->g.si, k->g.dtype, n, gd);
+        FXN(gflush)(gc, k->g.si, gdt, n, gd);
     }
     for (fx_ssize j = 0; j < n; j++) {
         char *gj = go + j * k->g.si;
         const char *tj = to ? to + j * k->t.si : NULL;
-        if (!dense && y[j] < 0) { FXN(fill)(gj, k->g.sc, k->g.dtype, C, (T)0); continue; }
-        if (nan[j]) { FXN(fill)(gj, k->g.sc, k->g.dtype, C, (T)NAN); continue; }
-        if (m[j] == (T)-INFINITY) { FXN(fill)(gj, k->g.sc, k->g.dtype, C, Aw[j] != 0 ? (T)NAN : (T)0); continue; }
+        if (!dense && y[j] < 0) { FXN(fill)(gj, k->g.sc, gdt, C, (T)0); continue; }
+        if (nan[j]) { FXN(fill)(gj, k->g.sc, gdt, C, (T)NAN); continue; }
+        if (m[j] == (T)-INFINITY) { FXN(fill)(gj, k->g.sc, gdt, C, Aw[j] != 0 ? (T)NAN : (T)0); continue; }
         const double S = 1.0 + R[j];
         if (!dense && y[j] != kmax[j]) {
             const double ey = (double)FXM(fx_exp_neg)(xy[j] - m[j]);
             const double g_y = gwv[j] * (Aw[j] * ey / S - (lab[j] + FXN(u_at)(k, tj, y[j])));
-            FXN(store1)(gj + y[j] * k->g.sc, k->g.dtype, capped ? g_y * (double)dy[j] : g_y);
+            FXN(store1)(gj + y[j] * k->g.sc, gdt, capped ? g_y * (double)dy[j] : g_y);
         }
         const double a_k = FXN(u_at)(k, tj, kmax[j]) + (!dense && kmax[j] == y[j] ? lab[j] : 0.0);
         if (X) /* A (q_k - 1) + (A - a_k), A gaining 2 z lse in both */
-            FXN(store1)(gj + kmax[j] * k->g.sc, k->g.dtype,
+            FXN(store1)(gj + kmax[j] * k->g.sc, gdt,
                         gwv[j] * (Az[j] * (-R[j] / S) + ((A[j] - a_k) + zx[j])) * (double)dk[j]);
         else
-            FXN(store1)(gj + kmax[j] * k->g.sc, k->g.dtype, gwv[j] * fx_softmax_grad_at_max(A[j], a_k, R[j], S));
+            FXN(store1)(gj + kmax[j] * k->g.sc, gdt, gwv[j] * fx_softmax_grad_at_max(A[j], a_k, R[j], S));
     }
     return -1;
 }
 
-static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
-{
-    return FXN(logits_cols_t)(k, o, i0, n, 0);
-}
-static fx_ssize FXN(logits_x_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
-{
-    return FXN(logits_cols_t)(k, o, i0, n, 1);
-}
+#define FX_COLS_KERNEL(name, X)                                                                \
+    static FX_NOINLINE fx_ssize FXN(name##_g)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n) \
+    {                                                                                          \
+        return FXN(logits_cols_t)(k, o, i0, n, X, 1);                                          \
+    }                                                                                          \
+    static fx_ssize FXN(name)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)           \
+    {                                                                                          \
+        if (FX_G_BF16(k->g.dtype)) return FXN(name##_g)(k, o, i0, n);                          \
+        return FXN(logits_cols_t)(k, o, i0, n, X, 0);                                          \
+    }
+FX_COLS_KERNEL(logits_cols, 0)
+FX_COLS_KERNEL(logits_x_cols, 1)
+#undef FX_COLS_KERNEL
