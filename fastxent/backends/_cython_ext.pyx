@@ -10,8 +10,8 @@ How a call runs:
 * The arguments are read through the NumPy C API (data pointer, byte strides,
   type number): no buffer or memoryview is acquired, which keeps a 32 x 10 call
   in the low microseconds. Read-only and memory-mapped arrays are only read
-  (nothing asks for a writable buffer); float16 is read as its bits and converted
-  in the kernel.
+  (nothing asks for a writable buffer); float16 and bfloat16 (ml_dtypes) are
+  read as their bits and converted in the kernel.
 * The layout is normalised (``I == 1`` and mergeable ``(O, I)`` become one long
   inner axis), then one of two forms runs: **rows** (class axis at any stride;
   contiguous rows are used in place, anything else goes through a per-block
@@ -38,6 +38,7 @@ cnp.import_array()
 cdef extern from "numpy/arrayobject.h":
     enum:
         NPY_HALF
+        NPY_USERDEF
 
 cdef extern from "_csrc/fx_build_config.h":
     const char *FX_BUILD_OPENMP_PROBE
@@ -51,7 +52,7 @@ cdef extern from "_csrc/fx_common.h":
     ctypedef Py_ssize_t fx_ssize
     enum:
         FX_BOOL, FX_I8, FX_U8, FX_I16, FX_U16, FX_I32, FX_U32, FX_I64, FX_U64
-        FX_F16, FX_F32, FX_F64
+        FX_F16, FX_F32, FX_F64, FX_BF16
         FX_LANES
         FX_LEAF
     ctypedef struct fx_arr3:
@@ -81,6 +82,11 @@ cdef extern from "_csrc/fx_common.h":
         fx_ssize lab_so, lab_si
         int lab_dtype
         int64_t ignore
+        double z_loss, softcap
+        char *lse
+        fx_ssize lse_so, lse_si
+        char *rank
+        fx_ssize rank_so, rank_si
     ctypedef int (*fx_row_fn)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) noexcept nogil
     ctypedef fx_ssize (*fx_cols_fn)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n) noexcept nogil
     ctypedef fx_ssize (*fx_range_fn)(const fx_call *k, fx_ssize r0, fx_ssize r1) noexcept nogil
@@ -88,6 +94,10 @@ cdef extern from "_csrc/fx_common.h":
         const char *name
         fx_row_fn logits_row[2]
         fx_cols_fn logits_cols[2]
+        fx_row_fn logits_x_row[2]
+        fx_cols_fn logits_x_cols[2]
+        fx_row_fn logits_bf16_row
+        fx_row_fn logits_x_bf16_row
         fx_row_fn probs_row[2]
         fx_cols_fn probs_cols[2]
         fx_row_fn bce_logits_row[2]
@@ -235,8 +245,12 @@ def _in_forked_child():
 #: loss_out larger than this is written with non-temporal stores (column kernels).
 cdef fx_ssize STREAM_LOSS_BYTES = 8 << 20
 
+cdef int _bfloat16_num = -1  # the type number NumPy gave ml_dtypes' bfloat16, once seen
+
+
 cdef inline int _dtype_code(cnp.ndarray a) except -1:
     """The fx dtype code of ``a`` (native byte order only)."""
+    global _bfloat16_num
     cdef int tn = cnp.PyArray_TYPE(a)
     cdef int size = cnp.PyArray_ITEMSIZE(a)
     if not cnp.PyArray_ISNOTSWAPPED(a):
@@ -247,6 +261,11 @@ cdef inline int _dtype_code(cnp.ndarray a) except -1:
         return FX_F64
     if tn == NPY_HALF:
         return FX_F16
+    if tn == _bfloat16_num:
+        return FX_BF16
+    if tn >= NPY_USERDEF and size == 2 and (<object>a).dtype.name == "bfloat16":  # ml_dtypes
+        _bfloat16_num = tn
+        return FX_BF16
     if tn == cnp.NPY_BOOL:
         return FX_BOOL
     if tn in (cnp.NPY_BYTE, cnp.NPY_SHORT, cnp.NPY_INT, cnp.NPY_LONG, cnp.NPY_LONGLONG):
@@ -281,11 +300,13 @@ cdef inline int _arr2(cnp.ndarray a, fx_ssize O, fx_ssize I, const char **data,
 
 cdef int _setup(fx_call *k, cnp.ndarray x, object targets, object labels, object class_weight,
                 object pos_weight, cnp.ndarray grad_weight, cnp.ndarray loss_out, object grad_out,
-                double ls, double eps, int64_t ignore, bint block_sums=False) except -1:
+                double ls, double eps, int64_t ignore, bint block_sums=False,
+                object lse_out=None, object rank_out=None) except -1:
     """Fill ``k`` from the arguments (cheap: pointers, strides and type numbers).
 
     ``loss_out`` holds O*I per-row losses, or with ``block_sums`` one float64 sum
-    per block of BLOCK_ROWS consecutive rows (see ``_run``)."""
+    per block of BLOCK_ROWS consecutive rows (see ``_run``). ``lse_out`` and
+    ``rank_out`` (sparse from logits): (O, I) float64 and int64 outputs, or None."""
     cdef fx_ssize O, C, I, c, n_out
     cdef cnp.ndarray a
     cdef const double *w
@@ -299,8 +320,8 @@ cdef int _setup(fx_call *k, cnp.ndarray x, object targets, object labels, object
     k.ls, k.eps, k.ignore = ls, eps, ignore
     k.ls_per_c = ls / C if C > 0 else 0.0
     _arr3(&k.x, x, O, C, I)
-    if k.x.dtype != FX_F16 and k.x.dtype != FX_F32 and k.x.dtype != FX_F64:
-        raise TypeError(f"x must be float16, float32 or float64, got {(<object>x).dtype}")
+    if k.x.dtype != FX_F16 and k.x.dtype != FX_F32 and k.x.dtype != FX_F64 and k.x.dtype != FX_BF16:
+        raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {(<object>x).dtype}")
     if targets is not None:
         k.dense = 1
         _arr3(&k.t, <cnp.ndarray?>targets, O, C, I)
@@ -312,8 +333,10 @@ cdef int _setup(fx_call *k, cnp.ndarray x, object targets, object labels, object
             raise TypeError(f"labels must have an integer dtype, got {(<object>a).dtype}")
     if grad_out is not None:
         _arr3(&k.g, <cnp.ndarray?>grad_out, O, C, I)
-        if k.g.dtype != (FX_F64 if k.x.dtype == FX_F64 else FX_F32):
-            raise TypeError("grad_out must be float64 for float64 input, float32 otherwise")
+        if k.g.dtype != (FX_F64 if k.x.dtype == FX_F64 else FX_F32) and not (
+                k.x.dtype == FX_BF16 and k.g.dtype == FX_BF16):
+            raise TypeError("grad_out must be float64 for float64 input, float32 otherwise "
+                            "(or bfloat16 for bfloat16 input)")
         if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>grad_out):
             raise ValueError("grad_out is read-only")
     _arr2(grad_weight, O, I, &k.gw, &k.gw_so, &k.gw_si)
@@ -347,6 +370,16 @@ cdef int _setup(fx_call *k, cnp.ndarray x, object targets, object labels, object
         _arr2(a, C, I, &k.pw, &k.pw_sc, &k.pw_si)
         k.pw_const = (k.pw_sc == 0 or C == 1) and (k.pw_si == 0 or I == 1)
         memcpy(&k.pw0, k.pw, 8)
+    if lse_out is not None:
+        a = <cnp.ndarray?>lse_out
+        _arr2(a, O, I, <const char **>&k.lse, &k.lse_so, &k.lse_si)
+        if cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE or not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError(f"lse_out must be a writeable float64 array of shape {(O, I)}")
+    if rank_out is not None:
+        a = <cnp.ndarray?>rank_out
+        _arr2(a, O, I, <const char **>&k.rank, &k.rank_so, &k.rank_si)
+        if _dtype_code(a) != FX_I64 or not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError(f"rank_out must be a writeable int64 array of shape {(O, I)}")
     _normalise(k)
     return 0
 
@@ -358,6 +391,8 @@ cdef inline void _swap_axes(fx_call *k) noexcept nogil:
     k.g.si = k.g.so
     k.lab_si = k.lab_so
     k.gw_si = k.gw_so
+    k.lse_si = k.lse_so
+    k.rank_si = k.rank_so
     k.pw_si = 0  # pos_weight[c, 0] for every row
     k.n_i = k.n_o
     k.n_o = 1
@@ -382,6 +417,10 @@ cdef void _normalise(fx_call *k) noexcept nogil:
             return
         if k.gw_so != I * k.gw_si:
             return
+        if k.lse != NULL and k.lse_so != I * k.lse_si:
+            return
+        if k.rank != NULL and k.rank_so != I * k.rank_si:
+            return
         if k.pw != NULL and k.pw_si != 0:
             return
         k.n_i = k.n_o * I
@@ -393,7 +432,7 @@ cdef inline int _contig(char *p, fx_ssize stride, fx_ssize size) noexcept nogil:
 
 
 cdef inline fx_ssize _itemsize(int dtype) noexcept nogil:
-    return 2 if dtype == FX_F16 else 4 if dtype == FX_F32 else 8
+    return 2 if dtype == FX_F16 or dtype == FX_BF16 else 4 if dtype == FX_F32 else 8
 
 
 #: Rows of at most this many classes run as columns even when rows are contiguous
@@ -738,22 +777,41 @@ cdef inline double *_sums(fx_call *k, bint block_sums) noexcept nogil:
 
 
 cdef inline int _ct(const fx_call *k) noexcept nogil:
-    """Compute-type index of the kernel tables: 0 float32 (float16/32 input), 1 float64."""
+    """Compute-type index of the kernel tables: 0 float32 (float16/bfloat16/float32
+    input), 1 float64."""
     return 1 if k.x.dtype == FX_F64 else 0
+
+
+cdef inline fx_row_fn _logits_row(const fx_table *tb, const fx_call *k, bint extras=False) noexcept nogil:
+    """The softmax row kernel (``extras``: its X form): bfloat16 rows at a class
+    stride of 2 bytes, every row 2-aligned, have their own (they read the bits)."""
+    if (k.x.dtype == FX_BF16 and k.x.sc == 2 and (<size_t>k.x.data) % 2 == 0
+            and k.x.so % 2 == 0 and k.x.si % 2 == 0):
+        return tb.logits_x_bf16_row if extras else tb.logits_bf16_row
+    return tb.logits_x_row[_ct(k)] if extras else tb.logits_row[_ct(k)]
 
 
 # -------------------------------------------------------------------------- the kernel table
 
 def sparse_from_logits(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weight,
                        double label_smoothing, int64_t ignore_index, cnp.ndarray grad_weight,
-                       cnp.ndarray loss_out, grad_out, int threads, bint block_sums=False):
+                       cnp.ndarray loss_out, grad_out, int threads, bint block_sums=False, *,
+                       double z_loss=0.0, double softcap=0.0, lse_out=None, rank_out=None):
+    """The optional keywords (KERNELS.md) run the kernels' X form (logits_x_*);
+    a call without them runs the plain kernels."""
     cdef fx_call k
     _setup(&k, x, None, labels, class_weight, None, grad_weight, loss_out, grad_out,
-           label_smoothing, 0.0, ignore_index, block_sums)
+           label_smoothing, 0.0, ignore_index, block_sums, lse_out, rank_out)
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
+    cdef bint extras = z_loss != 0 or softcap != 0 or lse_out is not None or rank_out is not None
+    k.z_loss = z_loss
+    k.softcap = softcap
     with nogil:
-        _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], threads, _sums(&k, block_sums))
+        if extras:
+            _run_kernel(&k, _logits_row(tb, &k, True), tb.logits_x_cols[ct], threads, _sums(&k, block_sums))
+        else:
+            _run_kernel(&k, _logits_row(tb, &k), tb.logits_cols[ct], threads, _sums(&k, block_sums))
     return -1
 
 
@@ -766,7 +824,7 @@ def categorical_from_logits(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray clas
     cdef const fx_table *tb = fx_active()
     cdef int ct = _ct(&k)
     with nogil:
-        _run_kernel(&k, tb.logits_row[ct], tb.logits_cols[ct], threads, _sums(&k, block_sums))
+        _run_kernel(&k, _logits_row(tb, &k), tb.logits_cols[ct], threads, _sums(&k, block_sums))
     return -1
 
 

@@ -28,10 +28,12 @@ def unavailable_reason() -> str | None:
     return None
 
 
+#: y_pred dtypes the kernels read (float16 and bfloat16 in float32, never copied whole).
+X_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
 def unsupported_reason(problem) -> str | None:
-    if problem.row_extras:
-        return "z_loss, logit_softcap, return_lse and label ranks run on the numpy backend in this version"
-    return compiled_dtype_reason(problem, "Cython")
+    return compiled_dtype_reason(problem, "Cython", X_DTYPES)
 
 
 def simd_active() -> str | None:

@@ -155,9 +155,9 @@ FX_INLINE int FXN(bce_row)(int probs, const fx_call *k, fx_ssize o, fx_ssize i)
         const T *xv = FXN(load)(xrow + c0 * k->x.sc, k->x.sc, k->x.dtype, n, xbuf);
         const T *yv = FXN(bce_targets)(k, trow + c0 * k->t.sc, k->t.sc, k->t.dtype, n, ybuf, nbuf, dbuf, NULL, &bad);
         const T *pv = FXN(pw_block)(k, pwrow + c0 * k->pw_sc, k->pw_sc, n, pbuf);
-        T *gd = grow ? FXN(gdst)(grow + c0 * k->g.sc, k->g.sc, gbuf) : NULL;
+        T *gd = grow ? FXN(gdst)(grow + c0 * k->g.sc, k->g.sc, k->g.dtype, gbuf) : NULL;
         s += FXN(bce_block)(probs, xv, yv, nbuf, pv, (T)k->pw0, n, lo, hi, &bad, gd, gscale);
-        if (gd) FXN(gflush)(grow + c0 * k->g.sc, k->g.sc, n, gd);
+        if (gd) FXN(gflush)(grow + c0 * k->g.sc, k->g.sc, k->g.dtype, n, gd);
     }
     k->loss[o * k->n_i + i - k->loss_r0] = s / (double)C;
     return bad;
@@ -225,7 +225,7 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
         const T *x = FXN(load)(xo + c * k->x.sc, k->x.si, k->x.dtype, n, xbuf);
         const T *y = FXN(bce_targets)(k, to + c * k->t.sc, k->t.si, k->t.dtype, n, ybuf, nbuf, dbuf, out, &any);
         const T *pw = FXN(pw_block)(k, k->pw + c * k->pw_sc + i0 * k->pw_si, k->pw_si, n, pbuf);
-        T *g = go ? FXN(gdst)(go + c * k->g.sc, k->g.si, gbuf) : NULL;
+        T *g = go ? FXN(gdst)(go + c * k->g.sc, k->g.si, k->g.dtype, gbuf) : NULL;
         const int fin = probs ? 0 : FXN(bce_tails)(x, n, e, l);
         /* specialisations: first class or not (assign, no zeroing pass), pos_weight
          * per element or one value (`pw ? pw[j] : pw0` in one loop becomes a masked load,
@@ -246,7 +246,7 @@ FX_INLINE fx_ssize FXN(bce_cols)(int probs, const fx_call *k, fx_ssize o, fx_ssi
         }
 #undef FX_BCE_LANES
 #undef FX_BCE_LANES_
-        if (g) FXN(gflush)(go + c * k->g.sc, k->g.si, n, g);
+        if (g) FXN(gflush)(go + c * k->g.sc, k->g.si, k->g.dtype, n, g);
     }
     if (k->leaf_sums) {
         fx_leaf_sums(s, n, &k->loss[(o * k->n_i + i0 - k->loss_r0) / FX_LEAF]);

@@ -7,10 +7,11 @@
 
 typedef ptrdiff_t fx_ssize; /* Py_ssize_t: N x C passes 2^31 */
 
-/* dtype codes (the Cython side maps NumPy type numbers onto these) */
+/* dtype codes (the Cython side maps NumPy type numbers onto these; FX_BF16 is
+ * ml_dtypes' bfloat16) */
 enum {
     FX_BOOL = 1, FX_I8, FX_U8, FX_I16, FX_U16, FX_I32, FX_U32, FX_I64, FX_U64,
-    FX_F16, FX_F32, FX_F64
+    FX_F16, FX_F32, FX_F64, FX_BF16
 };
 
 /* An (O, C, I) array: base pointer and byte strides (any sign, zero allowed). */
@@ -25,7 +26,8 @@ typedef struct {
     fx_ssize n_o, n_c, n_i;    /* O, C, I ("I" is a macro in complex.h) */
     fx_arr3 x;                 /* y_pred */
     fx_arr3 t;                 /* dense targets (categorical, binary) */
-    fx_arr3 g;                 /* grad_out; g.data == NULL: loss only */
+    fx_arr3 g;                 /* grad_out; g.data == NULL: loss only. float32 (or
+                                * bfloat16, for bfloat16 x) or float64 */
     int dense;                 /* 1: targets t; 0: sparse labels */
     const char *gw;            /* grad_weight (O, I) float64 */
     fx_ssize gw_so, gw_si;
@@ -48,6 +50,16 @@ typedef struct {
     fx_ssize lab_so, lab_si;
     int lab_dtype;
     int64_t ignore;
+    /* sparse_from_logits' optional terms and outputs, read only by the logits_x
+     * kernels (KERNELS.md): z_loss * lse^2 added to a row's loss (0: off), logits
+     * taken as softcap * tanh(x / softcap) (0: off), each row's logsumexp (float64)
+     * and label rank (int64) written to (O, I) arrays at byte strides (NULL: not
+     * asked for) */
+    double z_loss, softcap;
+    char *lse;
+    fx_ssize lse_so, lse_si;
+    char *rank;
+    fx_ssize rank_so, rank_si;
 } fx_call;
 
 /* Row kernel: row (o, i); y is the label (sparse; -1 when ignored), else 0.
@@ -72,6 +84,10 @@ typedef struct {
     const char *name;
     fx_row_fn logits_row[2];
     fx_cols_fn logits_cols[2];
+    fx_row_fn logits_x_row[2];   /* sparse_from_logits with z_loss, softcap, lse or rank */
+    fx_cols_fn logits_x_cols[2];
+    fx_row_fn logits_bf16_row;   /* logits_row, logits_x_row for bfloat16 at a class */
+    fx_row_fn logits_x_bf16_row; /* stride of 2 bytes (float32 compute) */
     fx_row_fn probs_row[2];
     fx_cols_fn probs_cols[2];
     fx_row_fn bce_logits_row[2];

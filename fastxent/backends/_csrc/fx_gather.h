@@ -13,8 +13,8 @@
  * first, then their logs taken in one vector loop (the same fx_log_f64, hence the
  * same bits, as the gradient path's one log per row).
  *
- * A template for one compute type (see fx_load.h): FX_CODE F32 serves float16 and
- * float32 input, F64 float64. Each (label dtype, value dtype, gradient or not)
+ * A template for one compute type (see fx_load.h): FX_CODE F32 serves float16,
+ * bfloat16 and float32 input, F64 float64. Each (label dtype, value dtype, gradient or not)
  * gets its own loop: the helpers below are always inlined with constant codes. */
 
 #ifndef FX_GATHER_CONSTANTS
@@ -23,10 +23,12 @@
 #define FX_GATHER_BATCH 128 /* rows per batch of the loss-only loop */
 #endif
 
-/* p[0] of x dtype xd (a constant after inlining), as double: float16 through float32. */
+/* p[0] of x dtype xd (a constant after inlining), as double: float16 and bfloat16
+ * through float32. */
 FX_INLINE double FXN(gather_value)(const char *p, int xd)
 {
     if (xd == FX_F16) { uint16_t v; memcpy(&v, p, 2); return (double)fx_half_to_f32(v); }
+    if (xd == FX_BF16) { uint16_t v; memcpy(&v, p, 2); return (double)fx_bf16_to_f32(v); }
     if (xd == FX_F32) { float v; memcpy(&v, p, 4); return (double)v; }
     double v; memcpy(&v, p, 8); return v;
 }
@@ -84,7 +86,7 @@ FX_INLINE fx_ssize FXN(gather_grads)(const fx_call *k, fx_ssize r0, fx_ssize r1,
         double *loss = &k->loss[o * k->n_i + i - k->loss_r0];
         if (y == k->ignore) {
             *loss = 0.0;
-            FXN(fill)(grow, k->g.sc, k->n_c, (T)0);
+            FXN(fill)(grow, k->g.sc, k->g.dtype, k->n_c, (T)0);
             continue;
         }
         const double p = FXN(gather_value)(k->x.data + o * k->x.so + y * k->x.sc + i * k->x.si, xd);
@@ -93,9 +95,9 @@ FX_INLINE fx_ssize FXN(gather_grads)(const fx_call *k, fx_ssize r0, fx_ssize r1,
         const double pc = p < lo ? lo : (p > hi ? hi : p);
         const double wy = k->cw[y];
         *loss = 0.0 - wy * fx_log_f64(pc);
-        FXN(fill)(grow, k->g.sc, k->n_c, (T)0);
+        FXN(fill)(grow, k->g.sc, k->g.dtype, k->n_c, (T)0);
         const double gw = FXN(grad_weight)(k, o, i);
-        FXN(store1)(grow + y * k->g.sc, clipped ? 0.0 : -wy * gw / p);
+        FXN(store1)(grow + y * k->g.sc, k->g.dtype, clipped ? 0.0 : -wy * gw / p);
     }
     return -1;
 }
@@ -111,6 +113,10 @@ FX_INLINE fx_ssize FXN(gather_lab)(const fx_call *k, fx_ssize r0, fx_ssize r1, i
     if (k->x.dtype == FX_F16) {
         if (k->g.data) return FXN(gather_grads)(k, r0, r1, ld, FX_F16, lo, hi);
         return FXN(gather_losses)(k, r0, r1, ld, FX_F16, lo, hi);
+    }
+    if (k->x.dtype == FX_BF16) {
+        if (k->g.data) return FXN(gather_grads)(k, r0, r1, ld, FX_BF16, lo, hi);
+        return FXN(gather_losses)(k, r0, r1, ld, FX_BF16, lo, hi);
     }
     if (k->g.data) return FXN(gather_grads)(k, r0, r1, ld, FX_F32, lo, hi);
     return FXN(gather_losses)(k, r0, r1, ld, FX_F32, lo, hi);

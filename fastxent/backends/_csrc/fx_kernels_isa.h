@@ -84,6 +84,10 @@ static inline void fx_store_losses(double *dst, const double *src, fx_ssize n, i
     for (; j < n; j++) dst[j] = src[j];
 }
 
+/* Per-row outputs at a byte address (any alignment): the X kernels' lse and rank. */
+static inline void fx_put_f64(char *p, double v) { memcpy(p, &v, 8); }
+static inline void fx_put_i64(char *p, int64_t v) { memcpy(p, &v, 8); }
+
 #ifdef FX_AVX512_MASKS
 #include <immintrin.h>
 /* Bit j set where x[j] == v, for j < min(n, lanes): one masked compare. */
@@ -179,6 +183,7 @@ static double read_sum_f32(const float *x, fx_ssize n)
 const fx_table FX_TABLE_NAME = {
     FX_ISA_NAME,
     FX_PAIR(logits_row), FX_PAIR(logits_cols),
+    FX_PAIR(logits_x_row), FX_PAIR(logits_x_cols), logits_bf16_row_f32, logits_x_bf16_row_f32,
     FX_PAIR(probs_row), FX_PAIR(probs_cols),
     FX_PAIR(bce_logits_row), FX_PAIR(bce_logits_cols),
     FX_PAIR(bce_probs_row), FX_PAIR(bce_probs_cols),

@@ -14,6 +14,7 @@ static inline T FXN(load1)(const char *p, int dtype)
     case FX_F32: { float v; memcpy(&v, p, 4); return (T)v; }
     case FX_F64: { double v; memcpy(&v, p, 8); return (T)v; }
     case FX_F16: { uint16_t v; memcpy(&v, p, 2); return (T)fx_half_to_f32(v); }
+    case FX_BF16: { uint16_t v; memcpy(&v, p, 2); return (T)fx_bf16_to_f32(v); }
     case FX_BOOL: return (T)(*(const uint8_t *)p != 0);
     case FX_I8: return (T)(*(const int8_t *)p);
     case FX_U8: return (T)(*(const uint8_t *)p);
@@ -58,6 +59,7 @@ static const T *FXN(load)(const char *base, fx_ssize stride, int dtype, fx_ssize
     case FX_F32: FX_CONVERT_LOOP(float, v)
     case FX_F64: FX_CONVERT_LOOP(double, v)
     case FX_F16: FX_CONVERT_LOOP(uint16_t, fx_half_to_f32(v))
+    case FX_BF16: FX_CONVERT_LOOP(uint16_t, fx_bf16_to_f32(v))
     case FX_BOOL: FX_CONVERT_LOOP(uint8_t, v != 0)
     case FX_I8: FX_CONVERT_LOOP(int8_t, v)
     case FX_U8: FX_CONVERT_LOOP(uint8_t, v)
@@ -73,23 +75,53 @@ static const T *FXN(load)(const char *base, fx_ssize stride, int dtype, fx_ssize
     return buf;
 }
 
-/* Where a block of gradient goes: the output itself when contiguous and aligned. */
-static inline T *FXN(gdst)(char *base, fx_ssize stride, T *buf)
+/* Gradient stores. The gradient's dtype is T's, or bfloat16 (FX_BF16) in the
+ * float32 kernels when the caller's grad_out is bfloat16 (grad_out = x included):
+ * values are computed in T and rounded to nearest even as they are written. */
+#undef FX_G_BF16
+#define FX_G_BF16(dtype) (FX_CODE == FX_F32 && (dtype) == FX_BF16)
+
+/* Where a block of gradient goes: the output itself when contiguous, aligned T. */
+static inline T *FXN(gdst)(char *base, fx_ssize stride, int dtype, T *buf)
 {
-    if (stride == (fx_ssize)sizeof(T) && ((uintptr_t)base % sizeof(T)) == 0)
+    if (!FX_G_BF16(dtype) && stride == (fx_ssize)sizeof(T) && ((uintptr_t)base % sizeof(T)) == 0)
         return (T *)base;
     return buf;
 }
-static inline void FXN(gflush)(char *base, fx_ssize stride, fx_ssize n, const T *dst)
+static inline void FXN(gflush)(char *base, fx_ssize stride, int dtype, fx_ssize n, const T *dst)
 {
     if ((const char *)dst == base) return; /* written in place */
+    if (FX_G_BF16(dtype)) {
+        if (stride == 2 && ((uintptr_t)base % 2) == 0) {
+            uint16_t *d = (uint16_t *)base;
+            for (fx_ssize c = 0; c < n; c++) d[c] = fx_f32_to_bf16((float)dst[c]);
+        } else {
+            for (fx_ssize c = 0; c < n; c++) {
+                const uint16_t h = fx_f32_to_bf16((float)dst[c]);
+                memcpy(base + c * stride, &h, 2);
+            }
+        }
+        return;
+    }
     for (fx_ssize c = 0; c < n; c++) memcpy(base + c * stride, &dst[c], sizeof(T));
 }
-static inline void FXN(store1)(char *p, double v) { T w = (T)v; memcpy(p, &w, sizeof(T)); }
-
-static void FXN(fill)(char *base, fx_ssize stride, fx_ssize n, T v)
+static inline void FXN(store1)(char *p, int dtype, double v)
 {
-    if (stride == (fx_ssize)sizeof(T) && ((uintptr_t)base % sizeof(T)) == 0) {
+    if (FX_G_BF16(dtype)) {
+        const uint16_t h = fx_f32_to_bf16((float)v);
+        memcpy(p, &h, 2);
+        return;
+    }
+    T w = (T)v;
+    memcpy(p, &w, sizeof(T));
+}
+
+static void FXN(fill)(char *base, fx_ssize stride, int dtype, fx_ssize n, T v)
+{
+    if (FX_G_BF16(dtype)) {
+        const uint16_t h = fx_f32_to_bf16((float)v);
+        for (fx_ssize c = 0; c < n; c++) memcpy(base + c * stride, &h, 2);
+    } else if (stride == (fx_ssize)sizeof(T) && ((uintptr_t)base % sizeof(T)) == 0) {
         T *d = (T *)base;
         for (fx_ssize c = 0; c < n; c++) d[c] = v;
     } else {

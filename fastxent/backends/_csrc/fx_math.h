@@ -24,8 +24,12 @@
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #define FX_INLINE static __forceinline
+#define FX_NOINLINE __declspec(noinline)
+#define FX_MAYBE_UNUSED
 #else
 #define FX_INLINE static inline __attribute__((always_inline))
+#define FX_NOINLINE __attribute__((noinline))
+#define FX_MAYBE_UNUSED __attribute__((unused))
 #endif
 
 /* ------------------------------------------------------------------ bit casts */
@@ -79,6 +83,28 @@ FX_INLINE float fx_half_to_f32(uint16_t h)
     return fx_u2f(sign | (special & is_special) | (finite & ~is_special));
 }
 
+/* bfloat16 bits -> float32: they are its upper half (exact, one shift). */
+FX_INLINE float fx_bf16_to_f32(uint16_t h) { return fx_u2f((uint32_t)h << 16); }
+
+/* fx_key for bfloat16 bits, as int16 (a 512-bit vector holds 32): the keys order
+ * like the float32 keys of the widened values, NaN included. */
+FX_INLINE int16_t fx_key_bf16(uint16_t h)
+{
+    int16_t b = (int16_t)h;
+    return (int16_t)(b ^ ((b >> 15) & 0x7fff));
+}
+FX_INLINE float fx_unkey_bf16(int16_t k) { return fx_bf16_to_f32((uint16_t)fx_key_bf16((uint16_t)k)); }
+
+/* float32 -> bfloat16 bits, rounded to nearest even (an overflow rounds to inf);
+ * NaN stays NaN (quieted: rounding could carry its low payload into inf). */
+FX_INLINE uint16_t fx_f32_to_bf16(float f)
+{
+    uint32_t u = fx_f2u(f);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
 /* ------------------------------------------------------------------ exp */
 
 /* e^r for |r| <= ln2/2: 1 + r + r^2 q(r), degree 6, Horner to the end (max
@@ -107,6 +133,19 @@ FX_INLINE float fx_exp_poly5_f32(float r)
     q = q * r + 0x1.fffdfcp-2f;
     q = q * r + 1.0f;
     return q * r + 1.0f;
+}
+/* e^r - 1 for |r| <= ln2/2 with a small relative error at every r (fx_tanh): Taylor
+ * to degree 7, r + r^2 (1/2 + r/6 + ...). (The exp's minimax polynomials less their
+ * constant err by up to 15 ulp relative near r = 0.1: their r^2 coefficient is not
+ * exactly 1/2.) */
+FX_INLINE float fx_expm1_poly_f32(float r)
+{
+    float q = r * (1.0f / 5040) + (1.0f / 720);
+    q = q * r + (1.0f / 120);
+    q = q * r + (1.0f / 24);
+    q = q * r + (1.0f / 6);
+    q = q * r + 0.5f;
+    return (r * r) * q + r;
 }
 
 /* The same polynomial as (1 + r) + r^2 ((c2 + c3 r) + r^2 (c4 + c5 r)) (Estrin):
@@ -174,10 +213,25 @@ FX_INLINE float fx_exp_near_f32(float x)
 #endif
     return fx_u2f(fx_f2u(p) + (fx_f2u(t) << 23));
 }
+/* The same exp as a product p * 2^n, for sums `s += exp` that keep no exp: the
+ * compiler contracts s + p * 2^n into one FMA, an operation less a term than the
+ * integer add and the float add. The same bits: 2^n scales exactly in this range. */
+FX_INLINE float fx_exp_near_sum_f32(float x)
+{
+    float t = x * 1.44269504088896341f + 12583039.0f;       /* 1.5*2^23 + 127: n + 127 in the low bits */
+    float n = t - 12583039.0f;
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    float p = fx_exp_poly5_short_f32(x - n * 0.693147182f);
+#else
+    float p = fx_exp_poly5_short_f32((x - n * 0.693359375f) - n * -2.12194440e-4f);
+#endif
+    return p * fx_u2f(fx_f2u(t) << 23);
+}
 
-/* e^x = p * 2^n in double: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and
- * e^r by Taylor to degree 13 (truncation < 5e-18), Estrin. Returns p, n in *ni. */
-FX_INLINE double fx_exp_parts_f64(double x, int64_t *ni)
+/* e^x = (pm1 + 1) * 2^n in double: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2,
+ * and pm1 = e^r - 1 by Taylor to degree 13 (truncation < 5e-18), Estrin. Returns
+ * pm1 (exact for tiny r: fx_tanh), n in *ni. */
+FX_INLINE double fx_exp_parts_m1_f64(double x, int64_t *ni)
 {
     double t = x * 1.4426950408889634074 + 6755399441055744.0;  /* 1.5*2^52 */
     double n = t - 6755399441055744.0;
@@ -196,7 +250,12 @@ FX_INLINE double fx_exp_parts_f64(double x, int64_t *ni)
     double p811 = p89 + p1011 * r2;
     double p8_13 = p811 + p1213 * r4;
     double hi = p47 + p8_13 * r4;                              /* terms 4.. / r^4 */
-    return (p03 + hi * r4) + 1.0;
+    return p03 + hi * r4;
+}
+/* e^x = p * 2^n: returns p, n in *ni. */
+FX_INLINE double fx_exp_parts_f64(double x, int64_t *ni)
+{
+    return fx_exp_parts_m1_f64(x, ni) + 1.0;
 }
 
 /* exp for x <= 0 (or NaN) in double, with gradual underflow as libm's exp: below
@@ -220,6 +279,8 @@ FX_INLINE double fx_exp_near_f64(double x)
     double p = fx_exp_parts_f64(x, &ni);
     return p * fx_u2d((uint64_t)(ni + 1023) << 52);
 }
+
+FX_INLINE double fx_exp_near_sum_f64(double x) { return fx_exp_near_f64(x); }
 
 /* Full-range exp (used by the tests and the "simd exp" hook; the kernels only
  * need fx_exp_neg_*): two-factor scaling keeps subnormal results and overflows to
@@ -431,6 +492,41 @@ FX_INLINE double fx_relu_neg_f64(double x)
 
 FX_DEFINE_BCE_LOGITS(float, f32, fx_sel_f32)
 FX_DEFINE_BCE_LOGITS(double, f64, fx_sel_f64)
+
+/* ------------------------------------------------------------------ tanh (softcap) */
+
+/* tanh(u) = -em / (2 + em) with em = expm1(-2|u|), then the sign of u: no
+ * cancellation at any |u| (a small |u| gets expm1's own small value, never
+ * 1 - exp), NaN stays NaN, +-inf give +-1. expm1 from the exp's reduction
+ * x = n ln2 + r: e^x - 1 = 2^n (e^r - 1) + (2^n - 1), e^r - 1 by a polynomial of
+ * its own in float (fx_expm1_poly_f32), the exp's less its constant in double
+ * (fx_exp_parts_m1_f64). |u| beyond 10 (float) or 20 (double), where tanh rounds
+ * to 1, is taken as 10 or 20, which keeps 2^n normal. At most 2.5 ulp (float) and
+ * 3 ulp (double) from NumPy's tanh over [-20, 20]. */
+FX_INLINE float fx_tanh_f32(float u)
+{
+    float a = fx_abs_f32(u);
+    float x = -2.0f * fx_sel_f32(a > 10.0f, 10.0f, a);  /* NaN: a > 10 is false */
+    float t = x * 1.44269504088896341f + 12583039.0f;  /* 1.5*2^23 + 127: n + 127 in the low bits */
+    float n = t - 12583039.0f;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float s = fx_u2f(fx_f2u(t) << 23);                  /* 2^n */
+    float em = s * fx_expm1_poly_f32(r) + (s - 1.0f);
+    float th = fx_abs_f32(-em / (2.0f + em));           /* em = +0 gives -0 */
+    return fx_u2f(fx_f2u(th) | (fx_f2u(u) & 0x80000000u));
+}
+FX_INLINE double fx_tanh_f64(double u)
+{
+    double a = fx_abs_f64(u);
+    double x = -2.0 * fx_sel_f64(a > 20.0, 20.0, a);
+    int64_t ni;
+    double pm1 = fx_exp_parts_m1_f64(x, &ni);
+    double s = fx_u2d((uint64_t)(ni + 1023) << 52);     /* 2^n */
+    double em = s * pm1 + (s - 1.0);
+    double th = fx_abs_f64(-em / (2.0 + em));
+    return fx_u2d(fx_d2u(th) | (fx_d2u(u) & UINT64_C(0x8000000000000000)));
+}
 
 /* ------------------------------------------------------------------ probabilities */
 

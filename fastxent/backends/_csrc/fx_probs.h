@@ -48,7 +48,7 @@ static int FXN(probs_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
     const fx_ssize xs = k->x.sc, gs = k->g.sc;
     if (!k->dense && y < 0) {
         *loss = 0.0;
-        if (grow) FXN(fill)(grow, gs, C, (T)0);
+        if (grow) FXN(fill)(grow, gs, k->g.dtype, C, (T)0);
         return 0;
     }
     const FXN(weights) w = FXN(weights_for)(k, y);
@@ -58,14 +58,14 @@ static int FXN(probs_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
     const T py = k->dense ? (T)0 : FXN(load1)(xrow + y * xs, k->x.dtype); /* before any write */
     double s = 0;
     int bad = 0;
-    if (w.kind == U_NONE && grow) FXN(fill)(grow, gs, C, (T)0); /* only p_y counts */
+    if (w.kind == U_NONE && grow) FXN(fill)(grow, gs, k->g.dtype, C, (T)0); /* only p_y counts */
     for (fx_ssize c0 = 0; c0 < C && w.kind != U_NONE; c0 += FX_BLOCK) {
         const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
         const T *pv = FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
         const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
-        T *gd = grow ? FXN(gdst)(grow + c0 * gs, gs, gbuf) : NULL;
+        T *gd = grow ? FXN(gdst)(grow + c0 * gs, gs, k->g.dtype, gbuf) : NULL;
         s += FXN(probs_block)(pv, uv, w.u0, n, lo, hi, &bad, gd, (T)gw);
-        if (gd) FXN(gflush)(grow + c0 * gs, gs, n, gd);
+        if (gd) FXN(gflush)(grow + c0 * gs, gs, k->g.dtype, n, gd);
     }
     if (!k->dense) { /* the label's own term (1-ls) w_y */
         const T pc = FXM(fx_clip)(py, lo, hi);
@@ -73,7 +73,7 @@ static int FXN(probs_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
         bad |= (py < 0) | (py > 1);
         if (grow) {
             const double a_y = w.lab + FXN(u_at)(k, trow, y);
-            FXN(store1)(grow + y * gs, ((py < lo) | (py > hi)) ? 0.0 : gw * (-a_y / (double)py));
+            FXN(store1)(grow + y * gs, k->g.dtype, ((py < lo) | (py > hi)) ? 0.0 : gw * (-a_y / (double)py));
         }
     }
     *loss = s;
@@ -126,12 +126,12 @@ static fx_ssize FXN(probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ss
             out[j] |= (v < 0) | (v > 1);
         }
         if (go) {
-            T *gv = FXN(gdst)(go + c * k->g.sc, k->g.si, gbuf);
+            T *gv = FXN(gdst)(go + c * k->g.sc, k->g.si, k->g.dtype, gbuf);
             for (fx_ssize j = 0; j < n; j++) {
                 T v = pv[j];
                 gv[j] = SEL((v < lo) | (v > hi), (T)0, gwt[j] * (-a[j] / v));
             }
-            FXN(gflush)(go + c * k->g.sc, k->g.si, n, gv);
+            FXN(gflush)(go + c * k->g.sc, k->g.si, k->g.dtype, n, gv);
         }
     }
     fx_ssize first_bad = -1;
@@ -140,14 +140,14 @@ static fx_ssize FXN(probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ss
             if (y[j] < 0) { /* ignored: loss 0, gradient 0, not range-checked */
                 s[j] = 0;
                 out[j] = 0;
-                if (go) FXN(fill)(go + j * k->g.si, k->g.sc, C, (T)0);
+                if (go) FXN(fill)(go + j * k->g.si, k->g.sc, k->g.dtype, C, (T)0);
             } else {
                 const T pc = FXM(fx_clip)(py[j], lo, hi);
                 s[j] += lab[j] * -(double)FXM(fx_log)(pc);
                 out[j] |= (py[j] < 0) | (py[j] > 1);
                 if (go) {
                     const double a_y = lab[j] + FXN(u_at)(k, NULL, y[j]);
-                    FXN(store1)(go + j * k->g.si + y[j] * k->g.sc,
+                    FXN(store1)(go + j * k->g.si + y[j] * k->g.sc, k->g.dtype,
                                 ((py[j] < lo) | (py[j] > hi)) ? 0.0 : gwv[j] * (-a_y / (double)py[j]));
                 }
             }

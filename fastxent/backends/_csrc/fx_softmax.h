@@ -28,12 +28,27 @@ static int FXN(block_range)(const T *x, fx_ssize n, T *mx, T *mn)
     return *mx != *mx || *mn != *mn;
 }
 
+/* block_range over n contiguous bfloat16 values, from their bits: the same max,
+ * min and NaN answer as on the widened values, at twice the lanes a vector. */
+static int FXN(bf16_range)(const uint16_t *h, fx_ssize n, T *mx, T *mn)
+{
+    int16_t hi = INT16_MIN, lo = INT16_MAX;
+    for (fx_ssize c = 0; c < n; c++) {
+        const int16_t key = fx_key_bf16(h[c]);
+        hi = key > hi ? key : hi;
+        lo = key < lo ? key : lo;
+    }
+    *mx = (T)fx_unkey_bf16(hi);
+    *mn = (T)fx_unkey_bf16(lo);
+    return *mx != *mx || *mn != *mn;
+}
+
 #ifdef FX_AVX512_MASKS
 /* First index holding v, or -1. AVX-512: a compare into a mask register tests a
  * vector (16 float32, 8 float64) and the mask's lowest set bit is the index: per
  * vector one compare and one test, where the portable version takes an
  * any-equal and a first-index reduction. */
-static fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
+FX_INLINE fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
 {
     for (fx_ssize c = 0; c < n; c += 64 / (fx_ssize)sizeof(T)) {
         const unsigned hit = FXM(fx_eq_mask)(x + c, v, n - c);
@@ -58,7 +73,7 @@ static fx_ssize FXN(first_in)(const T *x, fx_ssize n, T v)
 
 /* First index holding v, or -1: whole blocks of 64 are tested with a vectorised
  * any-equal; the block with the match, or the rest of the row, by first_in. */
-static fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
+FX_INLINE fx_ssize FXN(find_first)(const T *x, fx_ssize n, T v)
 {
     fx_ssize c = 0;
     for (; c + 64 <= n; c += 64) {
@@ -126,7 +141,7 @@ static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near,
         FX_PREFETCH_L2(pf + (c0) * (fx_ssize)sizeof(T) + b_)
     /* one sweep: the argmax is left out by the masked run (FX_RUNSUM); its stored
      * exp is exp(0) = 1 either way */
-#define FX_EXP(c0, j) FX_EXPFN(x[(c0) + (j)] - m)
+#define FX_EXP(c0, j) FX_EXPSUM(x[(c0) + (j)] - m) /* kept nowhere: the product form */
 #define FX_EXP_ST(c0, j) (e[(c0) + (j)] = FX_EXPFN(x[(c0) + (j)] - m))
 #define FX_EXP_IP(c0, j) (e[(c0) + (j)] = FX_EXPFN(e[(c0) + (j)] - m))
     /* the mask compares a table of indices (a vector load): GCC does not build
@@ -146,12 +161,16 @@ static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near,
     }
     if (near) {
 #define FX_EXPFN FXM(fx_exp_near)
+#define FX_EXPSUM FXM(fx_exp_near_sum)
         FX_EXP_RUNS
 #undef FX_EXPFN
+#undef FX_EXPSUM
     } else {
 #define FX_EXPFN FXM(fx_exp_neg)
+#define FX_EXPSUM FXM(fx_exp_neg)
         FX_EXP_RUNS
 #undef FX_EXPFN
+#undef FX_EXPSUM
     }
 #undef FX_EXP_RUNS
 #undef FX_EXP
@@ -165,9 +184,73 @@ static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near,
     return s1;
 }
 
+/* ------------------------------------------------------------------ bfloat16 rows */
+
+/* Unaligned 32-bit words of bfloat16 pairs (a 2-aligned row). */
+#ifndef FX_U32_PAIRS
+#define FX_U32_PAIRS
+typedef uint32_t fx_u32_pairs __attribute__((aligned(2), may_alias));
+#endif
+
+/* The first index whose bfloat16 value equals v (as floats: -0 == +0), or -1
+ * (n < 2^31): a min-reduction over the whole block, which vectorises (a loop with
+ * an early exit stays scalar, and costs more than the block's exps). */
+static fx_ssize FXN(bf16_find_first)(const uint16_t *h, fx_ssize n, T v)
+{
+    const int32_t none = (int32_t)n;
+    int32_t best = none;
+    for (int32_t c = 0; c < none; c++) {
+        const int32_t hit = (T)fx_bf16_to_f32(h[c]) == v ? c : none;
+        best = hit < best ? hit : best;
+    }
+    return best < none ? (fx_ssize)best : -1;
+}
+
+/* exp_sum (loss only) of n bfloat16 logits read straight from their bits, 2-aligned:
+ * each 32-bit word holds two, w << 16 the first and w & 0xffff0000 the second, as
+ * float32 -- one integer operation a value, where widening them into a buffer takes
+ * two (the exp pass is bound by the vector ports). Firsts and seconds are summed in
+ * passes of their own (the words are in L1 for the second), each as exp_sum sums:
+ * float32 runs into float64 lanes, the argmax's exp(0) left out. */
+static double FXN(bf16_exp_sum)(const uint16_t *h, fx_ssize n, T m, fx_ssize skip, int near, const char *pf)
+{
+    const fx_u32_pairs *w = (const fx_u32_pairs *)h;
+    const fx_ssize nw = n / 2;
+    const fx_ssize skip_lo = skip >= 0 && skip % 2 == 0 && skip < 2 * nw ? skip / 2 : -1;
+    const fx_ssize skip_hi = skip >= 0 && skip % 2 == 1 ? skip / 2 : -1;
+    double lo, hi, tail = 0;
+#define FX_PF_RUN(c0)                                                              \
+    for (int b_ = 0; b_ < FX_RUN * 4; b_ += 64)                                    \
+        FX_PREFETCH_L2(pf + (c0) * 4 + b_)
+#define FX_LO(c0, j) FX_EXPFN((T)fx_u2f(w[(c0) + (j)] << 16) - m)
+#define FX_HI(c0, j) FX_EXPFN((T)fx_u2f(w[(c0) + (j)] & 0xffff0000u) - m)
+#define FX_LO_M(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_LO(c0, j))
+#define FX_HI_M(c0, j) SEL(FXN(run_iota)[j] == (T)skr, (T)0, FX_HI(c0, j))
+#define FX_BF16_RUNS                                                 \
+    FX_RUNSUM(lo, nw, FX_LO, FX_LO_M, skip_lo, FX_PF_RUN);           \
+    FX_RUNSUM(hi, nw, FX_HI, FX_HI_M, skip_hi, FX_NOPRE);            \
+    if (n % 2 && n - 1 != skip) tail = (double)FX_EXPFN((T)fx_bf16_to_f32(h[n - 1]) - m);
+    if (near) {
+#define FX_EXPFN FXM(fx_exp_near_sum)
+        FX_BF16_RUNS
+#undef FX_EXPFN
+    } else {
+#define FX_EXPFN FXM(fx_exp_neg)
+        FX_BF16_RUNS
+#undef FX_EXPFN
+    }
+#undef FX_BF16_RUNS
+#undef FX_LO
+#undef FX_HI
+#undef FX_LO_M
+#undef FX_HI_M
+#undef FX_PF_RUN
+    return (lo + hi) + tail;
+}
+
 /* sum_{u_c != 0} u_c (m - x_c): a zero weight contributes exactly 0 even where
  * x_c = -inf. u == NULL: every u_c = 1. */
-static double FXN(lin_sum)(const T *x, const T *u, fx_ssize n, T m)
+FX_INLINE double FXN(lin_sum)(const T *x, const T *u, fx_ssize n, T m)
 {
     double s;
 #define FX_LW(c) SEL(u[c] != 0, u[c] * (m - x[c]), (T)0)
@@ -181,7 +264,7 @@ static double FXN(lin_sum)(const T *x, const T *u, fx_ssize n, T m)
 
 /* sum_{u_c != 0} u_c * inf: the IEEE sum of the weighted (m - x_c) of classes whose
  * logit is -inf, m finite (+inf, -inf, NaN or 0). */
-static double FXN(inf_sum)(const T *u, fx_ssize n)
+FX_INLINE double FXN(inf_sum)(const T *u, fx_ssize n)
 {
     double s;
 #define FX_UI(c) SEL(u[c] != 0, u[c] * (T)INFINITY, (T)0)
@@ -199,35 +282,167 @@ static double FXN(sum)(const T *u, fx_ssize n)
     return s;
 }
 
+/* ------------------------------------------------------------------ extras */
+
+/* The X kernels (logits_x_row, logits_x_cols) are the softmax kernels below with
+ * their X flag set: sparse_from_logits with z_loss, softcap, lse_out or rank_out
+ * (KERNELS.md; the NumPy backend states each formula). X is a constant of each
+ * instantiation, so the plain kernels (X = 0) carry none of this code, and the
+ * options are looked up once a row, never in a class loop:
+ *  - softcap: every logit is replaced by z = cap tanh(x / cap) as its block is read
+ *    (loss, max, lse and rank all see z); the gradient is multiplied by
+ *    1 - tanh(x / cap)^2, kept per element where the exps are kept;
+ *  - z_loss: z lse^2 joins a counted row's loss, and 2 z lse the softmax term's
+ *    weight A in the gradient (at the argmax too: A - a_k gains it);
+ *  - lse: m + log1p(R) of every row, ignored ones included (NaN: NaN; all -inf:
+ *    -inf); rank: the classes above the label (larger, or equal at a lower index;
+ *    C in a row holding a NaN; -1 when ignored). */
+
+/* z = cap tanh(x / cap) over a block (z may be x) and, with d, the derivative
+ * factors 1 - tanh(x / cap)^2 as (1 - t)(1 + t): 0 where tanh rounds to +-1. */
+static void FXN(cap_block)(const T *x, T *z, T *d, fx_ssize n, T cap)
+{
+    const T rcap = (T)1 / cap; /* x / cap by a product (a vector division per element
+                                * cost as much as the tanh): within an ulp of it */
+    if (d) {
+        for (fx_ssize c = 0; c < n; c++) {
+            const T t = FXM(fx_tanh)(x[c] * rcap);
+            z[c] = cap * t;
+            d[c] = ((T)1 - t) * ((T)1 + t);
+        }
+    } else {
+        for (fx_ssize c = 0; c < n; c++) z[c] = cap * FXM(fx_tanh)(x[c] * rcap);
+    }
+}
+
+/* One capped logit, through cap_block itself: the same bits as in its block. */
+static T FXN(cap1)(T x, T cap, T *d)
+{
+    T z, dd;
+    FXN(cap_block)(&x, &z, &dd, 1, cap);
+    if (d) *d = dd;
+    return z;
+}
+
+/* How many of x[0 .. n) rank above the label's logit v, the label at index ly of
+ * this block (outside [0, n): in another block): larger, or equal at a lower index,
+ * as np.argmax breaks ties. The label's own entry is never counted. */
+static fx_ssize FXN(rank_block)(const T *x, fx_ssize n, T v, fx_ssize ly)
+{
+    const fx_ssize before = ly < 0 ? 0 : (ly > n ? n : ly);
+    const fx_ssize after = before + (ly >= 0 && ly < n);
+    FX_K cnt = 0;
+    for (fx_ssize c = 0; c < before; c++) cnt += x[c] >= v;
+    for (fx_ssize c = after; c < n; c++) cnt += x[c] > v;
+    return (fx_ssize)cnt;
+}
+
+/* A logits block as the X kernels see it: capped into buf (with the derivative
+ * factors into d when d is not NULL) under softcap, else as load() gives it. */
+static const T *FXN(x_block)(const fx_call *k, const char *base, fx_ssize stride, fx_ssize n, T *buf, T *d)
+{
+    const T *xv = FXN(load)(base, stride, k->x.dtype, n, buf);
+    if (k->softcap == 0) return xv;
+    FXN(cap_block)(xv, buf, d, n, (T)k->softcap);
+    return buf;
+}
+
+/* The derivative factor 1 - tanh(x / cap)^2 of the logit at p. */
+static T FXN(cap_factor)(const fx_call *k, const char *p)
+{
+    T d;
+    FXN(cap1)(FXN(load1)(p, k->x.dtype), (T)k->softcap, &d);
+    return d;
+}
+
+/* The rank of a row the softmax pass gave up on (a NaN or +inf logit): C when a
+ * NaN is anywhere in it, else counted over every block. x is still unwritten. */
+static fx_ssize FXN(rank_row)(const fx_call *k, const char *xrow, T v, fx_ssize y, T *buf)
+{
+    const fx_ssize C = k->n_c;
+    fx_ssize above = 0;
+    for (fx_ssize c0 = 0; c0 < C; c0 += FX_BLOCK) {
+        const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
+        const T *xv = FXN(x_block)(k, xrow + c0 * k->x.sc, k->x.sc, n, buf, NULL);
+        int nan = 0;
+        for (fx_ssize c = 0; c < n; c++) nan |= xv[c] != xv[c];
+        if (nan) return C;
+        above += FXN(rank_block)(xv, n, v, y - c0);
+    }
+    return above;
+}
+
+/* The logsumexp of a row alone (an ignored row whose lse is asked for), as the
+ * softmax pass forms it: NaN with a NaN or +inf logit, -inf when all are -inf. */
+static double FXN(row_lse)(const fx_call *k, const char *xrow, T *buf)
+{
+    const fx_ssize C = k->n_c;
+    T m = (T)-INFINITY;
+    double R = 0;
+    for (fx_ssize c0 = 0; c0 < C; c0 += FX_BLOCK) {
+        const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
+        const T *xv = FXN(x_block)(k, xrow + c0 * k->x.sc, k->x.sc, n, buf, NULL);
+        T bmax, bmin;
+        if (FXN(block_range)(xv, n, &bmax, &bmin) || bmax == (T)INFINITY) return NAN;
+        fx_ssize skip = -1;
+        if (bmax > m) {
+            if (m > (T)-INFINITY) R = (R + 1.0) * exp((double)m - (double)bmax);
+            m = bmax;
+            skip = FXN(find_first)(xv, n, m);
+        }
+        if (m == (T)-INFINITY) continue;
+        R += FXN(exp_sum)(xv, n, m, skip, bmin - m >= (T)FX_EXP_NEAR, NULL, xrow);
+    }
+    return m == (T)-INFINITY ? -INFINITY : (double)m + fx_log1p_f64(R);
+}
+
 /* ------------------------------------------------------------------ softmax rows */
 
 /* Sparse or categorical cross-entropy from logits, one row, one sweep per block:
  * per block a max pass and an exp pass over data that is in L1; blocks update a
- * running max (online softmax), so a 128k-class row is read from memory once. */
-static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
+ * running max (online softmax), so a 128k-class row is read from memory once.
+ * X: the extras above (sparse only). */
+FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y, const int X, const int B,
+                                const int G)
 {
+    const int gdt = G ? FX_BF16 : FX_CODE; /* G: a bfloat16 gradient (float32 kernels) */
     const fx_ssize C = k->n_c;
+    const int dense = X ? 0 : k->dense;
     const char *xrow = k->x.data + o * k->x.so + i * k->x.si;
-    const char *trow = k->dense ? k->t.data + o * k->t.so + i * k->t.si : NULL;
+    const char *trow = dense ? k->t.data + o * k->t.so + i * k->t.si : NULL;
     char *grow = k->g.data ? k->g.data + o * k->g.so + i * k->g.si : NULL;
     double *loss = &k->loss[o * k->n_i + i - k->loss_r0];
     const fx_ssize xs = k->x.sc, gs = k->g.sc;
     /* where the next row starts (its data is read next) */
     const char *xnext = fx_next_row(xrow, i, k->n_i, k->x.si, k->x.so);
     const char *tnext = trow ? fx_next_row(trow, i, k->n_i, k->t.si, k->t.so) : NULL;
+    /* X: softcap, and where the row's lse and rank go (NULL: not asked for) */
+    const int capped = X && k->softcap != 0;
+    char *lse_at = X && k->lse ? k->lse + o * k->lse_so + i * k->lse_si : NULL;
+    char *rank_at = X && k->rank ? k->rank + o * k->rank_so + i * k->rank_si : NULL;
+    T xbuf[FX_BLOCK], ubuf[FX_BLOCK], tbuf[FX_BLOCK], ebuf[FX_BLOCK], dbuf[FX_BLOCK];
 
-    if (!k->dense && y < 0) { /* ignored row */
+    if (!dense && y < 0) { /* ignored row */
+        if (lse_at) fx_put_f64(lse_at, FXN(row_lse)(k, xrow, xbuf)); /* before an in-place gradient */
+        if (rank_at) fx_put_i64(rank_at, -1);
         *loss = 0.0;
-        if (grow) FXN(fill)(grow, gs, C, (T)0);
+        if (grow) FXN(fill)(grow, gs, gdt, C, (T)0);
         return 0;
     }
     const FXN(weights) w = FXN(weights_for)(k, y);
-    const int single = C <= FX_BLOCK; /* one block: keep exp(x - m) for the gradient */
-    T xbuf[FX_BLOCK], ubuf[FX_BLOCK], tbuf[FX_BLOCK], ebuf[FX_BLOCK];
+    /* B without softcap: the exp sums read the bits (bf16_exp_sum), with or without
+     * a gradient (a loss has the same bits either way); the gradient pass then takes
+     * the exps again, as for long rows */
+    const int bits = B && !capped;
+    const int single = C <= FX_BLOCK && !bits; /* one block: keep exp(x - m) for the gradient */
+    const int need_xv = !bits || w.kind != U_NONE || rank_at; /* the logits as T */
     T *ework = NULL;
 
     /* the label's own logit, read before anything is written (in-place gradient) */
-    const T xy = k->dense ? (T)0 : FXN(load1)(xrow + y * xs, k->x.dtype);
+    T xy = dense ? (T)0 : FXN(load1)(xrow + y * xs, k->x.dtype);
+    T dy = 1, dk = 1; /* X, softcap: the derivative factors at the label and the argmax */
+    if (capped) xy = FXN(cap1)(xy, (T)k->softcap, &dy);
+    fx_ssize above = 0; /* X, rank: classes above the label so far */
 
     T m = (T)-INFINITY;
     double R = 0, lin = 0, usum = 0;
@@ -235,10 +450,15 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
     int bad = 0;
     for (fx_ssize c0 = 0; c0 < C && !bad; c0 += FX_BLOCK) {
         const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
-        const T *xv = FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
+        const uint16_t *hv = (const uint16_t *)(xrow + c0 * xs); /* B: the bits */
+        const T *xv = !need_xv ? NULL
+                    : X        ? FXN(x_block)(k, xrow + c0 * xs, xs, n, xbuf, capped && grow && single ? dbuf : NULL)
+                               : FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
         const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
         T bmax, bmin;
-        if (FXN(block_range)(xv, n, &bmax, &bmin) || bmax == (T)INFINITY) { bad = 1; break; } /* NaN / +inf: NaN row */
+        if ((bits ? FXN(bf16_range)(hv, n, &bmax, &bmin) : FXN(block_range)(xv, n, &bmax, &bmin))
+            || bmax == (T)INFINITY) { bad = 1; break; } /* NaN / +inf: NaN row */
+        if (rank_at) above += FXN(rank_block)(xv, n, xy, y - c0);
         fx_ssize skip = -1; /* the first argmax, when this block holds it */
         if (bmax > m) {
             if (m > (T)-INFINITY) {
@@ -248,8 +468,10 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
                 lin += usum * ((double)bmax - (double)m);
             }
             m = bmax;
-            skip = FXN(find_first)(xv, n, m);
+            skip = bits ? FXN(bf16_find_first)(hv, n, m) : FXN(find_first)(xv, n, m);
             kmax = c0 + skip;
+            if (capped && grow) /* x at kmax is unwritten yet (in place, the exps follow) */
+                dk = single ? dbuf[skip] : FXN(cap_factor)(k, xrow + kmax * xs);
         }
         if (m == (T)-INFINITY) { /* everything so far is -inf: a_c (m - x_c) is a_c * inf */
             usum += w.kind == U_VEC ? FXN(sum)(uv, n) : (w.kind == U_CONST ? (double)w.u0 * (double)n : 0.0);
@@ -275,96 +497,168 @@ static int FXN(logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
         }
         const int near = bmin - m >= (T)FX_EXP_NEAR; /* every x - m in fx_exp_near's range */
         if (grow && single) {
-            ework = FXN(gdst)(grow, gs, ebuf);
+            ework = FXN(gdst)(grow, gs, gdt, ebuf);
             R += FXN(exp_sum)(xv, n, m, skip, near, ework, pf);
+        } else if (bits) {
+            R += FXN(bf16_exp_sum)(hv, n, m, skip, near, pf);
         } else {
             R += FXN(exp_sum)(xv, n, m, skip, near, NULL, pf);
         }
     }
 
-    const double A = k->dense ? usum : w.A;
+    const double A = dense ? usum : w.A;
     if (bad) {
+        if (lse_at) fx_put_f64(lse_at, NAN);
+        if (rank_at) fx_put_i64(rank_at, FXN(rank_row)(k, xrow, xy, y, xbuf)); /* before the NaN fill */
         *loss = NAN;
-        if (grow) FXN(fill)(grow, gs, C, (T)NAN);
+        if (grow) FXN(fill)(grow, gs, gdt, C, (T)NAN);
         return 0;
     }
+    double lse = 0, zx = 0; /* X: the row's logsumexp; z_loss's term 2 z lse of A */
+    if (X) {
+        lse = m == (T)-INFINITY ? -INFINITY : (double)m + fx_log1p_f64(R);
+        if (lse_at) fx_put_f64(lse_at, lse);
+        if (rank_at) fx_put_i64(rank_at, above);
+        if (k->z_loss != 0) zx = 2.0 * k->z_loss * lse;
+    }
+    const double Az = X ? A + zx : A; /* the softmax term's weight, with z_loss's part */
     if (m == (T)-INFINITY) { /* every logit -inf: A * inf (0 when A == 0), NaN gradient */
         *loss = A == 0 ? 0.0 : A * INFINITY;
-        if (grow) FXN(fill)(grow, gs, C, A != 0 ? (T)NAN : (T)0);
+        if (X && k->z_loss != 0) *loss += k->z_loss * lse * lse;
+        if (grow) FXN(fill)(grow, gs, gdt, C, Az != 0 ? (T)NAN : (T)0);
         return 0;
     }
     if (w.lab != 0) lin += w.lab * ((double)m - (double)xy);
     *loss = fx_softmax_row_loss(lin, A, R);
+    if (X && k->z_loss != 0) *loss += k->z_loss * lse * lse;
     if (!grow) return 0;
 
     /* gradient: gw * (A q_c - a_c), q_c = e_c / S, then exact values at y and k */
     const double gw = FXN(grad_weight)(k, o, i);
     const double S = 1.0 + R;
-    const T alpha = (T)(gw * A / S);
+    const T alpha = (T)(gw * Az / S);
     const T beta = (T)(gw * (double)w.u0);
     for (fx_ssize c0 = 0; c0 < C; c0 += FX_BLOCK) {
         const fx_ssize n = C - c0 < FX_BLOCK ? C - c0 : FX_BLOCK;
-        T *gd = FXN(gdst)(grow + c0 * gs, gs, ebuf);
+        T *gd = FXN(gdst)(grow + c0 * gs, gs, gdt, ebuf);
         const T *uv = w.kind == U_VEC ? FXN(u_block)(k, trow, c0, n, ubuf, tbuf) : NULL;
         if (single) { /* gd (== ework) holds exp(x - m) */
             if (uv) { const T gwt = (T)gw; for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * gd[c] - gwt * uv[c]; }
             else for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * gd[c] - beta;
         } else {
-            const T *xv = FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
+            const T *xv = X ? FXN(x_block)(k, xrow + c0 * xs, xs, n, xbuf, capped ? dbuf : NULL)
+                            : FXN(load)(xrow + c0 * xs, xs, k->x.dtype, n, xbuf);
             if (uv) { const T gwt = (T)gw; for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * FXM(fx_exp_neg)(xv[c] - m) - gwt * uv[c]; }
             else for (fx_ssize c = 0; c < n; c++) gd[c] = alpha * FXM(fx_exp_neg)(xv[c] - m) - beta;
         }
-        FXN(gflush)(grow + c0 * gs, gs, n, gd);
+        if (capped) for (fx_ssize c = 0; c < n; c++) gd[c] *= dbuf[c];
+        FXN(gflush)(grow + c0 * gs, gs, gdt, n, gd);
     }
-    if (!k->dense && y != kmax) {
+    if (!dense && y != kmax) {
         const double ey = (double)FXM(fx_exp_neg)(xy - m);
-        FXN(store1)(grow + y * gs, gw * (A * ey / S - (w.lab + FXN(u_at)(k, trow, y))));
+        const double g_y = gw * (Az * ey / S - (w.lab + FXN(u_at)(k, trow, y)));
+        FXN(store1)(grow + y * gs, gdt, capped ? g_y * (double)dy : g_y);
     }
-    const double a_k = FXN(u_at)(k, trow, kmax) + (kmax == y && !k->dense ? w.lab : 0.0);
-    FXN(store1)(grow + kmax * gs, gw * fx_softmax_grad_at_max(A, a_k, R, S));
+    const double a_k = FXN(u_at)(k, trow, kmax) + (kmax == y && !dense ? w.lab : 0.0);
+    if (X) /* A (q_k - 1) + (A - a_k), A gaining 2 z lse in both */
+        FXN(store1)(grow + kmax * gs, gdt, gw * (Az * (-R / S) + ((A - a_k) + zx)) * (double)dk);
+    else
+        FXN(store1)(grow + kmax * gs, gdt, gw * fx_softmax_grad_at_max(A, a_k, R, S));
     return 0;
 }
 
+/* The instantiations: X (the optional terms), B (bfloat16 rows read as bits), G
+ * (a bfloat16 gradient), each a constant. G = 1 lives in a function of its own,
+ * entered once a row: inlined next to G = 0, it made the latter's code slower. */
+#define FX_ROW_KERNEL(name, X, B)                                                          \
+    static FX_NOINLINE int FXN(name##_g)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) \
+    {                                                                                      \
+        return FXN(logits_row_t)(k, o, i, y, X, B, 1);                                     \
+    }                                                                                      \
+    static FX_MAYBE_UNUSED int FXN(name)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) \
+    {                                                                                      \
+        if (FX_G_BF16(k->g.dtype)) return FXN(name##_g)(k, o, i, y);                       \
+        return FXN(logits_row_t)(k, o, i, y, X, B, 0);                                     \
+    }
+FX_ROW_KERNEL(logits_row, 0, 0)
+FX_ROW_KERNEL(logits_x_row, 1, 0)
+/* B: bfloat16 logits at a class stride of 2 bytes, every row 2-aligned (the driver
+ * checks): block ranges and exp sums straight from the bits (bf16_range,
+ * bf16_exp_sum); the table holds the float32 ones only */
+FX_ROW_KERNEL(logits_bf16_row, 0, 1)
+FX_ROW_KERNEL(logits_x_bf16_row, 1, 1)
+#undef FX_ROW_KERNEL
+
 /* Rows (o, i0 .. i0+n-1) with a contiguous inner axis: one lane per row, the class
- * loop outside, so every pass is a unit-stride vector loop across rows. */
-static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
+ * loop outside, so every pass is a unit-stride vector loop across rows.
+ * X: the extras (sparse only). */
+FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n, const int X,
+                                      const int G)
 {
+    const int gdt = G ? FX_BF16 : FX_CODE; /* G: a bfloat16 gradient (float32 kernels) */
     const fx_ssize C = k->n_c;
+    const int dense = X ? 0 : k->dense;
     const char *xo = k->x.data + o * k->x.so + i0 * k->x.si;
-    const char *to = k->dense ? k->t.data + o * k->t.so + i0 * k->t.si : NULL;
+    const char *to = dense ? k->t.data + o * k->t.so + i0 * k->t.si : NULL;
     char *go = k->g.data ? k->g.data + o * k->g.so + i0 * k->g.si : NULL;
     double loss[FX_LANES];
     const double per = k->ls_per_c;
+    const int capped = X && k->softcap != 0;
+    const T cap = (T)k->softcap;
 
     T m[FX_LANES], msafe[FX_LANES], xy[FX_LANES], xbuf[FX_LANES], ubuf[FX_LANES], tbuf[FX_LANES];
     double R[FX_LANES], lin[FX_LANES], usum[FX_LANES], lab[FX_LANES], A[FX_LANES], gwv[FX_LANES];
     int32_t nan[FX_LANES], ties[FX_LANES];
     fx_ssize y[FX_LANES], kmax[FX_LANES];
+    /* X: softcap's derivative factors at the label and the argmax, rank counts,
+     * lse, the softmax term's weight with z_loss (Az) and z_loss's part of it */
+    T dy[FX_LANES], dk[FX_LANES], dbuf[FX_LANES];
+    int32_t above[FX_LANES];
+    double lse[FX_LANES], Az[FX_LANES], zx[FX_LANES];
 
     for (fx_ssize j = 0; j < n; j++) {
         m[j] = (T)-INFINITY; nan[j] = 0; kmax[j] = 0; R[j] = 0; lin[j] = 0; usum[j] = 0; ties[j] = 0;
         y[j] = 0; lab[j] = 0;
     }
-    if (!k->dense) {
+    if (X)
+        for (fx_ssize j = 0; j < n; j++) { xy[j] = 0; dy[j] = 1; dk[j] = 1; above[j] = 0; }
+    if (!dense) {
         for (fx_ssize j = 0; j < n; j++) {
             const int64_t v = fx_label(k->lab + o * k->lab_so + (i0 + j) * k->lab_si, k->lab_dtype);
             y[j] = v == k->ignore ? -1 : (fx_ssize)v;
             if (y[j] >= 0) {
                 lab[j] = (1.0 - k->ls) * k->cw[y[j]];
                 xy[j] = FXN(load1)(xo + y[j] * k->x.sc + j * k->x.si, k->x.dtype);
+                if (capped) xy[j] = FXN(cap1)(xy[j], cap, &dy[j]);
             }
         }
     }
     /* Columns that must be copied (a strided lane axis: row-major (N, C) with few
      * classes; or another dtype) are kept from pass 1 for pass 2 when the tile
-     * fits: the strided copy costs more than the arithmetic of short rows. */
-    T tile[FX_TILE];
+     * fits: the strided copy costs more than the arithmetic of short rows.
+     * Capped logits are always kept there when it fits (and their derivative
+     * factors in dtile, with a gradient). */
+    T tile[FX_TILE], dtile[FX_TILE];
     const int keep_tile = C * n <= FX_TILE;
 #define FX_COLUMN_BUF(c) (keep_tile ? tile + (c) * n : xbuf)
     /* pass 1: max, NaN, and the first argmax when a gradient is wanted */
     for (fx_ssize c = 0; c < C; c++) {
         const T *xv = FXN(load)(xo + c * k->x.sc, k->x.si, k->x.dtype, n, FX_COLUMN_BUF(c));
-        if (go) {
+        T *dc = keep_tile ? dtile + c * n : dbuf;
+        if (capped) {
+            FXN(cap_block)(xv, FX_COLUMN_BUF(c), go ? dc : NULL, n, cap);
+            xv = FX_COLUMN_BUF(c);
+        }
+        if (go && capped) { /* and the derivative factor at the argmax */
+            for (fx_ssize j = 0; j < n; j++) {
+                T v = xv[j];
+                int gt = v > m[j];
+                m[j] = SEL(gt, v, m[j]);
+                kmax[j] = gt ? c : kmax[j];
+                dk[j] = SEL(gt, dc[j], dk[j]);
+                nan[j] |= v != v;
+            }
+        } else if (go) {
             for (fx_ssize j = 0; j < n; j++) {
                 T v = xv[j];
                 int gt = v > m[j];
@@ -379,23 +673,37 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
                 nan[j] |= v != v;
             }
         }
+        if (X && k->rank) /* larger, or equal at a lower index; never the label itself */
+            for (fx_ssize j = 0; j < n; j++)
+                above[j] += ((fx_ssize)c != y[j]) & ((xv[j] > xy[j]) | ((xv[j] == xy[j]) & ((fx_ssize)c < y[j])));
     }
+    if (X && k->rank) /* the rank of a row holding a NaN is C (a +inf is not a NaN) */
+        for (fx_ssize j = 0; j < n; j++)
+            fx_put_i64(k->rank + o * k->rank_so + (i0 + j) * k->rank_si, y[j] < 0 ? -1 : nan[j] ? C : above[j]);
     for (fx_ssize j = 0; j < n; j++) {
         nan[j] |= m[j] == (T)INFINITY;
         msafe[j] = (m[j] == (T)-INFINITY || nan[j]) ? (T)0 : m[j];
     }
     /* pass 2: exp sums, weighted (m - x); with a gradient, the exps are kept for
      * pass 3: in a tile when it fits (then pass 3 writes the gradient once), else
-     * in the gradient itself (through a buffer where its lane axis is strided) */
-    const int kind = k->dense ? U_VEC : (k->ls == 0 ? U_NONE : U_CONST);
-    T etile[FX_TILE], ebuf[FX_LANES];
+     * in the gradient itself (through a buffer where its lane axis is strided).
+     * Where the gradient cannot hold them -- bfloat16 would round them; with
+     * softcap, in place, x would be gone for the factors -- and the tile is too
+     * small, pass 3 takes the exps again from x. */
+    const int kind = dense ? U_VEC : (k->ls == 0 ? U_NONE : U_CONST);
+    T etile[FX_TILE], ebuf[FX_LANES], gbuf[FX_LANES];
     const int e_in_tile = C * n <= FX_TILE;
+    const int recompute = !e_in_tile && (capped || G);
     for (fx_ssize c = 0; c < C; c++) {
         const char *xc = xo + c * k->x.sc;
-        const T *xv = keep_tile && FXN(load_copies)(xc, k->x.si, k->x.dtype)
-                          ? tile + c * n
-                          : FXN(load)(xc, k->x.si, k->x.dtype, n, xbuf);
-        T *ev = !go ? NULL : e_in_tile ? etile + c * n : FXN(gdst)(go + c * k->g.sc, k->g.si, ebuf);
+        const T *xv;
+        if (capped)
+            xv = keep_tile ? tile + c * n : FXN(x_block)(k, xc, k->x.si, n, xbuf, NULL);
+        else
+            xv = keep_tile && FXN(load_copies)(xc, k->x.si, k->x.dtype)
+                     ? tile + c * n
+                     : FXN(load)(xc, k->x.si, k->x.dtype, n, xbuf);
+        T *ev = !go || recompute ? NULL : e_in_tile ? etile + c * n : FXN(gdst)(go + c * k->g.sc, k->g.si, gdt, ebuf);
         const T *uv = NULL;
         T uc = kind == U_CONST ? (T)(per * k->cw[c]) : (T)0;
         if (kind == U_VEC) {
@@ -427,7 +735,7 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
                 ties[j] += d == 0;
                 ev[j] = e;
             }
-            if (!e_in_tile) FXN(gflush)(go + c * k->g.sc, k->g.si, n, ev);
+            if (!e_in_tile) FXN(gflush)(go + c * k->g.sc, k->g.si, gdt, n, ev);
         } else {
             for (fx_ssize j = 0; j < n; j++) {
                 T d = xv[j] - msafe[j];
@@ -437,7 +745,6 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
             }
         }
     }
-#undef FX_COLUMN_BUF
     /* R = S - 1 and its log1p for every lane, in one vector loop (a scalar log per
      * row would cost as much as the rest of a short row); lanes of the special
      * rows below get values nobody reads */
@@ -446,29 +753,56 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
         R[j] += (double)(ties[j] - 1);
         l1p[j] = fx_log1p_unit_f64(R[j]);
     }
+    if (X) { /* every lane's lse (ignored rows too) and z_loss's 2 z lse */
+        for (fx_ssize j = 0; j < n; j++) {
+            lse[j] = nan[j] ? NAN : m[j] == (T)-INFINITY ? -INFINITY : (double)m[j] + l1p[j];
+            zx[j] = k->z_loss != 0 && y[j] >= 0 ? 2.0 * k->z_loss * lse[j] : 0.0;
+        }
+        if (k->lse)
+            for (fx_ssize j = 0; j < n; j++) fx_put_f64(k->lse + o * k->lse_so + (i0 + j) * k->lse_si, lse[j]);
+    }
     /* per row: loss and the gradient's scale */
     for (fx_ssize j = 0; j < n; j++) {
-        A[j] = k->dense ? usum[j] : (k->ls == 0 ? lab[j] : lab[j] + per * k->cw_sum);
+        A[j] = dense ? usum[j] : (k->ls == 0 ? lab[j] : lab[j] + per * k->cw_sum);
+        if (X) Az[j] = A[j] + zx[j];
         gwv[j] = go ? FXN(grad_weight)(k, o, i0 + j) : 0.0;
-        if (!k->dense && y[j] < 0) { loss[j] = 0.0; continue; }
+        if (!dense && y[j] < 0) { loss[j] = 0.0; continue; }
         if (nan[j]) { loss[j] = NAN; continue; }
-        if (m[j] == (T)-INFINITY) { loss[j] = A[j] == 0 ? 0.0 : A[j] * INFINITY; continue; }
+        if (m[j] == (T)-INFINITY) {
+            loss[j] = A[j] == 0 ? 0.0 : A[j] * INFINITY;
+            if (X && k->z_loss != 0) loss[j] += k->z_loss * lse[j] * lse[j];
+            continue;
+        }
         double l = lin[j];
-        if (!k->dense && lab[j] != 0) l += lab[j] * ((double)m[j] - (double)xy[j]);
+        if (!dense && lab[j] != 0) l += lab[j] * ((double)m[j] - (double)xy[j]);
         loss[j] = l + A[j] * l1p[j]; /* fx_softmax_row_loss, its log1p taken above */
+        if (X && k->z_loss != 0) loss[j] += k->z_loss * lse[j] * lse[j];
     }
     fx_store_losses(&k->loss[o * k->n_i + i0 - k->loss_r0], loss, n, k->stream_loss);
     if (!go) return -1;
     /* pass 3: gradient gw (A e / S - u); exact values at y and k; special rows */
+    const double *Aw = X ? Az : A;
     T alpha[FX_LANES], gwt[FX_LANES], beta[FX_LANES];
     for (fx_ssize j = 0; j < n; j++) {
-        alpha[j] = (T)(gwv[j] * A[j] / (1.0 + R[j]));
+        alpha[j] = (T)(gwv[j] * Aw[j] / (1.0 + R[j]));
         gwt[j] = (T)gwv[j];
     }
     for (fx_ssize c = 0; c < C; c++) {
         char *gc = go + c * k->g.sc;
-        const T *ev = e_in_tile ? etile + c * n : FXN(load)(gc, k->g.si, FX_CODE, n, ebuf);
-        T *gd = FXN(gdst)(gc, k->g.si, xbuf);
+        const T *ev;
+        T *gd;
+        const T *dc = dtile + c * n; /* capped: the derivative factors */
+        if (recompute) { /* the exps again from x (unwritten: in place, column c is next) */
+            const char *xc = xo + c * k->x.sc;
+            const T *zv = capped ? FXN(x_block)(k, xc, k->x.si, n, xbuf, dbuf) : FXN(load)(xc, k->x.si, k->x.dtype, n, xbuf);
+            for (fx_ssize j = 0; j < n; j++) ebuf[j] = FXM(fx_exp_neg)(zv[j] - msafe[j]);
+            ev = ebuf;
+            dc = dbuf;
+            gd = FXN(gdst)(gc, k->g.si, gdt, gbuf);
+        } else {
+            ev = e_in_tile ? etile + c * n : FXN(load)(gc, k->g.si, FX_CODE, n, ebuf);
+            gd = FXN(gdst)(gc, k->g.si, gdt, xbuf);
+        }
         if (kind == U_VEC) {
             const T *t = FXN(load)(to + c * k->t.sc, k->t.si, k->t.dtype, n, tbuf);
             const T wc = (T)k->cw[c], keep = (T)(1.0 - k->ls), add = (T)per;
@@ -478,21 +812,41 @@ static fx_ssize FXN(logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_s
             for (fx_ssize j = 0; j < n; j++) beta[j] = gwt[j] * uc;
             for (fx_ssize j = 0; j < n; j++) gd[j] = alpha[j] * ev[j] - beta[j];
         }
-        FXN(gflush)(gc, k->g.si, n, gd);
+        if (capped) for (fx_ssize j = 0; j < n; j++) gd[j] *= dc[j];
+        FXN(gflush)(gc, k->g.si, gdt, n, gd);
     }
     for (fx_ssize j = 0; j < n; j++) {
         char *gj = go + j * k->g.si;
         const char *tj = to ? to + j * k->t.si : NULL;
-        if (!k->dense && y[j] < 0) { FXN(fill)(gj, k->g.sc, C, (T)0); continue; }
-        if (nan[j]) { FXN(fill)(gj, k->g.sc, C, (T)NAN); continue; }
-        if (m[j] == (T)-INFINITY) { FXN(fill)(gj, k->g.sc, C, A[j] != 0 ? (T)NAN : (T)0); continue; }
+        if (!dense && y[j] < 0) { FXN(fill)(gj, k->g.sc, gdt, C, (T)0); continue; }
+        if (nan[j]) { FXN(fill)(gj, k->g.sc, gdt, C, (T)NAN); continue; }
+        if (m[j] == (T)-INFINITY) { FXN(fill)(gj, k->g.sc, gdt, C, Aw[j] != 0 ? (T)NAN : (T)0); continue; }
         const double S = 1.0 + R[j];
-        if (!k->dense && y[j] != kmax[j]) {
+        if (!dense && y[j] != kmax[j]) {
             const double ey = (double)FXM(fx_exp_neg)(xy[j] - m[j]);
-            FXN(store1)(gj + y[j] * k->g.sc, gwv[j] * (A[j] * ey / S - (lab[j] + FXN(u_at)(k, tj, y[j]))));
+            const double g_y = gwv[j] * (Aw[j] * ey / S - (lab[j] + FXN(u_at)(k, tj, y[j])));
+            FXN(store1)(gj + y[j] * k->g.sc, gdt, capped ? g_y * (double)dy[j] : g_y);
         }
-        const double a_k = FXN(u_at)(k, tj, kmax[j]) + (!k->dense && kmax[j] == y[j] ? lab[j] : 0.0);
-        FXN(store1)(gj + kmax[j] * k->g.sc, gwv[j] * fx_softmax_grad_at_max(A[j], a_k, R[j], S));
+        const double a_k = FXN(u_at)(k, tj, kmax[j]) + (!dense && kmax[j] == y[j] ? lab[j] : 0.0);
+        if (X) /* A (q_k - 1) + (A - a_k), A gaining 2 z lse in both */
+            FXN(store1)(gj + kmax[j] * k->g.sc, gdt,
+                        gwv[j] * (Az[j] * (-R[j] / S) + ((A[j] - a_k) + zx[j])) * (double)dk[j]);
+        else
+            FXN(store1)(gj + kmax[j] * k->g.sc, gdt, gwv[j] * fx_softmax_grad_at_max(A[j], a_k, R[j], S));
     }
     return -1;
 }
+
+#define FX_COLS_KERNEL(name, X)                                                                \
+    static FX_NOINLINE fx_ssize FXN(name##_g)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n) \
+    {                                                                                          \
+        return FXN(logits_cols_t)(k, o, i0, n, X, 1);                                          \
+    }                                                                                          \
+    static fx_ssize FXN(name)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)           \
+    {                                                                                          \
+        if (FX_G_BF16(k->g.dtype)) return FXN(name##_g)(k, o, i0, n);                          \
+        return FXN(logits_cols_t)(k, o, i0, n, X, 0);                                          \
+    }
+FX_COLS_KERNEL(logits_cols, 0)
+FX_COLS_KERNEL(logits_x_cols, 1)
+#undef FX_COLS_KERNEL
