@@ -35,17 +35,21 @@ def checks_first(problem: Problem) -> bool:
             and (not problem.from_logits or problem.kind == "binary"))  # fmt: skip
 
 
-def kernel_calls(problem: Problem, backend: str) -> list[tuple[str, tuple, bool]]:
-    """The ``(kernel name, arguments, block_sums)`` of every kernel call :func:`execute`
-    would make (``threads`` left out). Buffers are fresh ``np.empty`` arrays that
-    nothing touches, so asking costs no memory."""
+def kernel_calls(problem: Problem, backend: str) -> list[tuple[str, tuple, bool, dict]]:
+    """The ``(kernel name, arguments, block_sums, optional keywords)`` of every kernel
+    call :func:`execute` would make (``threads`` left out). Buffers are fresh
+    ``np.empty`` arrays that nothing touches, so asking costs no memory."""
     name, summed = problem.kernel_name, kernel_sums(problem, backend)
+    rows = (problem.layout.outer, problem.layout.inner)
+    extras = _extras(problem, Outputs(None, None,
+                                      np.empty(rows) if problem.return_lse else None,
+                                      np.empty(rows, dtype=np.int64) if problem.want_rank else None))
     loss_out = _loss_buffer(problem, summed)
-    loss_only = (name, _arguments(problem, None, loss_out, None), summed)
+    loss_only = (name, _arguments(problem, None, loss_out, None), summed, extras)
     if not problem.return_grad:
         return [loss_only]
     _, grad_view = _gradient_buffer(problem)
-    with_grad = (name, _arguments(problem, _reduce.grad_weight(problem, 1.0), loss_out, grad_view), summed)
+    with_grad = (name, _arguments(problem, _reduce.grad_weight(problem, 1.0), loss_out, grad_view), summed, extras)
     return [loss_only, with_grad] if checks_first(problem) else [with_grad]
 
 

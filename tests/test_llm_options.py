@@ -88,6 +88,15 @@ def test_softcap_saturates_extreme_logits(backend):
     assert np.isfinite(grad).all() and grad[0, 0] == 0 and grad[1, 0] == 0  # tanh' = 0 there
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_ignored_row_of_nan_stays_out_under_the_cap(backend, dtype):
+    x = np.array([[0.5, -1.0, 2.0], [np.nan, np.nan, np.nan], [1.0, 0.0, -1.0]], dtype)
+    loss, grad = call(SPARSE, np.array([2, -100, 0]), x, from_logits=True, logit_softcap=4.0, z_loss=1e-3,
+                      ignore_index=-100, reduction="none", return_grad=True, backend=backend)
+    assert loss[1] == 0 and np.isfinite(loss).all()
+    assert (grad[1] == 0).all() and np.isfinite(grad).all()
+
+
 def test_defaults_change_nothing(backend):
     rng = np.random.default_rng(7)
     y, x = _data(rng)

@@ -122,9 +122,10 @@ def unsupported_reason(problem) -> str | None:
 
 def is_ready(calls) -> bool:
     """Whether every driver ``calls`` would run is compiled in this process for their
-    argument types. ``calls`` lists ``(kernel name, args, block_sums)``, as
+    argument types. ``calls`` lists ``(kernel name, args, block_sums, keywords)``, as
     ``fastxent._execute.kernel_calls`` makes them: ``args`` the positional arguments
-    of the kernel (without ``threads``), ``block_sums`` its keyword.
+    of the kernel (without ``threads``), ``block_sums`` and ``keywords`` (z_loss,
+    softcap, lse_out, rank_out: those the call uses) its keywords.
 
     False means a call would first import numba and compile or load from the disk
     cache (from half a second to seconds), which ``backend="auto"`` never makes a

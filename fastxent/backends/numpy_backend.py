@@ -235,9 +235,9 @@ def sparse_from_logits(
         loss, grad, lse = _logit_loss_and_grad(z, a, grad_out is not None, z_loss, valid)
         loss[~valid] = 0.0
         if grad is not None:
-            grad[~valid] = 0.0
             if softcap:
                 grad *= 1.0 - t * t  # d(cap tanh(x / cap))/dx
+            grad[~valid] = 0.0  # after the product: an ignored row's NaN logits stay out
         if lse_out is not None:
             lse_out[os, is_] = lse.reshape(lse_out[os, is_].shape)
         if rank_out is not None:
