@@ -154,12 +154,13 @@ FX_INLINE float fx_expm1_poly_f32(float r)
  * the same five FMA-port operations (and one add), but three of them in a row
  * instead of five. A softmax exp pass is bound by latency, not by the ports: each
  * element's chain (subtract, reduce, polynomial, scale, add into the run's sum)
- * is some 35 cycles long, and the scheduler holds too few elements' operations
- * to cover it; a shorter chain lets more elements overlap. (With the final "+ 1"
- * last in the chain, for better rounding, that gain is lost.) One rounding more
- * than Horner: at most 2.51 ulp over [-10, 0] (Horner 2.27); fx_exp_neg_f32,
- * whose results are losses themselves, keeps Horner (2.62 ulp with Estrin, over
- * the tests' 2.5). */
+ * is long, and the scheduler holds too few elements' operations to cover it; a
+ * shorter chain lets more elements overlap. The "1 +" is added first, as (r + 1),
+ * off the chain: added last, for better rounding, it would lengthen the chain
+ * again (the sparse-logits workloads of benchmarks/test_bench.py time this
+ * pass). One rounding more than Horner: at most 2.51 ulp over [-10, 0]
+ * (Horner 2.27); fx_exp_neg_f32, whose results are losses themselves, keeps
+ * Horner (2.62 ulp with Estrin, over the tests' 2.5). */
 FX_INLINE float fx_exp_poly5_short_f32(float r)
 {
     float r2 = r * r;

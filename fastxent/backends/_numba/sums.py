@@ -36,7 +36,7 @@ def _full_leaf(typingctx, a, lo):
     """The pairwise leaf of a full run a[lo:lo+_LEAF] (contiguous; float32 values
     summed as float64): the eight running sums as one <8 x double> vector, added in
     NumPy's order. Numba runs no SLP vectoriser, so written as eight scalars they
-    stay scalar (a large share of a flat binary loss's time); lane j still adds a[lo + j],
+    stay scalar, in the hot loop of a flat binary loss (a leaf per 128 losses); lane j adds a[lo + j],
     a[lo + 8 + j], ... in turn: the bits of NumPy's sum of a.astype(float64)."""
     sig = types.float64(a, lo)
 
@@ -102,7 +102,8 @@ def _pairwise_sum(a, lo, n):
     ``np.sum`` of a contiguous float64 array (what ``_reduce.block_sums`` takes).
     NumPy's recursion (n <= _LEAF: a leaf; else the first n2 = n / 2 rounded down to a
     multiple of 8, plus the rest) with a stack of its own: numba's recursion crashed
-    inside a parallel driver, and one function per level took seconds to compile."""
+    inside a parallel driver, and one function per level would multiply the compile
+    time by the depth."""
     if n <= _LEAF:
         return _pairwise_leaf(a, lo, n)
     f_lo = np.empty(_PAIRWISE_DEPTH, np.int64)
