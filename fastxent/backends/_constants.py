@@ -2,15 +2,19 @@
 
 The Numba kernels import these names; ``setup.py`` writes them into the generated
 C header ``_csrc/fx_constants.h`` (:func:`c_header`, a macro ``FX_<NAME>`` each),
-which the C kernels include. Nothing else imports this module's values by hand, so
-the two backends cannot drift apart (``tests/test_constants.py`` checks it).
+which the C kernels include. Neither backend keeps a copy of its own, so they
+cannot drift apart (``tests/test_constants.py`` checks it).
 
 Conventions: a name ending in ``_F32`` is a float32 constant and its value is
-float32-exact (emitted with an ``f`` suffix); any other float is a double; an int is
-an integer (a name holding ``_BITS`` is a bit pattern, emitted in hex, unsigned). Polynomial
-coefficients are written as hex floats, exact; ``_Ck`` is the coefficient of r**k.
-This module imports nothing: ``setup.py`` loads it by path, before any build.
+float32-exact (emitted with an ``f`` suffix); any other float is a double; an int
+is an integer (a name holding ``_BITS`` is a bit pattern, emitted in hex, unsigned).
+Polynomial coefficients are written as hex floats, exact: ``_Ck`` multiplies r**k,
+``_Pk`` / ``_Qk`` follow the numbering of their source (Cephes, fdlibm).
+Only the standard library is imported: ``setup.py`` loads this file by path,
+before anything is built.
 """
+
+import struct
 
 _h = float.fromhex
 
@@ -169,8 +173,6 @@ def _c_literal(name: str, value) -> str:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, not {value!r}")
     if name.endswith("_F32"):
-        import struct  # (standard library: this module stays loadable without numpy)
-
         if struct.unpack("f", struct.pack("f", value))[0] != value:
             raise ValueError(f"{name} = {value.hex()} is not a float32 value")
         text = _c_float(value) + "f"
