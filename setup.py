@@ -12,7 +12,7 @@
   makes the probe fail on purpose). The result is compiled into
   the extension (``_cython_ext.OPENMP_PROBE``) via ``_csrc/fx_build_config.h``.
 * Constants: ``_csrc/fx_constants.h`` is generated from
-  ``fastxent/backends/_constants.py`` (polynomial coefficients, cutoffs, block sizes:
+  ``fastxent/_constants.py`` (polynomial coefficients, cutoffs, block sizes:
   the values the Numba kernels import), so both backends use one copy. Neither
   generated header is committed or shipped in the sdist: every build writes them.
 """
@@ -96,11 +96,11 @@ def write_build_config(probe: str, cflags: list) -> None:
 
 
 def write_constants_header() -> None:
-    """Write _csrc/fx_constants.h from fastxent/backends/_constants.py (loaded by path:
+    """Write _csrc/fx_constants.h from fastxent/_constants.py (loaded by path:
     the package itself is not importable before it is built). The file is rewritten
     only when its text changes, so an unchanged header triggers no recompilation."""
     spec = importlib.util.spec_from_file_location(
-        "_fastxent_constants", os.path.join(HERE, "fastxent", "backends", "_constants.py")
+        "_fastxent_constants", os.path.join(HERE, "fastxent", "_constants.py")
     )
     constants = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(constants)

@@ -1,4 +1,4 @@
-"""One copy of the kernels' constants: ``fastxent/backends/_constants.py``.
+"""One copy of the kernels' constants: ``fastxent/_constants.py``.
 
 The C kernels read it through the header ``setup.py`` generates from it
 (``_csrc/fx_constants.h``), the Numba kernels import it, and neither keeps a copy
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fastxent import _reduce
-from fastxent.backends import _constants as K
+from fastxent import _constants as K
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ROOT / "fastxent" / "backends"

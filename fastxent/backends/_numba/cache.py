@@ -5,7 +5,7 @@ package, which outlives ``pip uninstall``) and checks only the decorated functio
 own file, while a driver's machine code also holds every helper it calls from the
 other files of this package. Here every driver is cached under
 ``numba_cache_root()/<version>`` (see :mod:`fastxent._paths`), where ``<version>``
-hashes every ``.py`` file of this package and ``fastxent/backends/_constants.py``
+hashes every ``.py`` file of this package and ``fastxent/_constants.py``
 (whose values the kernels freeze into their machine code) with the numba and
 llvmlite versions: editing any helper or constant, or upgrading numba, starts a
 fresh directory.
@@ -31,7 +31,7 @@ from numba.core.caching import CompileResultCacheImpl, FunctionCache, NullCache,
 from ..._paths import numba_cache_root
 
 _HERE = Path(__file__).resolve().parent
-_CONSTANTS = _HERE.parent / "_constants.py"
+_CONSTANTS = _HERE.parent.parent / "_constants.py"
 _log = logging.getLogger("fastxent")
 
 

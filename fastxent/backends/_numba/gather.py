@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .. import _constants
+from ... import _constants
 from .intrinsics import _prefetch
 from .jit import _driver, _helper
 from .layout import _bounds, _int64, _Layout, _small_input

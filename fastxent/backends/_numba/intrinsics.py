@@ -14,7 +14,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array
 
-from .. import _constants
+from ... import _constants
 
 
 def _int_type(fty):

@@ -13,7 +13,7 @@ from llvmlite import binding as llvm_binding
 from numba import njit, types
 from numba.extending import overload
 
-from .. import _constants as K
+from ... import _constants as K
 from .intrinsics import (_bfloat16_to_float, _exponent, _half_to_float, _mantissa, _maxnum, _minnum, _pow2_from_bits,
                          _scale_pow2, _times_pow2_bits)
 from .jit import _OPTS, _POLY_OPTS, _helper
@@ -63,7 +63,7 @@ def _at_ol(w, j):
 # --------------------------------------------------------------------------- exp and log
 
 _F32 = np.float32
-# Every value comes from fastxent.backends._constants (K), which the C kernels' header
+# Every value comes from fastxent._constants (K), which the C kernels' header
 # is generated from: the two backends share one copy.
 # exp: Cephes expf. n = round(x / ln2) by the 1.5 * 2**23 trick, r = x - n ln2 in two
 # pieces (Cody-Waite; n * LN2_HI is exact), exp(r) by a degree-7 polynomial, then

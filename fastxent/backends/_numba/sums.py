@@ -13,7 +13,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array
 
-from .. import _constants
+from ... import _constants
 from .jit import _OPTS, _helper
 
 
