@@ -11,8 +11,13 @@
   ``FASTXENT_REQUIRE_OPENMP=1`` the build fails instead (``FASTXENT_DISABLE_OPENMP=1``
   makes the probe fail on purpose). The result is compiled into
   the extension (``_cython_ext.OPENMP_PROBE``) via ``_csrc/fx_build_config.h``.
+* Constants: ``_csrc/fx_constants.h`` is generated from
+  ``fastxent/_constants.py`` (polynomial coefficients, cutoffs, block sizes:
+  the values the Numba kernels import), so both backends use one copy. Neither
+  generated header is committed or shipped in the sdist: every build writes them.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -90,6 +95,25 @@ def write_build_config(probe: str, cflags: list) -> None:
         f.write(text)
 
 
+def write_constants_header() -> None:
+    """Write _csrc/fx_constants.h from fastxent/_constants.py (loaded by path:
+    the package itself is not importable before it is built). The file is rewritten
+    only when its text changes, so an unchanged header triggers no recompilation."""
+    spec = importlib.util.spec_from_file_location(
+        "_fastxent_constants", os.path.join(HERE, "fastxent", "_constants.py")
+    )
+    constants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(constants)
+    text = constants.c_header()
+    path = os.path.join(HERE, CSRC, "fx_constants.h")
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+    with open(path, "w") as f:
+        f.write(text)
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         cflags, ldflags, probe = probe_openmp(self.compiler)
@@ -122,6 +146,7 @@ def extensions():
     # (build_extensions rewrites it with the probe's result before compiling).
     if not os.path.exists(os.path.join(HERE, CSRC, "fx_build_config.h")):
         write_build_config("not probed yet", BASE_FLAGS)
+    write_constants_header()  # before the header list below, which then holds it
     ext = Extension(
         "fastxent.backends._cython_ext",
         sources,

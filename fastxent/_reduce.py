@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLOCK_ROWS = 1 << 14
+from ._constants import BLOCK_ROWS  # (the kernels' block sums use it too)
 #: Rows per temporary when products must be formed (weights times losses):
 #: bounds the extra memory of a reduction to 1 MiB whatever N is.
 _CHUNK_ROWS = 1 << 17

@@ -40,10 +40,10 @@ from ._validate import (as_array, check_ignore_index, check_options, coerce_clas
 
 #: Default memory budget for one block of logits. Each block's product packs the whole
 #: of ``weight`` again (BLAS copies its operands into its own panel layout), so blocks
-#: of more rows cost less per row; and OpenBLAS runs the gradient's ``G @ weight``
-#: (a contraction over the vocabulary) many times slower on 2 threads than on 1 when
-#: a block has 256 rows or fewer, on a machine whose cores are shared. 2,048 x 32,000
-#: float32 logits (250 MiB) go through in 6 blocks of 342 rows.
+#: of more rows cost less per row; and a multi-threaded BLAS splits the gradient's
+#: ``G @ weight`` (a contraction over the vocabulary) badly when a block has few rows,
+#: so the budget aims at blocks of several hundred rows. 2,048 x 32,000 float32 logits
+#: (250 MiB) go through in 6 blocks of 342 rows.
 #: ``benchmarks/linear.py --budgets`` compares budgets.
 BLOCK_BYTES = 48 << 20
 #: Fewest rows a block of the whole vocabulary may have (a float32 vocabulary above

@@ -32,7 +32,7 @@ def _source_copy(tmp_path: Path) -> Path:
     tree.mkdir()
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, tree / name)
-    ignore = shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "_cython_ext.c", "fx_build_config.h")
+    ignore = shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "_cython_ext.c", "fx_build_config.h", "fx_constants.h")
     shutil.copytree(ROOT / "fastxent", tree / "fastxent", ignore=ignore)
     return tree
 

@@ -128,7 +128,7 @@ def is_ready(calls) -> bool:
     softcap, lse_out, rank_out: those the call uses) its keywords.
 
     False means a call would first import numba and compile or load from the disk
-    cache (from half a second to seconds), which ``backend="auto"`` never makes a
+    cache (far longer than a call), which ``backend="auto"`` never makes a
     call wait for when another compiled backend can serve it. Never imports numba.
     """
     if not _loaded():

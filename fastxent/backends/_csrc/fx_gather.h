@@ -19,7 +19,6 @@
 
 #ifndef FX_GATHER_CONSTANTS
 #define FX_GATHER_CONSTANTS
-#define FX_GATHER_AHEAD 64  /* rows between a prefetch and the row's own read */
 #define FX_GATHER_BATCH 128 /* rows per batch of the loss-only loop */
 #endif
 

@@ -6,7 +6,7 @@
 
 /* NumPy's pairwise_sum (its loops_utils), step for step: the same bits as np.sum
  * of a contiguous float64 array, which is what the general path's reduction
- * takes. Leaves of at most 128 values add in eight lanes. */
+ * takes. Leaves of at most FX_PAIRWISE_LEAF values add in eight lanes. */
 static inline double pairwise_sum_f64(const double *a, fx_ssize n)
 {
     if (n < 8) {
@@ -14,7 +14,7 @@ static inline double pairwise_sum_f64(const double *a, fx_ssize n)
         for (fx_ssize i = 0; i < n; i++) res += a[i];
         return res;
     }
-    if (n <= 128) {
+    if (n <= FX_PAIRWISE_LEAF) {
         double r0 = a[0], r1 = a[1], r2 = a[2], r3 = a[3];
         double r4 = a[4], r5 = a[5], r6 = a[6], r7 = a[7];
         fx_ssize i = 8;

@@ -17,7 +17,7 @@ from .math import (_as, _at, _clip, _compute_scalar, _exp_neg, _inf_like, _log, 
                    _x_value, _zero_like)
 from .ranges import _count_out_of_range, _first_bad_in_block, _lower, _out_of_range, _slot
 from .schedule import _block, _claim, _claims, _next_item
-from .sums import _BLOCK, _flush, _leaf128, _store_leaf_tree, _store_losses, _whole_leaves
+from .sums import _BLOCK, _LEAF, _flush, _full_leaf, _store_leaf_tree, _store_losses, _whole_leaves
 from .views import (_col_view_c, _compute_empty, _compute_zeros, _grad_cview, _grad_rview, _part, _pw_col, _pw_row,
                     _rview, _set)
 
@@ -287,8 +287,8 @@ def _cols_bce_logits(x, t, pw, o, i0, nb, keep, half_ls, loss, p_loss, tail, lea
     """loss[j] (float64) = the summed losses of rows i0..i0+nb-1: in compute-dtype
     partial sums of _BLOCK classes (loss and p_loss zeroed), or with one class (a
     flat binary loss) the losses themselves, run by run (nothing zeroed); with
-    ``leaves`` (one class, nb whole leaves) only the pairwise leaf sums of every 128
-    losses, loss[k] for rows 128k..128k+127, taken from the run's float32 losses
+    ``leaves`` (one class, nb whole leaves) only the pairwise leaf sums of every _LEAF
+    losses, loss[k] for rows _LEAF k .. _LEAF (k + 1) - 1, taken from the run's float32 losses
     without storing them as float64. Returns the first row (j) whose targets are
     outside [0, 1], or -1 (``bad``: a zeroed (nb,) scratch, unused for one class)."""
     n_c = x.shape[1]
@@ -297,8 +297,8 @@ def _cols_bce_logits(x, t, pw, o, i0, nb, keep, half_ls, loss, p_loss, tail, lea
             tr = tail[: min(nb - s0, _TAIL_RUN)]
             _bce_logits_class(x, t, pw, o, 0, i0 + s0, keep, half_ls, None, tr)
             if leaves:
-                for k in range(tr.shape[0] // 128):
-                    loss[s0 // 128 + k] = _leaf128(tr, k * 128)
+                for k in range(tr.shape[0] // _LEAF):
+                    loss[s0 // _LEAF + k] = _full_leaf(tr, k * _LEAF)
             else:
                 lr = loss[s0 : s0 + tr.shape[0]]
                 for j in range(lr.shape[0]):
@@ -400,7 +400,7 @@ def _binary_logits_cols(x, t, pw, keep, half_ls, gw, loss, g, glayout, block, wo
             o, i0, nb = _block(q, n_blocks, block, n_i)
             flat = n_c == 1  # (then _cols_bce_logits writes total without reading it)
             leaves = flat and loss.ndim == 1 and _whole_leaves(nb)  # a block's sum from its leaves
-            total = np.empty(nb // 128 if leaves else nb) if flat else np.zeros(nb)
+            total = np.empty(nb // _LEAF if leaves else nb) if flat else np.zeros(nb)
             p_total = _compute_zeros(x, 1, 0 if flat else nb)[0]
             tail = _compute_empty(x, min(nb, _TAIL_RUN) if flat else nb)  # written before read
             bad = np.zeros(0 if flat else nb)

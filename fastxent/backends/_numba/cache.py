@@ -5,8 +5,10 @@ package, which outlives ``pip uninstall``) and checks only the decorated functio
 own file, while a driver's machine code also holds every helper it calls from the
 other files of this package. Here every driver is cached under
 ``numba_cache_root()/<version>`` (see :mod:`fastxent._paths`), where ``<version>``
-hashes every ``.py`` file of this package with the numba and llvmlite versions:
-editing any helper, or upgrading numba, starts a fresh directory.
+hashes every ``.py`` file of this package and ``fastxent/_constants.py``
+(whose values the kernels freeze into their machine code) with the numba and
+llvmlite versions: editing any helper or constant, or upgrading numba, starts a
+fresh directory.
 
 :func:`disk_cache` returns the cache object a dispatcher uses (``None`` when no
 directory is writable: then nothing is cached). Both it and :class:`NoDiskCache`
@@ -29,13 +31,19 @@ from numba.core.caching import CompileResultCacheImpl, FunctionCache, NullCache,
 from ..._paths import numba_cache_root
 
 _HERE = Path(__file__).resolve().parent
+_CONSTANTS = _HERE.parent.parent / "_constants.py"
 _log = logging.getLogger("fastxent")
 
 
+def hashed_sources() -> list:
+    """The files whose contents the cache directory's name hashes."""
+    return sorted(_HERE.glob("*.py")) + [_CONSTANTS]
+
+
 def sources_version() -> str:
-    """A short hash of this package's sources and of the numba and llvmlite versions."""
+    """A short hash of the kernels' sources and of the numba and llvmlite versions."""
     digest = hashlib.sha256(f"numba {numba.__version__} llvmlite {llvmlite.__version__}".encode())
-    for path in sorted(_HERE.glob("*.py")):
+    for path in hashed_sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from ... import _constants
 from .intrinsics import _prefetch
 from .jit import _driver, _helper
 from .layout import _bounds, _int64, _Layout, _small_input
@@ -21,8 +22,8 @@ from .views import _compute_zeros, _fill, _grad_array, _put, _rview
 
 #: Rows per work item of the gather-log (block-sums mode: BLOCK_ROWS).
 _GATHER_ROWS = 512
-#: Rows ahead whose probability the gather asks for (as the Cython gather-log does).
-_GATHER_AHEAD = 64
+#: Rows ahead whose probability the gather asks for (the Cython gather-log's too).
+_GATHER_AHEAD = _constants.GATHER_AHEAD
 
 
 @_helper(inline=True)

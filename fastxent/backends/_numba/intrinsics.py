@@ -14,6 +14,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array
 
+from ... import _constants
+
 
 def _int_type(fty):
     return ir.IntType(32 if isinstance(fty, ir.FloatType) else 64)
@@ -140,7 +142,7 @@ def _scale_pow2(typingctx, p, t):
         fty = context.get_value_type(signature.return_type)
         ity = _int_type(fty)
         mant, bias, _ = _float_layout(fty)
-        magic_bits = (0x4B400000 if mant == 23 else 0x4338000000000000)
+        magic_bits = _constants.EXP_SHIFT_BITS_F32 if mant == 23 else _constants.EXP_SHIFT_BITS
         n = builder.sub(builder.bitcast(args[1], ity), ir.Constant(ity, magic_bits))
         n1 = builder.ashr(n, ir.Constant(ity, 1))
         n2 = builder.sub(n, n1)

@@ -8,13 +8,12 @@ formulas of the probability kernels: clipping, ``-log(clip(p))`` and its gradien
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from llvmlite import binding as llvm_binding
 from numba import njit, types
 from numba.extending import overload
 
+from ... import _constants as K
 from .intrinsics import (_bfloat16_to_float, _exponent, _half_to_float, _mantissa, _maxnum, _minnum, _pow2_from_bits,
                          _scale_pow2, _times_pow2_bits)
 from .jit import _OPTS, _POLY_OPTS, _helper
@@ -64,16 +63,18 @@ def _at_ol(w, j):
 # --------------------------------------------------------------------------- exp and log
 
 _F32 = np.float32
+# Every value comes from fastxent._constants (K), which the C kernels' header
+# is generated from: the two backends share one copy.
 # exp: Cephes expf. n = round(x / ln2) by the 1.5 * 2**23 trick, r = x - n ln2 in two
 # pieces (Cody-Waite; n * LN2_HI is exact), exp(r) by a degree-7 polynomial, then
 # 2**n from integer bits. |error| <= 1-2 ulp (tests measure it).
-_E32_LO, _E32_HI = _F32(-104.0), _F32(89.0)  # exp(-104) rounds to 0, exp(89) overflows
-_E32_LOG2E, _E32_MAGIC = _F32(1.44269504088896341), _F32(12582912.0)
-_E32_LN2_HI, _E32_LN2_LO = _F32(0.693359375), _F32(-2.12194440e-4)
+_E32_LO, _E32_HI = _F32(K.EXP_CEPHES_LO_F32), _F32(K.EXP_HI_F32)  # exp(-104) rounds to 0, exp(89) overflows
+_E32_LOG2E, _E32_MAGIC = _F32(K.LOG2E_F32), _F32(K.EXP_SHIFT_F32)
+_E32_LN2_HI, _E32_LN2_LO = _F32(K.LN2_HI_F32), _F32(K.LN2_LO_F32)
 # (scalar globals, not tuples: numba freezes a scalar as an immediate constant that
 # LLVM hoists out of the loop; a tuple global is reloaded from memory per element)
-_E32_P0, _E32_P1, _E32_P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
-_E32_P3, _E32_P4, _E32_P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
+_E32_P0, _E32_P1, _E32_P2 = _F32(K.EXP_CEPHES_C7_F32), _F32(K.EXP_CEPHES_C6_F32), _F32(K.EXP_CEPHES_C5_F32)
+_E32_P3, _E32_P4, _E32_P5 = _F32(K.EXP_CEPHES_C4_F32), _F32(K.EXP_CEPHES_C3_F32), _F32(K.EXP_CEPHES_C2_F32)
 _F32_ONE, _F32_HALF, _F32_ZERO = _F32(1.0), _F32(0.5), _F32(0.0)
 
 # exp of x <= 0 in float32 (_exp_neg): the same reduction with the exponent bias
@@ -81,32 +82,34 @@ _F32_ONE, _F32_HALF, _F32_ZERO = _F32(1.0), _F32(0.5), _F32(0.0)
 # [-87.3, 0]; the tests allow 2.5), results below exp(-88) flushed to 0: about a
 # third fewer operations than _exp32 per element of a softmax sum, where the exp is
 # most of the work.
-_EN32_MAGIC, _EN32_FLUSH = _F32(12583039.0), _F32(-88.0)  # 1.5 * 2**23 + 127
-_EN32_P2, _EN32_P3 = _F32(float.fromhex("0x1.fffdfcp-2")), _F32(float.fromhex("0x1.5557b0p-3"))
-_EN32_P4, _EN32_P5 = _F32(float.fromhex("0x1.572a66p-5")), _F32(float.fromhex("0x1.106252p-7"))
+_EN32_MAGIC, _EN32_FLUSH = _F32(K.EXP_SHIFT_BIASED_F32), _F32(K.EXP_FLUSH_F32)  # 1.5 * 2**23 + 127
+_EN32_P2, _EN32_P3 = _F32(K.EXP5_C2_F32), _F32(K.EXP5_C3_F32)
+_EN32_P4, _EN32_P5 = _F32(K.EXP5_C4_F32), _F32(K.EXP5_C5_F32)
 # exp of x in [_NEAR, 0] (_exp_near): a chunk of a softmax row within 86.5 of its max,
 # which most are. One-constant reduction (float32(ln2) errs by 1.9e-9: |n| * 1.9e-9
 # relative more, at most 2.4e-7 at n = -125) and 2**n added into the exponent bits
 # (p * 2**n is normal for n >= -125): three operations on the FMA ports fewer.
-_NEAR, _E32_LN2 = -86.5, _F32(0.693147182)
+_NEAR, _E32_LN2 = K.EXP_NEAR, _F32(K.LN2_F32)
 
-_E64_LO, _E64_HI = -746.0, 710.0
-_E64_LOG2E, _E64_MAGIC = 1.4426950408889634, 6755399441055744.0
-_E64_LN2_HI, _E64_LN2_LO = 0.693145751953125, 1.4286068203094173e-06
+_E64_LO, _E64_HI = K.EXP_NEG_LO, K.EXP_HI
+_E64_LOG2E, _E64_MAGIC = K.LOG2E, K.EXP_SHIFT
+_E64_LN2_HI, _E64_LN2_LO = K.LN2_HI, K.LN2_LO
 # Taylor series of exp to degree 13: on |r| <= ln2/2 the truncation is 4e-18 relative.
-_E64_P13, _E64_P12, _E64_P11, _E64_P10, _E64_P9, _E64_P8, _E64_P7 = (1.0 / math.factorial(k) for k in range(13, 6, -1))
-_E64_P6, _E64_P5, _E64_P4, _E64_P3, _E64_P2 = (1.0 / math.factorial(k) for k in range(6, 1, -1))
+_E64_P13, _E64_P12, _E64_P11, _E64_P10 = K.EXP_C13, K.EXP_C12, K.EXP_C11, K.EXP_C10
+_E64_P9, _E64_P8, _E64_P7, _E64_P6 = K.EXP_C9, K.EXP_C8, K.EXP_C7, K.EXP_C6
+_E64_P5, _E64_P4, _E64_P3, _E64_P2 = K.EXP_C5, K.EXP_C4, K.EXP_C3, K.EXP_C2
 
 # log: Cephes logf for float32 (f = m - 1, m in [sqrt(1/2), sqrt(2))), and for
 # float64 log(m) = 2 atanh(s), s = f / (2 + f), |s| <= 0.1716, to s**21.
-_L32_P0, _L32_P1, _L32_P2 = _F32(7.0376836292e-2), _F32(-1.1514610310e-1), _F32(1.1676998740e-1)
-_L32_P3, _L32_P4, _L32_P5 = _F32(-1.2420140846e-1), _F32(1.4249322787e-1), _F32(-1.6668057665e-1)
-_L32_P6, _L32_P7, _L32_P8 = _F32(2.0000714765e-1), _F32(-2.4999993993e-1), _F32(3.3333331174e-1)
-_L32_Q1, _L32_Q2 = _F32(-2.12194440e-4), _F32(0.693359375)
-_L32_SQRT2, _L32_TINY, _L32_SUB = _F32(1.4142135623730951), _F32(1.1754944e-38), _F32(2.0**23)
-_L64_P21, _L64_P19, _L64_P17, _L64_P15, _L64_P13, _L64_P11 = (1.0 / k for k in (21, 19, 17, 15, 13, 11))
-_L64_P9, _L64_P7, _L64_P5, _L64_P3 = (1.0 / k for k in (9, 7, 5, 3))
-_L64_SQRT2, _L64_TINY, _L64_SUB = 1.4142135623730951, 2.2250738585072014e-308, 2.0**52
+_L32_P0, _L32_P1, _L32_P2 = _F32(K.LOG_P0_F32), _F32(K.LOG_P1_F32), _F32(K.LOG_P2_F32)
+_L32_P3, _L32_P4, _L32_P5 = _F32(K.LOG_P3_F32), _F32(K.LOG_P4_F32), _F32(K.LOG_P5_F32)
+_L32_P6, _L32_P7, _L32_P8 = _F32(K.LOG_P6_F32), _F32(K.LOG_P7_F32), _F32(K.LOG_P8_F32)
+_L32_Q1, _L32_Q2 = _F32(K.LN2_LO_F32), _F32(K.LN2_HI_F32)
+_L32_SQRT2, _L32_TINY, _L32_SUB = _F32(K.LOG_SQRT2_F32), _F32(K.LOG_TINY_F32), _F32(2.0**23)
+_L64_P21, _L64_P19, _L64_P17 = K.LOG_ATANH_C21, K.LOG_ATANH_C19, K.LOG_ATANH_C17
+_L64_P15, _L64_P13, _L64_P11 = K.LOG_ATANH_C15, K.LOG_ATANH_C13, K.LOG_ATANH_C11
+_L64_P9, _L64_P7, _L64_P5, _L64_P3 = K.LOG_ATANH_C9, K.LOG_ATANH_C7, K.LOG_ATANH_C5, K.LOG_ATANH_C3
+_L64_SQRT2, _L64_TINY, _L64_SUB = K.LOG_SQRT2, K.LOG_TINY, 2.0**52
 _F32_INF, _F64_INF, _F32_NAN = _F32(np.inf), np.inf, _F32(np.nan)
 
 
@@ -269,8 +272,8 @@ def _log1p_unit(u):
 # float32: 2 atanh(s), s = u / (2 + u) in [0, 1/3], by a degree-4 polynomial in s**2
 # (the Cython kernels' fx_log1p_unit_f32): one division and no exponent handling,
 # about half the operations of log(1 + u) through _log.
-_L1P_P1, _L1P_P2 = _F32(float.fromhex("0x1.55554cp-2")), _F32(float.fromhex("0x1.99ad6cp-3"))
-_L1P_P3, _L1P_P4 = _F32(float.fromhex("0x1.21249ap-3")), _F32(float.fromhex("0x1.12f598p-3"))
+_L1P_P1, _L1P_P2 = _F32(K.LOG1P_P1_F32), _F32(K.LOG1P_P2_F32)
+_L1P_P3, _L1P_P4 = _F32(K.LOG1P_P3_F32), _F32(K.LOG1P_P4_F32)
 _F32_TWO = _F32(2.0)
 
 
@@ -306,11 +309,11 @@ def _tanh(x):
 # (float64) in x**2; above, 1 - 2 / (exp(2|x|) + 1), which needs no clamp (exp
 # overflows to inf, and the quotient to 0). Both branches are computed, then one is
 # selected: a branch would keep the loop scalar.
-_TH_SMALL = 0.625
-_TH32_P0, _TH32_P1, _TH32_P2 = _F32(-5.70498872745e-3), _F32(2.06390887954e-2), _F32(-5.37397155531e-2)
-_TH32_P3, _TH32_P4 = _F32(1.33314422036e-1), _F32(-3.33332819422e-1)
-_TH64_P0, _TH64_P1, _TH64_P2 = -9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3
-_TH64_Q0, _TH64_Q1, _TH64_Q2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3
+_TH_SMALL = K.TANH_SMALL
+_TH32_P0, _TH32_P1, _TH32_P2 = _F32(K.TANH_P0_F32), _F32(K.TANH_P1_F32), _F32(K.TANH_P2_F32)
+_TH32_P3, _TH32_P4 = _F32(K.TANH_P3_F32), _F32(K.TANH_P4_F32)
+_TH64_P0, _TH64_P1, _TH64_P2 = K.TANH_P0, K.TANH_P1, K.TANH_P2
+_TH64_Q0, _TH64_Q1, _TH64_Q2 = K.TANH_Q0, K.TANH_Q1, K.TANH_Q2
 
 
 def _tanh32(x):

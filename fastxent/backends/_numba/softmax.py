@@ -113,7 +113,8 @@ def _row_exp_sum(xr, m, near, er, ahead):
     few ulp (the size of exp's own error), and the loop keeps 8 float32 lanes (a
     float64 accumulator in it halves the width). The loops sit in this one
     function: a separate, already vectorised block function is too big for LLVM to
-    inline, and the call per block cost as much as the exps."""
+    inline, and a call per block is not small next to one block's exps (the
+    sparse-logits workloads of benchmarks/test_bench.py time this loop)."""
     zero, one = _zero_like(m), _one_like(m)
     n = xr.shape[0]
     rest = 0.0

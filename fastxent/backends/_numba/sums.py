@@ -13,11 +13,14 @@ from numba import types
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array
 
+from ... import _constants
 from .jit import _OPTS, _helper
 
 
 #: Terms per compute-dtype partial sum (then added into a float64 sum).
 _BLOCK = 64
+#: Values per leaf of NumPy's pairwise sum (its PW_BLOCKSIZE, 128): leaves add in 8 lanes.
+_LEAF = _constants.PAIRWISE_LEAF
 
 
 @_helper
@@ -29,11 +32,11 @@ def _flush(total, part):
 
 
 @intrinsic
-def _leaf128(typingctx, a, lo):
-    """The pairwise leaf of a full run a[lo:lo+128] (contiguous; float32 values
+def _full_leaf(typingctx, a, lo):
+    """The pairwise leaf of a full run a[lo:lo+_LEAF] (contiguous; float32 values
     summed as float64): the eight running sums as one <8 x double> vector, added in
     NumPy's order. Numba runs no SLP vectoriser, so written as eight scalars they
-    stay scalar (a large share of a flat binary loss's time); lane j still adds a[lo + j],
+    stay scalar, in the hot loop of a flat binary loss (a leaf per 128 losses); lane j adds a[lo + j],
     a[lo + 8 + j], ... in turn: the bits of NumPy's sum of a.astype(float64)."""
     sig = types.float64(a, lo)
 
@@ -48,7 +51,7 @@ def _leaf128(typingctx, a, lo):
             return v if item == ir.DoubleType() else builder.fpext(v, wide)
 
         lanes = load(0)
-        for q in range(1, 16):
+        for q in range(1, _LEAF // 8):
             lanes = builder.fadd(lanes, load(q))
         r = [builder.extract_element(lanes, ir.Constant(ir.IntType(32), j)) for j in range(8)]
         add = builder.fadd
@@ -59,11 +62,11 @@ def _leaf128(typingctx, a, lo):
 
 @_helper
 def _pairwise_leaf(a, lo, n):
-    """NumPy's pairwise summation of a[lo:lo+n] for n <= 128: eight running sums.
+    """NumPy's pairwise summation of a[lo:lo+n] for n <= _LEAF: eight running sums.
     Over a view from 0 with range loops: with ``a[lo + k]`` in a while loop numba's
     negative-index wraparound stays in and every load is scalar."""
-    if n == 128:
-        return _leaf128(a, lo)
+    if n == _LEAF:
+        return _full_leaf(a, lo)
     v = a[lo : lo + n]
     if n < 8:
         res = 0.0
@@ -88,7 +91,7 @@ def _pairwise_leaf(a, lo, n):
     return res
 
 
-#: Frames of _pairwise_sum's stack: n halves at every level down to 128, so 2**64
+#: Frames of _pairwise_sum's stack: n halves at every level down to _LEAF, so 2**64
 #: elements need fewer than 64.
 _PAIRWISE_DEPTH = 64
 
@@ -97,10 +100,11 @@ _PAIRWISE_DEPTH = 64
 def _pairwise_sum(a, lo, n):
     """NumPy's pairwise summation of a[lo:lo+n], step for step: the same bits as
     ``np.sum`` of a contiguous float64 array (what ``_reduce.block_sums`` takes).
-    NumPy's recursion (n <= 128: a leaf; else the first n2 = n / 2 rounded down to a
+    NumPy's recursion (n <= _LEAF: a leaf; else the first n2 = n / 2 rounded down to a
     multiple of 8, plus the rest) with a stack of its own: numba's recursion crashed
-    inside a parallel driver, and one function per level took seconds to compile."""
-    if n <= 128:
+    inside a parallel driver, and one function per level would multiply the compile
+    time by the depth."""
+    if n <= _LEAF:
         return _pairwise_leaf(a, lo, n)
     f_lo = np.empty(_PAIRWISE_DEPTH, np.int64)
     f_n = np.empty(_PAIRWISE_DEPTH, np.int64)
@@ -108,7 +112,7 @@ def _pairwise_sum(a, lo, n):
     top = 0
     f_lo[0], f_n[0] = lo, n
     while True:
-        while f_n[top] > 128:  # descend into left halves
+        while f_n[top] > _LEAF:  # descend into left halves
             n2 = f_n[top] // 2
             f_lo[top + 1], f_n[top + 1] = f_lo[top], n2 - n2 % 8
             top += 1
@@ -129,17 +133,17 @@ def _pairwise_sum(a, lo, n):
 @_helper
 def _pairwise_sum_all(a):
     """_pairwise_sum(a, 0, a.size) of a contiguous 1-D float64 array, without its
-    call per leaf when the size is 128 * 2**k, as in every full block
+    call per leaf when the size is _LEAF * 2**k, as in every full block
     of BLOCK_ROWS rows: NumPy's tree is then balanced, its leaves the consecutive
-    runs of 128. The leaves are summed in one loop, then added level by level, left
+    runs of _LEAF. The leaves are summed in one loop, then added level by level, left
     + right, as the recursion adds them: the same bits."""
     n = a.shape[0]
-    n_leaves = n // 128
+    n_leaves = n // _LEAF
     if not _whole_leaves(n):
         return _pairwise_sum(a, 0, n)
     sums = np.empty(n_leaves)
     for k in range(n_leaves):
-        sums[k] = _leaf128(a, k * 128)
+        sums[k] = _full_leaf(a, k * _LEAF)
     return _leaf_tree(sums, n_leaves)
 
 
@@ -156,9 +160,9 @@ def _leaf_tree(sums, n_leaves):
 
 @_helper
 def _whole_leaves(n):
-    """n rows make a balanced pairwise tree of leaves (128 * 2**k, k >= 1)."""
-    n_leaves = n // 128
-    return n >= 256 and n % 128 == 0 and n_leaves & (n_leaves - 1) == 0
+    """n rows make a balanced pairwise tree of leaves (_LEAF * 2**k, k >= 1)."""
+    n_leaves = n // _LEAF
+    return n >= 2 * _LEAF and n % _LEAF == 0 and n_leaves & (n_leaves - 1) == 0
 
 
 def _store_leaf_tree(loss, q, leaf_sums):
