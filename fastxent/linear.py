@@ -232,7 +232,7 @@ def linear_cross_entropy(
 
 def build_linear_problem(
     y_true, hidden, weight, bias, *, ignore_index, label_smoothing, class_weight, sample_weight,
-    reduction, return_grad, chunk, backend, threads, z_loss=0.0, logit_softcap=None, return_lse=False,
+    reduction, return_grad, z_loss, logit_softcap, return_lse, chunk, backend, threads,
 ) -> LinearProblem:  # fmt: skip
     """Check every input (raising before any work) and bring the arrays to the
     compute dtype and to ``(N, d)`` rows."""
