@@ -50,6 +50,25 @@ def test_linear_cross_entropy(benchmark, lm_head, return_grad):
         "fastxent fused")  # fmt: skip
 
 
+#: The LLM options (z-loss, soft cap, per-row lse), alone and together: the row-block
+#: path hands them to the kernel, so they should cost about the kernel's extra work.
+LLM_OPTIONS = {
+    "z_loss": dict(z_loss=1e-4),
+    "softcap": dict(logit_softcap=30.0),
+    "return_lse": dict(return_lse=True),
+    "all three": dict(z_loss=1e-4, logit_softcap=30.0, return_lse=True),
+}
+
+
+@pytest.mark.parametrize("options", list(LLM_OPTIONS), ids=list(LLM_OPTIONS))
+@pytest.mark.parametrize("return_grad", [False, True], ids=["loss", "grad"])
+def test_linear_cross_entropy_with_llm_options(benchmark, lm_head, return_grad, options):
+    y, hidden, weight = lm_head
+    kw = LLM_OPTIONS[options]
+    run(benchmark, lambda: fastxent.linear_cross_entropy(y, hidden, weight, return_grad=return_grad, **kw),
+        f"fastxent fused, {options}")  # fmt: skip
+
+
 @pytest.mark.parametrize("return_grad", [False, True], ids=["loss", "grad"])
 def test_unfused(benchmark, lm_head, return_grad):
     y, hidden, weight = lm_head

@@ -35,8 +35,8 @@ from . import _reduce
 from ._api import sparse_categorical_crossentropy
 from ._introspect import explain
 from ._layout import class_axis_layout
-from ._validate import (as_array, check_ignore_index, check_options, coerce_class_weight, coerce_labels,
-                        coerce_sample_weight)
+from ._validate import (as_array, check_ignore_index, check_logit_options, check_options, coerce_class_weight,
+                        coerce_labels, coerce_sample_weight)
 
 #: Default memory budget for one block of logits. Each block's product packs the whole
 #: of ``weight`` again (BLAS copies its operands into its own panel layout), so blocks
@@ -74,6 +74,9 @@ class LinearProblem:
     ignore_index: int | None
     reduction: str  # "none" | "sum" | "mean" | "weighted_mean"
     return_grad: bool
+    z_loss: float  # z * lse**2 added to each non-ignored row's loss; 0: off
+    softcap: float  # logits read as softcap * tanh(x / softcap); 0: off
+    return_lse: bool  # also return each row's logsumexp (of the capped logits)
     block: tuple  # (rows, classes) of one block of logits
     backend: str
     threads: int | None
@@ -102,6 +105,9 @@ def linear_cross_entropy(
     sample_weight=None,
     reduction="mean",
     return_grad=False,
+    z_loss=0.0,
+    logit_softcap=None,
+    return_lse=False,
     chunk=None,
     backend="auto",
     threads=None,
@@ -132,6 +138,15 @@ def linear_cross_entropy(
     >>> g_hidden[3].tolist() == [0.0] * 8  # the ignored row
     True
 
+    A z-loss, a soft cap and each row's log-sum-exp, as the sparse loss has them:
+
+    >>> loss, lse = fastxent.linear_cross_entropy(
+    ...     labels, hidden, weight, bias, ignore_index=-100, z_loss=1e-4, logit_softcap=30.0,
+    ...     return_lse=True)
+    >>> capped = 30.0 * np.tanh((hidden @ weight.T + bias) / 30.0)
+    >>> print(lse.shape, lse.dtype, np.allclose(lse, np.log(np.exp(capped).sum(axis=1))))
+    (4,) float32 True
+
     Parameters
     ----------
     y_true : array_like of int
@@ -157,6 +172,17 @@ def linear_cross_entropy(
         already that of the final loss.
     return_grad : bool
         Also return the gradients of the returned loss (for ``"none"``, of its sum).
+    z_loss : float >= 0
+        Adds ``z_loss * logsumexp(logits)**2`` to each non-ignored row's loss (PaLM's
+        z-loss, e.g. 1e-4), and its gradient; not multiplied by ``class_weight``.
+    logit_softcap : float > 0, optional
+        Each logit ``x`` is read as ``cap * tanh(x / cap)`` (Gemma's soft cap): in the
+        loss, the log-sum-exp and the gradients (which stay those with respect to
+        ``hidden``, ``weight`` and ``bias``). A ``-inf`` bias entry becomes ``-cap``.
+    return_lse : bool
+        Also return each row's ``logsumexp`` of the (capped) logits, ignored rows
+        included: NaN for a row holding NaN (or, without a cap, ``+inf``), ``-inf``
+        for a row with every class at ``-inf`` (without a cap).
     chunk : None, int >= 1, or (rows, classes)
         The block of logits held at once. None: a budget of :data:`BLOCK_BYTES`
         (48 MiB) of logits, as many whole rows as fit; when fewer than
@@ -180,6 +206,9 @@ def linear_cross_entropy(
         Shapes of ``hidden`` and ``weight``; float64 for float64 inputs, float32
         otherwise (float16 and bfloat16 included: the products ran in float32).
     grad_bias : ndarray, only with ``return_grad=True`` and a ``bias``
+    lse : ndarray of ``y_true``'s shape, only with ``return_lse=True``
+        Always the last item: ``(loss, lse)`` or
+        ``(loss, grad_hidden, grad_weight[, grad_bias], lse)``. The loss's dtype.
 
     Raises
     ------
@@ -192,8 +221,8 @@ def linear_cross_entropy(
     problem = build_linear_problem(
         y_true, hidden, weight, bias,
         ignore_index=ignore_index, label_smoothing=label_smoothing, class_weight=class_weight,
-        sample_weight=sample_weight, reduction=reduction, return_grad=return_grad, chunk=chunk,
-        backend=backend, threads=threads,
+        sample_weight=sample_weight, reduction=reduction, return_grad=return_grad, z_loss=z_loss,
+        logit_softcap=logit_softcap, return_lse=return_lse, chunk=chunk, backend=backend, threads=threads,
     )  # fmt: skip
     return run(problem)
 
@@ -203,7 +232,7 @@ def linear_cross_entropy(
 
 def build_linear_problem(
     y_true, hidden, weight, bias, *, ignore_index, label_smoothing, class_weight, sample_weight,
-    reduction, return_grad, chunk, backend, threads,
+    reduction, return_grad, z_loss, logit_softcap, return_lse, chunk, backend, threads,
 ) -> LinearProblem:  # fmt: skip
     """Check every input (raising before any work) and bring the arrays to the
     compute dtype and to ``(N, d)`` rows."""
@@ -212,6 +241,7 @@ def build_linear_problem(
         return_grad=return_grad, backend=backend, threads=threads,
     )  # fmt: skip
     ignore = check_ignore_index(ignore_index)
+    z_loss, softcap, return_lse = check_logit_options(True, z_loss, logit_softcap, return_lse)
 
     h = _float_array("hidden", hidden)
     if h.ndim < 2:
@@ -244,30 +274,34 @@ def build_linear_problem(
     sw = sw.reshape(-1) if isinstance(sw, np.ndarray) else sw
     dtype = np.dtype(np.float64) if h.dtype == np.float64 else np.dtype(np.float32)
     n_rows = labels.size
-    block = block_shape(n_rows, vocab, dtype.itemsize, _check_chunk(chunk), ls > 0)
+    block = block_shape(n_rows, vocab, dtype.itemsize, _check_chunk(chunk), ls > 0,
+                        capped_gradient=bool(softcap) and return_grad)
 
     hidden_shape = h.shape
     h = _blas_ready(h.reshape(n_rows, d).astype(dtype, copy=False))
     w = _blas_ready(w.astype(dtype, copy=False))
     if b is not None:
         b = b.astype(dtype, copy=False)
-    _check_backend_runs(backend, threads, dtype, vocab, labels.dtype, return_grad)
+    extras = dict(z_loss=z_loss, logit_softcap=softcap or None, return_lse=return_lse)
+    _check_backend_runs(backend, threads, dtype, vocab, labels.dtype, return_grad, extras)
     return LinearProblem(
         hidden=h, weight=w, bias=b, labels=labels,
         valid=None if ignore is None else labels != ignore,
         class_weight=cw, sample_weight=sw, label_smoothing=ls, ignore_index=ignore,
-        reduction=red, return_grad=return_grad, block=block, backend=backend, threads=threads,
-        dtype=dtype, sample_shape=sample_shape, hidden_shape=hidden_shape,
+        reduction=red, return_grad=return_grad, z_loss=z_loss, softcap=softcap, return_lse=return_lse,
+        block=block, backend=backend, threads=threads, dtype=dtype, sample_shape=sample_shape,
+        hidden_shape=hidden_shape,
     )  # fmt: skip
 
 
-def _check_backend_runs(backend, threads, dtype, vocab, label_dtype, return_grad) -> None:
+def _check_backend_runs(backend, threads, dtype, vocab, label_dtype, return_grad, extras) -> None:
     """Raise the RuntimeError a block's kernel call would raise (a forced backend that
     cannot run, here or through ``fastxent.config`` or ``FASTXENT_BACKEND``) before
-    any block is computed: plan one row of logits."""
+    any block is computed: plan one row of logits, with the call's ``extras``
+    (z_loss, logit_softcap, return_lse)."""
     row = np.broadcast_to(np.zeros((), dtype), (1, vocab))
     explain(sparse_categorical_crossentropy, np.zeros(1, label_dtype), row, from_logits=True,
-            return_grad=return_grad, backend=backend, threads=threads)  # fmt: skip
+            return_grad=return_grad, backend=backend, threads=threads, **extras)  # fmt: skip
 
 
 def _float_array(name: str, value) -> np.ndarray:
@@ -303,14 +337,17 @@ def _check_chunk(chunk):
     return tuple(int(k) for k in parts)
 
 
-def block_shape(n_rows: int, vocab: int, itemsize: int, chunk, smoothing: bool, budget: int | None = None) -> tuple:
+def block_shape(n_rows: int, vocab: int, itemsize: int, chunk, smoothing: bool, budget: int | None = None,
+                *, capped_gradient: bool = False) -> tuple:  # fmt: skip
     """``(rows, classes)`` of one block of logits.
 
     Without ``chunk``: as many whole rows as ``budget`` (default :data:`BLOCK_BYTES`,
     read at each call) holds, spread evenly over the blocks. When that is fewer than
     :data:`MIN_BLOCK_ROWS` (and fewer than the batch), blocks of
-    :data:`VOCAB_BLOCK_ROWS` rows and as many classes as fit. Vocabulary blocks with
-    label smoothing keep a float64 scratch of their size, which the budget counts.
+    :data:`VOCAB_BLOCK_ROWS` rows and as many classes as fit. Vocabulary blocks keep
+    scratches of their size, which the budget counts: a float64 one with label
+    smoothing, one of ``itemsize`` for the gradient under a soft cap
+    (``capped_gradient``: the block's ``tanh``).
     """
     if isinstance(chunk, (int, np.integer)):
         chunk = (chunk,)
@@ -324,7 +361,7 @@ def block_shape(n_rows: int, vocab: int, itemsize: int, chunk, smoothing: bool, 
         blocks = -(-n // max(1, rows))
         return -(-n // blocks), vocab
     rows = min(n, VOCAB_BLOCK_ROWS)
-    per_element = itemsize + (8 if smoothing else 0)
+    per_element = itemsize + (8 if smoothing else 0) + (itemsize if capped_gradient else 0)
     return rows, max(1, min(vocab, budget // (rows * per_element)))
 
 
@@ -336,7 +373,7 @@ def run(p: LinearProblem):
     factor, denominator = _row_factors(p)
     blocks = _Blocks(p, factor)
     zero_loss = p.reduction in ("mean", "weighted_mean") and denominator == 0
-    if p.n_rows and (p.return_grad or not zero_loss):
+    if p.n_rows and (p.return_grad or p.return_lse or not zero_loss):
         rows, classes = p.block
         for start in range(0, p.n_rows, rows):
             stop = min(p.n_rows, start + rows)
@@ -348,12 +385,14 @@ def run(p: LinearProblem):
         loss = blocks.loss_rows.reshape(p.sample_shape)
     else:
         loss = p.dtype.type(0.0 if zero_loss else blocks.total)
-    if not p.return_grad:
-        return loss
-    grads = (blocks.grad_hidden.reshape(p.hidden_shape), blocks.grad_weight)
-    if p.bias is not None:
-        grads += (blocks.grad_bias.astype(p.dtype),)
-    return (loss,) + grads
+    result = (loss,)
+    if p.return_grad:
+        result += (blocks.grad_hidden.reshape(p.hidden_shape), blocks.grad_weight)
+        if p.bias is not None:
+            result += (blocks.grad_bias.astype(p.dtype),)
+    if p.return_lse:
+        result += (blocks.lse_rows.reshape(p.sample_shape),)
+    return result if len(result) > 1 else loss
 
 
 def _row_factors(p: LinearProblem):
@@ -387,9 +426,11 @@ class _Blocks:
         self.kernel_options = dict(
             label_smoothing=p.label_smoothing, class_weight=p.class_weight,
             ignore_index=p.ignore_index, backend=p.backend, threads=p.threads,
+            z_loss=p.z_loss, logit_softcap=p.softcap or None, return_lse=p.return_lse,
         )  # fmt: skip
         self.total = 0.0  # float64 sum of the blocks' reduced losses
         self.loss_rows = np.empty(p.n_rows, dtype=p.dtype) if p.reduction == "none" else None
+        self.lse_rows = np.empty(p.n_rows, dtype=p.dtype) if p.return_lse else None
         if p.return_grad:
             n, d = p.hidden.shape
             self.grad_hidden = np.empty((n, d), dtype=p.dtype)
@@ -399,6 +440,9 @@ class _Blocks:
             acc_rows = min(classes, max(1, ACCUMULATE_BYTES // max(1, d * p.dtype.itemsize)))
             self.weight_scratch = np.empty((acc_rows, d), dtype=p.dtype) if n > rows else None
             self.hidden_scratch = np.empty((rows, d), dtype=p.dtype) if classes < p.vocab else None
+            # tanh of a vocabulary block's logits, for the cap's derivative (block_shape counts it)
+            capped = p.softcap and classes < p.vocab
+            self.tanh_scratch = np.empty(rows * classes, dtype=p.dtype) if capped else None
 
     def factor_of(self, start: int, stop: int):
         f = self.factor
@@ -424,6 +468,9 @@ class _Blocks:
             sample_weight=self.factor_of(start, stop), return_grad=p.return_grad,
             grad_out=logits if p.return_grad else None, **self.kernel_options,
         )  # fmt: skip
+        if p.return_lse:
+            self.lse_rows[start:stop] = result[-1]
+            result = result[:-1] if p.return_grad else result[0]
         loss, grad = result if p.return_grad else (result, None)
         self.add_loss(start, stop, loss)
         if grad is not None:
@@ -439,11 +486,13 @@ class _Blocks:
             c1 = min(p.vocab, c0 + classes)
             online.update(self.logits(start, stop, c0, c1), c0)
         self.add_loss(start, stop, online.finish())
+        if self.lse_rows is not None:
+            self.lse_rows[start:stop] = online.lse
         if p.return_grad:
             for c0 in range(0, p.vocab, classes):
                 c1 = min(p.vocab, c0 + classes)
                 tile = self.logits(start, stop, c0, c1)
-                online.gradient(tile, c0)
+                online.gradient(tile, c0, self.tanh_scratch)
                 self.backprop(start, stop, c0, c1, tile)
 
     def add_loss(self, start: int, stop: int, loss) -> None:
@@ -494,12 +543,19 @@ class _OnlineRows:
     exact loss (``log1p(R)``, not ``log(1 + R)`` rounded to 0). The smoothing sum
     ``sum_c w_c (m - x_c)`` is kept relative to a fixed per-row reference (the first
     finite block maximum) and moved to ``m`` at the end.
+
+    Under a soft cap every ``x`` above is ``cap * tanh(raw / cap)`` (each block is
+    capped as it arrives) and the gradient is multiplied by ``1 - tanh(raw / cap)**2``.
+    A z-loss adds ``z * lse**2`` (``lse = m + log1p(R)``) to a non-ignored row's loss
+    and ``2 z lse`` to the softmax term's weight: ``A`` becomes ``A + 2 z lse`` in the
+    gradient (and ``A - a_k`` at ``k`` gains as much).
     """
 
     def __init__(self, p: LinearProblem, start: int, stop: int, factor):
         n = stop - start
         self.p = p
         self.ls = p.label_smoothing
+        self.softcap = p.softcap
         self.labels = p.labels[start:stop]
         self.valid = np.ones(n, bool) if p.valid is None else p.valid[start:stop]
         self.safe = np.where(self.valid, self.labels, 0).astype(np.intp)
@@ -522,6 +578,8 @@ class _OnlineRows:
     def update(self, x: np.ndarray, c0: int) -> None:
         """Take in the block of logits ``x`` (classes ``c0:``); ``x`` is scratch."""
         c1 = c0 + x.shape[1]
+        if self.softcap:
+            self._cap(x, x)
         with np.errstate(invalid="ignore", over="ignore"):
             rows = self._rows_in(c0, c1, self.safe)
             self.x_label[rows] = x[rows, self.safe[rows] - c0]
@@ -542,6 +600,13 @@ class _OnlineRows:
             self.rest = np.where(new, rescaled, self.rest) + block_rest
             self.argmax = np.where(new, c0 + block_arg, self.argmax)
             self.m = m_new
+
+    def _cap(self, x: np.ndarray, tanh: np.ndarray) -> None:
+        """Cap the logits ``x`` in place, ``tanh`` (``x``'s shape, or ``x``) receiving
+        ``tanh(x / cap)``: ``x / cap`` as a product with ``1 / cap``, as the kernels."""
+        np.multiply(x, x.dtype.type(1.0 / self.softcap), out=tanh)
+        np.tanh(tanh, out=tanh)
+        np.multiply(tanh, x.dtype.type(self.softcap), out=x)
 
     def _update_smoothing(self, x, c0, c1, new, block_max) -> None:
         first = new & (self.reference == -np.inf)
@@ -570,6 +635,8 @@ class _OnlineRows:
             total_coef += (ls / vocab) * w_sum
         self.label_coef, self.total_coef = label_coef, total_coef
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            # NaN for rows holding NaN or +inf (once capped: NaN only), -inf when every class is -inf
+            self.lse = np.where(self.bad, np.nan, self.m + np.log1p(self.rest))
             loss = total_coef * np.log1p(self.rest)
             loss += np.where(label_coef != 0, label_coef * (self.m - self.x_label), 0.0)
             if ls > 0:
@@ -578,23 +645,35 @@ class _OnlineRows:
             loss = np.where(masked, np.sign(total_coef) * np.inf, loss)
             loss = np.where(masked & (total_coef == 0), 0.0, loss)
             loss = np.where(self.bad, np.nan, loss)
+            # d(z lse**2)/dx_c = 2 z lse q_c: the softmax term's weight grows by 2 z lse
+            self.z_extra = np.zeros(len(loss))
+            if self.p.z_loss:
+                loss += self.p.z_loss * self.lse * self.lse
+                self.z_extra = np.where(self.valid, 2.0 * self.p.z_loss * self.lse, 0.0)
             loss = np.where(self.valid, loss, 0.0)
             weighted = self.factor * loss
-        self.nan_rows = self.valid & (self.bad | (masked & (total_coef != 0)))
-        self.zero_rows = ~self.valid | (masked & (total_coef == 0))
+            self.softmax_coef = total_coef + self.z_extra
+        self.nan_rows = self.valid & (self.bad | (masked & (self.softmax_coef != 0)))
+        self.zero_rows = ~self.valid | (masked & (self.softmax_coef == 0))
         return weighted if self.p.reduction == "none" else np.sum(weighted)
 
-    def gradient(self, x: np.ndarray, c0: int) -> None:
-        """Overwrite the block of logits ``x`` (classes ``c0:``) with its gradient."""
+    def gradient(self, x: np.ndarray, c0: int, scratch: np.ndarray | None = None) -> None:
+        """Overwrite the block of logits ``x`` (classes ``c0:``) with its gradient;
+        under a soft cap ``scratch`` (at least ``x.size`` values of its dtype) holds
+        the block's ``tanh`` meanwhile."""
         c1 = c0 + x.shape[1]
         ls, vocab = self.ls, self.p.vocab
         factor = np.where(self.valid, self.factor, 0.0)
         s = 1.0 + self.rest
+        tanh = None
+        if self.softcap:
+            tanh = scratch[: x.size].reshape(x.shape)
+            self._cap(x, tanh)
         with np.errstate(invalid="ignore", over="ignore"):
             shift = np.where(np.isfinite(self.m), self.m, 0.0)
             np.subtract(x, shift.astype(x.dtype)[:, None], out=x)
             np.exp(x, out=x)
-            np.multiply(x, (factor * self.total_coef / s).astype(x.dtype)[:, None], out=x)
+            np.multiply(x, (factor * self.softmax_coef / s).astype(x.dtype)[:, None], out=x)
             if ls > 0:
                 w = np.ones(c1 - c0) if self.p.class_weight is None else self.p.class_weight[c0:c1]
                 smoothing = self.scratch[: x.size].view(np.float64).reshape(x.shape)
@@ -606,7 +685,12 @@ class _OnlineRows:
             k = self.argmax[rows]
             a_k = (self.label_coef[rows] * (k == self.safe[rows])
                    + (ls / vocab) * (1.0 if self.p.class_weight is None or ls == 0 else self.p.class_weight[k]))
-            A = self.total_coef[rows]
-            x[rows, k - c0] = factor[rows] * (A * (-self.rest[rows] / s[rows]) + (A - a_k))
+            A = self.softmax_coef[rows]
+            A_rest = (self.total_coef[rows] - a_k) + self.z_extra[rows]
+            x[rows, k - c0] = factor[rows] * (A * (-self.rest[rows] / s[rows]) + A_rest)
+            if tanh is not None:  # d(cap tanh(x / cap))/dx; before the zeros: an ignored NaN row stays 0
+                np.multiply(tanh, tanh, out=tanh)
+                np.subtract(1, tanh, out=tanh)
+                np.multiply(x, tanh, out=x)
             x[self.zero_rows] = 0.0
             x[self.nan_rows] = np.nan

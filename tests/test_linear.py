@@ -233,6 +233,10 @@ def test_default_budget_blocks_rows_then_the_vocabulary():
     assert rows == linear.VOCAB_BLOCK_ROWS and cols * rows * f32 <= linear.BLOCK_BYTES and cols < 1_000_000
     rows_s, cols_s = linear.block_shape(2048, 1_000_000, f32, None, True)  # + a float64 scratch
     assert rows_s == rows and cols_s * rows_s * (f32 + 8) <= linear.BLOCK_BYTES
+    # a soft cap's gradient keeps tanh of the block: one more value per element
+    rows_c, cols_c = linear.block_shape(2048, 1_000_000, f32, None, True, capped_gradient=True)
+    assert rows_c == rows and cols_c * rows_c * (f32 + 8 + f32) <= linear.BLOCK_BYTES < (cols_c + 1) * rows_c * 16
+    assert linear.block_shape(2048, 32_000, f32, None, True, capped_gradient=True) == (342, 32_000)
     assert linear.block_shape(2048, 100, f32, 7, False) == (7, 100)
     assert linear.block_shape(3, 100, f32, (7, 30), False) == (3, 30)
 
@@ -442,6 +446,18 @@ def test_peak_memory_with_gradients_is_a_fraction_of_the_logits(lm_head):
     assert peak - grad_bytes <= linear.BLOCK_BYTES + 6 * MiB, f"peak {peak / MiB:.1f} MiB"
     peak = peak_of(lambda: lce(y, hidden, weight, bias, return_grad=True, chunk=128))
     assert peak <= QUARTER_OF_LOGITS, f"peak {peak / MiB:.1f} MiB"
+
+
+def test_peak_memory_with_the_llm_options(lm_head):
+    """z_loss, a soft cap and the per-row lse go to the kernel with each block of
+    rows: nothing of the block's size is added (the lse is 8 KiB)."""
+    y, hidden, weight, bias = lm_head
+    grad_bytes = hidden.nbytes + weight.nbytes + bias.nbytes
+    kw = dict(z_loss=1e-4, logit_softcap=30.0, return_lse=True)
+    peak = peak_of(lambda: lce(y, hidden, weight, bias, return_grad=True, **kw))
+    assert peak - grad_bytes <= linear.BLOCK_BYTES + 6 * MiB, f"peak {peak / MiB:.1f} MiB"
+    peak = peak_of(lambda: lce(y, hidden, weight, bias, **kw))
+    assert peak <= linear.BLOCK_BYTES + 2 * MiB, f"peak {peak / MiB:.1f} MiB"
 
 
 def test_peak_memory_follows_chunk(lm_head):
