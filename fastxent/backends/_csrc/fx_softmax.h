@@ -96,6 +96,58 @@ static const T FXN(run_iota)[FX_RUN] = {
 #undef FX_IOTA8_
 #undef FX_IOTA32_
 
+/* exp_sum (below) for n <= FX_RUN: short rows and a long row's last block. A
+ * function of its own: it keeps a small frame, and inlined into the short-row
+ * kernel GCC left its loops scalar. */
+static FX_NOINLINE double FXN(exp_sum_short)(const T *x, fx_ssize n, T m, fx_ssize skip, int near, T *e)
+{
+    double s1 = 0;
+    /* short rows: a padded copy keeps every exp in vector steps instead of
+     * scalar tails (the padding is m, in range for fx_exp_near); the padding
+     * and the argmax are masked out of the sum inside those vector steps
+     * (index compares against run_iota: no scalar stores for a vector load to
+     * wait on), and the exps add in T lanes as one run (FX_RUNSUM1). With e,
+     * the exps go through a buffer first; either way the same exps add in the
+     * same order, so a loss has the same bits with or without a gradient. */
+    T xb[FX_RUN + FX_RUNW];
+    const fx_ssize np = (n + FX_RUNW - 1) / FX_RUNW * FX_RUNW;
+    const T tn = (T)n;
+    for (fx_ssize c = 0; c < np; c++) xb[c] = c < n ? x[c] : m;
+#define FX_LIVE(c0, j) (FXN(run_iota)[(c0) + (j)] < tn)
+#define FX_EB(c0, j) SEL(FX_LIVE(c0, j), FX_EXPFN(FX_SRC(c0, j)), (T)0)
+#define FX_EB_M(c0, j) SEL(FX_LIVE(c0, j) & (FXN(run_iota)[(c0) + (j)] != (T)skr), FX_EXPFN(FX_SRC(c0, j)), (T)0)
+#define FX_SHORT_SUM                                                          \
+    if (e) {                                                                  \
+        T eb[FX_RUN + FX_RUNW];                                               \
+        for (fx_ssize c = 0; c < np; c++) eb[c] = FX_EXPFN(xb[c] - m);        \
+        FX_RUNSUM1(s1, np, FX_EB_E, FX_EB_EM, skip);                          \
+        for (fx_ssize c = 0; c < n; c++) e[c] = eb[c];                        \
+        if (skip >= 0) e[skip] = (T)1;                                        \
+    } else {                                                                  \
+        FX_RUNSUM1(s1, np, FX_EB, FX_EB_M, skip);                             \
+    }
+#define FX_SRC(c0, j) (xb[(c0) + (j)] - m)
+#define FX_EB_E(c0, j) SEL(FX_LIVE(c0, j), eb[(c0) + (j)], (T)0)
+#define FX_EB_EM(c0, j) SEL(FX_LIVE(c0, j) & (FXN(run_iota)[(c0) + (j)] != (T)skr), eb[(c0) + (j)], (T)0)
+    if (near) {
+#define FX_EXPFN FXM(fx_exp_near)
+        FX_SHORT_SUM
+#undef FX_EXPFN
+    } else {
+#define FX_EXPFN FXM(fx_exp_neg)
+        FX_SHORT_SUM
+#undef FX_EXPFN
+    }
+#undef FX_SHORT_SUM
+#undef FX_SRC
+#undef FX_EB_E
+#undef FX_EB_EM
+#undef FX_EB
+#undef FX_EB_M
+#undef FX_LIVE
+    return s1;
+}
+
 /* sum_{c in [0, n), c != skip} exp(x_c - m) in float64 (skip: the row's first
  * argmax when it lies in this block, else -1). Leaving the argmax's exp(0) = 1 out
  * of the sum keeps R = S - 1 exact when one class dominates; other classes equal
@@ -106,52 +158,7 @@ static const T FXN(run_iota)[FX_RUN] = {
 static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near, T *e, const char *pf)
 {
     double s1 = 0;
-    if (n <= FX_RUN) {
-        /* short rows: a padded copy keeps every exp in vector steps instead of
-         * scalar tails (the padding is m, in range for fx_exp_near); the padding
-         * and the argmax are masked out of the sum inside those vector steps
-         * (index compares against run_iota: no scalar stores for a vector load to
-         * wait on), and the exps add in T lanes as one run (FX_RUNSUM). With e,
-         * the exps go through a buffer first; either way the same exps add in the
-         * same order, so a loss has the same bits with or without a gradient. */
-        T xb[FX_RUN + FX_RUNW];
-        const fx_ssize np = (n + FX_RUNW - 1) / FX_RUNW * FX_RUNW;
-        const T tn = (T)n;
-        for (fx_ssize c = 0; c < np; c++) xb[c] = c < n ? x[c] : m;
-#define FX_LIVE(c0, j) (FXN(run_iota)[(c0) + (j)] < tn)
-#define FX_EB(c0, j) SEL(FX_LIVE(c0, j), FX_EXPFN(FX_SRC(c0, j)), (T)0)
-#define FX_EB_M(c0, j) SEL(FX_LIVE(c0, j) & (FXN(run_iota)[(c0) + (j)] != (T)skr), FX_EXPFN(FX_SRC(c0, j)), (T)0)
-#define FX_SHORT_SUM                                                          \
-    if (e) {                                                                  \
-        T eb[FX_RUN + FX_RUNW];                                               \
-        for (fx_ssize c = 0; c < np; c++) eb[c] = FX_EXPFN(xb[c] - m);        \
-        FX_RUNSUM(s1, np, FX_EB_E, FX_EB_EM, skip, FX_NOPRE);                 \
-        for (fx_ssize c = 0; c < n; c++) e[c] = eb[c];                        \
-        if (skip >= 0) e[skip] = (T)1;                                        \
-    } else {                                                                  \
-        FX_RUNSUM(s1, np, FX_EB, FX_EB_M, skip, FX_NOPRE);                    \
-    }
-#define FX_SRC(c0, j) (xb[(c0) + (j)] - m)
-#define FX_EB_E(c0, j) SEL(FX_LIVE(c0, j), eb[(c0) + (j)], (T)0)
-#define FX_EB_EM(c0, j) SEL(FX_LIVE(c0, j) & (FXN(run_iota)[(c0) + (j)] != (T)skr), eb[(c0) + (j)], (T)0)
-        if (near) {
-#define FX_EXPFN FXM(fx_exp_near)
-            FX_SHORT_SUM
-#undef FX_EXPFN
-        } else {
-#define FX_EXPFN FXM(fx_exp_neg)
-            FX_SHORT_SUM
-#undef FX_EXPFN
-        }
-#undef FX_SHORT_SUM
-#undef FX_SRC
-#undef FX_EB_E
-#undef FX_EB_EM
-#undef FX_EB
-#undef FX_EB_M
-#undef FX_LIVE
-        return s1;
-    }
+    if (n <= FX_RUN) return FXN(exp_sum_short)(x, n, m, skip, near, e);
     /* the next block into cache while this one computes, a run's worth (FX_RUN
      * elements) per run: spread over the pass, the prefetches overlap the exps
      * and never queue up on the outstanding-miss limit, as all of a row's lines
