@@ -55,6 +55,7 @@ cdef extern from "_csrc/fx_common.h":
         FX_F16, FX_F32, FX_F64, FX_BF16
         FX_LANES
         FX_LEAF
+        FX_SHORT_C
     ctypedef struct fx_arr3:
         char *data
         fx_ssize so, sc, si
@@ -98,6 +99,7 @@ cdef extern from "_csrc/fx_common.h":
         fx_cols_fn logits_x_cols[2]
         fx_row_fn logits_bf16_row
         fx_row_fn logits_x_bf16_row
+        fx_range_fn logits_short[2]
         fx_row_fn probs_row[2]
         fx_cols_fn probs_cols[2]
         fx_row_fn bce_logits_row[2]
@@ -583,6 +585,7 @@ cdef enum:
     FORM_ROWS = 0    # one row kernel call per row
     FORM_COLS = 1    # column kernels: one vector lane per row
     FORM_GATHER = 2  # the sparse gather-log: one value read per row
+    FORM_SHORT = 3   # short softmax rows: a range kernel over flat rows (ru.range_fn)
     #: Rows per fixed block of the float64 sums (fastxent._reduce.BLOCK_ROWS).
     BLOCK_ROWS = 1 << 14
 
@@ -591,6 +594,7 @@ ctypedef struct _runner:
     int form
     fx_row_fn row_fn
     fx_cols_fn col_fn
+    fx_range_fn range_fn  # FORM_SHORT
     fx_ssize w  # rows per column task
     bint leaves  # the column kernel can write leaf sums (fx_call.leaf_sums)
 
@@ -601,6 +605,8 @@ cdef fx_ssize _range(const fx_call *k, const _runner *ru, fx_ssize r0, fx_ssize 
         return fx_active().gather[_ct(k)](k, r0, r1)
     if ru.form == FORM_COLS:
         return _cols(k, ru.col_fn, ru.w, r0, r1)
+    if ru.form == FORM_SHORT:
+        return ru.range_fn(k, r0, r1)
     return _rows(k, ru.row_fn, r0, r1)
 
 
@@ -757,6 +763,7 @@ cdef inline _runner _rows_or_cols(fx_row_fn row_fn, fx_cols_fn col_fn, const fx_
     ru.form = FORM_COLS if _use_columns(k) else FORM_ROWS
     ru.row_fn = row_fn
     ru.col_fn = col_fn
+    ru.range_fn = NULL
     ru.w = 0
     ru.leaves = False
     return ru
@@ -791,6 +798,17 @@ cdef inline fx_row_fn _logits_row(const fx_table *tb, const fx_call *k, bint ext
     return tb.logits_x_row[_ct(k)] if extras else tb.logits_row[_ct(k)]
 
 
+cdef fx_ssize _run_softmax(fx_call *k, const fx_table *tb, int threads, double *sums) except -2 nogil:
+    """The plain softmax kernels over every row: rows of at most FX_SHORT_C classes
+    that do not run as columns go to the short-row kernel (chosen from C and the
+    layout alone, so a loss keeps its bits whatever else is asked for)."""
+    cdef _runner ru = _rows_or_cols(_logits_row(tb, k), tb.logits_cols[_ct(k)], k)
+    if ru.form == FORM_ROWS and k.n_c <= FX_SHORT_C:
+        ru.form = FORM_SHORT
+        ru.range_fn = tb.logits_short[_ct(k)]
+    return _run(k, &ru, threads, sums)
+
+
 # -------------------------------------------------------------------------- the kernel table
 
 def sparse_from_logits(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weight,
@@ -811,7 +829,7 @@ def sparse_from_logits(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weig
         if extras:
             _run_kernel(&k, _logits_row(tb, &k, True), tb.logits_x_cols[ct], threads, _sums(&k, block_sums))
         else:
-            _run_kernel(&k, _logits_row(tb, &k), tb.logits_cols[ct], threads, _sums(&k, block_sums))
+            _run_softmax(&k, tb, threads, _sums(&k, block_sums))
     return -1
 
 
@@ -822,9 +840,8 @@ def categorical_from_logits(cnp.ndarray x, cnp.ndarray targets, cnp.ndarray clas
     _setup(&k, x, targets, None, class_weight, None, grad_weight, loss_out, grad_out,
            label_smoothing, 0.0, -1, block_sums)
     cdef const fx_table *tb = fx_active()
-    cdef int ct = _ct(&k)
     with nogil:
-        _run_kernel(&k, _logits_row(tb, &k), tb.logits_cols[ct], threads, _sums(&k, block_sums))
+        _run_softmax(&k, tb, threads, _sums(&k, block_sums))
     return -1
 
 
@@ -961,7 +978,7 @@ cdef Py_ssize_t run_plain_sparse(const char *x, bint float64, Py_ssize_t n, Py_s
 cdef inline Py_ssize_t _plain_kernel(fx_call *k, bint from_logits, int threads, double *sums) except -2 nogil:
     cdef const fx_table *tb = fx_active()
     if from_logits:
-        return _run_kernel(k, tb.logits_row[_ct(k)], tb.logits_cols[_ct(k)], threads, sums)
+        return _run_softmax(k, tb, threads, sums)
     return _gather_log_run(k, threads, sums)
 
 

@@ -79,6 +79,7 @@ typedef fx_ssize (*fx_range_fn)(const fx_call *k, fx_ssize r0, fx_ssize r1);
 #define FX_LANES 256  /* most rows one column task handles */
 #define FX_TILE 4096  /* elements of a column task's copied tile (classes x lanes) */
 #define FX_BLOCK 2048 /* elements of a row handled per block (row kernels) */
+#define FX_SHORT_C 128 /* rows of at most this many classes: the short-row softmax kernels */
 #define FX_LEAF FX_PAIRWISE_LEAF /* the leaves of NumPy's pairwise sum (the pyx's name) */
 
 /* Index 0: float32 compute (float16/float32 input), 1: float64. */
@@ -90,6 +91,7 @@ typedef struct {
     fx_cols_fn logits_x_cols[2];
     fx_row_fn logits_bf16_row;   /* logits_row, logits_x_row for bfloat16 at a class */
     fx_row_fn logits_x_bf16_row; /* stride of 2 bytes (float32 compute) */
+    fx_range_fn logits_short[2]; /* logits_row over a range of rows of at most FX_SHORT_C classes */
     fx_row_fn probs_row[2];
     fx_cols_fn probs_cols[2];
     fx_row_fn bce_logits_row[2];

@@ -184,6 +184,7 @@ const fx_table FX_TABLE_NAME = {
     FX_ISA_NAME,
     FX_PAIR(logits_row), FX_PAIR(logits_cols),
     FX_PAIR(logits_x_row), FX_PAIR(logits_x_cols), logits_bf16_row_f32, logits_x_bf16_row_f32,
+    FX_PAIR(logits_short),
     FX_PAIR(probs_row), FX_PAIR(probs_cols),
     FX_PAIR(bce_logits_row), FX_PAIR(bce_logits_cols),
     FX_PAIR(bce_probs_row), FX_PAIR(bce_probs_cols),

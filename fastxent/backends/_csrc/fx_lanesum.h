@@ -98,4 +98,31 @@
         RESULT = s_;                                                                       \
     } while (0)
 
+/* FX_RUNSUM over one run (N <= FX_RUN, N a multiple of FX_RUNW: no scalar tail),
+ * for short rows: the run's lane sums widen to float64 as in FX_RUNSUM, then fold
+ * in halves -- lanes q and q + 4, q and q + 2, then 0 and 1 -- which vectorises as
+ * a few shuffles and adds, where FX_RUNSUM's tree became extracts and scalar adds:
+ * once a row, that cost more than a short row's exps. */
+#define FX_RUNSUM1(RESULT, N, F, FM, SKIP)                                                    \
+    do {                                                                                   \
+        const fx_ssize c0_ = 0;                                                            \
+        const int len_ = (int)(N);                                                         \
+        const fx_ssize skr_ = (SKIP);                                                      \
+        T f0_ = 0, f1_ = 0, f2_ = 0, f3_ = 0, f4_ = 0, f5_ = 0, f6_ = 0, f7_ = 0;          \
+        FX_RUNG_DECL                                                                       \
+        if (skr_ >= 0 && skr_ < len_) {                                                    \
+            const int skr = (int)skr_;                                                     \
+            for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(FM, j_) }            \
+        } else {                                                                           \
+            for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(F, j_) }             \
+        }                                                                                  \
+        const T f_[FX_RUNW] = {f0_, f1_, f2_, f3_, f4_, f5_, f6_, f7_ FX_RUNG_LANES};      \
+        double a_[FX_RUNW];                                                                \
+        for (int q_ = 0; q_ < FX_RUNW; q_++) a_[q_] = (double)f_[q_];                      \
+        FX_RUNG_FOLD(a_)                                                                   \
+        for (int q_ = 0; q_ < 4; q_++) a_[q_] += a_[q_ + 4];                               \
+        for (int q_ = 0; q_ < 2; q_++) a_[q_] += a_[q_ + 2];                               \
+        RESULT = a_[0] + a_[1];                                                            \
+    } while (0)
+
 #endif /* FX_LANESUM_H */

@@ -96,6 +96,58 @@ static const T FXN(run_iota)[FX_RUN] = {
 #undef FX_IOTA8_
 #undef FX_IOTA32_
 
+/* exp_sum (below) for n <= FX_RUN: short rows and a long row's last block. A
+ * function of its own: it keeps a small frame, and inlined into the short-row
+ * kernel GCC left its loops scalar. */
+static FX_NOINLINE double FXN(exp_sum_short)(const T *x, fx_ssize n, T m, fx_ssize skip, int near, T *e)
+{
+    double s1 = 0;
+    /* short rows: a padded copy keeps every exp in vector steps instead of
+     * scalar tails (the padding is m, in range for fx_exp_near); the padding
+     * and the argmax are masked out of the sum inside those vector steps
+     * (index compares against run_iota: no scalar stores for a vector load to
+     * wait on), and the exps add in T lanes as one run (FX_RUNSUM1). With e,
+     * the exps go through a buffer first; either way the same exps add in the
+     * same order, so a loss has the same bits with or without a gradient. */
+    T xb[FX_RUN + FX_RUNW];
+    const fx_ssize np = (n + FX_RUNW - 1) / FX_RUNW * FX_RUNW;
+    const T tn = (T)n;
+    for (fx_ssize c = 0; c < np; c++) xb[c] = c < n ? x[c] : m;
+#define FX_LIVE(c0, j) (FXN(run_iota)[(c0) + (j)] < tn)
+#define FX_EB(c0, j) SEL(FX_LIVE(c0, j), FX_EXPFN(FX_SRC(c0, j)), (T)0)
+#define FX_EB_M(c0, j) SEL(FX_LIVE(c0, j) & (FXN(run_iota)[(c0) + (j)] != (T)skr), FX_EXPFN(FX_SRC(c0, j)), (T)0)
+#define FX_SHORT_SUM                                                          \
+    if (e) {                                                                  \
+        T eb[FX_RUN + FX_RUNW];                                               \
+        for (fx_ssize c = 0; c < np; c++) eb[c] = FX_EXPFN(xb[c] - m);        \
+        FX_RUNSUM1(s1, np, FX_EB_E, FX_EB_EM, skip);                          \
+        for (fx_ssize c = 0; c < n; c++) e[c] = eb[c];                        \
+        if (skip >= 0) e[skip] = (T)1;                                        \
+    } else {                                                                  \
+        FX_RUNSUM1(s1, np, FX_EB, FX_EB_M, skip);                             \
+    }
+#define FX_SRC(c0, j) (xb[(c0) + (j)] - m)
+#define FX_EB_E(c0, j) SEL(FX_LIVE(c0, j), eb[(c0) + (j)], (T)0)
+#define FX_EB_EM(c0, j) SEL(FX_LIVE(c0, j) & (FXN(run_iota)[(c0) + (j)] != (T)skr), eb[(c0) + (j)], (T)0)
+    if (near) {
+#define FX_EXPFN FXM(fx_exp_near)
+        FX_SHORT_SUM
+#undef FX_EXPFN
+    } else {
+#define FX_EXPFN FXM(fx_exp_neg)
+        FX_SHORT_SUM
+#undef FX_EXPFN
+    }
+#undef FX_SHORT_SUM
+#undef FX_SRC
+#undef FX_EB_E
+#undef FX_EB_EM
+#undef FX_EB
+#undef FX_EB_M
+#undef FX_LIVE
+    return s1;
+}
+
 /* sum_{c in [0, n), c != skip} exp(x_c - m) in float64 (skip: the row's first
  * argmax when it lies in this block, else -1). Leaving the argmax's exp(0) = 1 out
  * of the sum keeps R = S - 1 exact when one class dominates; other classes equal
@@ -106,31 +158,7 @@ static const T FXN(run_iota)[FX_RUN] = {
 static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near, T *e, const char *pf)
 {
     double s1 = 0;
-    if (n <= FX_RUN) {
-        /* short rows: a padded copy keeps every exp in vector steps instead of
-         * scalar tails (the padding is m, in range for fx_exp_near; its exps and
-         * the argmax's are then set to 0); the exps add in T lanes as one run
-         * (FX_RUNSUM) */
-        T xb[FX_RUN + FX_RUNW], eb[FX_RUN + FX_RUNW];
-        const fx_ssize np = (n + FX_RUNW - 1) / FX_RUNW * FX_RUNW;
-        for (fx_ssize c = 0; c < np; c++) xb[c] = c < n ? x[c] : m;
-        if (near)
-            for (fx_ssize c = 0; c < np; c++) eb[c] = FXM(fx_exp_near)(xb[c] - m);
-        else
-            for (fx_ssize c = 0; c < np; c++) eb[c] = FXM(fx_exp_neg)(xb[c] - m);
-        for (fx_ssize c = n; c < np; c++) eb[c] = 0;
-        if (skip >= 0) eb[skip] = 0;
-#define FX_EB(c0, j) eb[(c0) + (j)]
-#define FX_EB_M(c0, j) ((void)skr, eb[(c0) + (j)]) /* nothing masked: skip is -1 */
-        FX_RUNSUM(s1, np, FX_EB, FX_EB_M, -1, FX_NOPRE);
-#undef FX_EB
-#undef FX_EB_M
-        if (e) {
-            for (fx_ssize c = 0; c < n; c++) e[c] = eb[c];
-            if (skip >= 0) e[skip] = (T)1;
-        }
-        return s1;
-    }
+    if (n <= FX_RUN) return FXN(exp_sum_short)(x, n, m, skip, near, e);
     /* the next block into cache while this one computes, a run's worth (FX_RUN
      * elements) per run: spread over the pass, the prefetches overlap the exps
      * and never queue up on the outstanding-miss limit, as all of a row's lines
@@ -398,12 +426,19 @@ static double FXN(row_lse)(const fx_call *k, const char *xrow, T *buf)
 
 /* ------------------------------------------------------------------ softmax rows */
 
+/* A row's loss lin + A log1p(R), left to the caller (on = 1; special rows -- ignored,
+ * NaN, all -inf -- write their loss themselves and leave on = 0). */
+#ifndef FX_DEFERRED
+#define FX_DEFERRED
+typedef struct { double lin, A, R; int on; } fx_deferred;
+#endif
+
 /* Sparse or categorical cross-entropy from logits, one row, one sweep per block:
  * per block a max pass and an exp pass over data that is in L1; blocks update a
  * running max (online softmax), so a 128k-class row is read from memory once.
  * X: the extras above (sparse only). */
 FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y, const int X, const int B,
-                                const int G)
+                                const int G, fx_deferred *later)
 {
     const int gdt = G ? FX_BF16 : FX_CODE; /* G: a bfloat16 gradient (float32 kernels) */
     const fx_ssize C = k->n_c;
@@ -529,7 +564,11 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
         return 0;
     }
     if (w.lab != 0) lin += w.lab * ((double)m - (double)xy);
-    *loss = fx_softmax_row_loss(lin, A, R);
+    if (later) { /* short rows: the caller takes the log1p for a group of rows at once */
+        later->lin = lin; later->A = A; later->R = R; later->on = 1;
+    } else {
+        *loss = fx_softmax_row_loss(lin, A, R);
+    }
     if (X && k->z_loss != 0) *loss += k->z_loss * lse * lse;
     if (!grow) return 0;
 
@@ -573,12 +612,12 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
 #define FX_ROW_KERNEL(name, X, B)                                                          \
     static FX_NOINLINE int FXN(name##_g)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) \
     {                                                                                      \
-        return FXN(logits_row_t)(k, o, i, y, X, B, 1);                                     \
+        return FXN(logits_row_t)(k, o, i, y, X, B, 1, NULL);                                     \
     }                                                                                      \
     static FX_MAYBE_UNUSED int FXN(name)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) \
     {                                                                                      \
         if (FX_G_BF16(k->g.dtype)) return FXN(name##_g)(k, o, i, y);                       \
-        return FXN(logits_row_t)(k, o, i, y, X, B, 0);                                     \
+        return FXN(logits_row_t)(k, o, i, y, X, B, 0, NULL);                                     \
     }
 FX_ROW_KERNEL(logits_row, 0, 0)
 FX_ROW_KERNEL(logits_x_row, 1, 0)
@@ -588,6 +627,75 @@ FX_ROW_KERNEL(logits_x_row, 1, 0)
 FX_ROW_KERNEL(logits_bf16_row, 0, 1)
 FX_ROW_KERNEL(logits_x_bf16_row, 1, 1)
 #undef FX_ROW_KERNEL
+
+/* ------------------------------------------------------------------ short rows */
+
+/* Flat rows r0 .. r1-1 of at most FX_SHORT_C classes (the plain kernels, any class
+ * stride): each row as logits_row computes it, but the loss's log1p -- a scalar
+ * float64 log, as much as the rest of a short row -- is taken for FX_GROUP rows at
+ * once in one vector loop over all FX_GROUP lanes (unused ones hold R = 0), so a
+ * row's bits depend neither on its group nor on where the range starts. */
+#define FX_GROUP 16
+/* l = lin + A log1p(R) over n lanes, n a multiple of every table's float64 vector
+ * width (FX_GROUP): one vector loop body serves every lane. Not inlined, nor
+ * specialised for the constant n (noipa): unrolled into copies, the loop gets
+ * different products fused into FMAs in each copy, and a row's bits would
+ * depend on its lane, hence on where its range starts. */
+#ifndef FX_NOIPA
+#if defined(__GNUC__) && !defined(__clang__)
+#define FX_NOIPA __attribute__((noipa))
+#else
+#define FX_NOIPA FX_NOINLINE
+#endif
+#if defined(_MSC_VER)
+#define FX_RESTRICT __restrict
+#else
+#define FX_RESTRICT __restrict__
+#endif
+#endif
+/* (restrict: no run-time overlap check sending the loop to a scalar version) */
+static FX_NOIPA void FXN(group_losses)(const double *FX_RESTRICT lin, const double *FX_RESTRICT A,
+                                       const double *FX_RESTRICT R, double *FX_RESTRICT l, fx_ssize n)
+{
+    for (fx_ssize j = 0; j < n; j++) l[j] = lin[j] + A[j] * fx_log1p_unit_f64(R[j]);
+}
+FX_INLINE fx_ssize FXN(logits_short_t)(const fx_call *k, fx_ssize r0, fx_ssize r1, const int G)
+{
+    fx_ssize o, i;
+    fx_row_of(k, r0, &o, &i);
+    for (fx_ssize g0 = r0; g0 < r1; g0 += FX_GROUP) {
+        const int n = r1 - g0 < FX_GROUP ? (int)(r1 - g0) : FX_GROUP;
+        fx_deferred part[FX_GROUP];
+        double lin[FX_GROUP], A[FX_GROUP], R[FX_GROUP], l[FX_GROUP];
+        fx_ssize at[FX_GROUP];
+        for (int j = 0; j < FX_GROUP; j++) { lin[j] = 0; A[j] = 0; R[j] = 0; }
+        for (int j = 0; j < n; j++) {
+            fx_ssize y = 0;
+            if (!k->dense) {
+                const int64_t v = fx_label(k->lab + o * k->lab_so + i * k->lab_si, k->lab_dtype);
+                y = v == k->ignore ? -1 : (fx_ssize)v;
+            }
+            part[j].on = 0;
+            FXN(logits_row_t)(k, o, i, y, 0, 0, G, &part[j]);
+            at[j] = o * k->n_i + i - k->loss_r0;
+            if (part[j].on) { lin[j] = part[j].lin; A[j] = part[j].A; R[j] = part[j].R; }
+            if (++i == k->n_i) { i = 0; o++; }
+        }
+        FXN(group_losses)(lin, A, R, l, FX_GROUP);
+        for (int j = 0; j < n; j++)
+            if (part[j].on) k->loss[at[j]] = l[j];
+    }
+    return -1;
+}
+static FX_NOINLINE fx_ssize FXN(logits_short_g)(const fx_call *k, fx_ssize r0, fx_ssize r1)
+{
+    return FXN(logits_short_t)(k, r0, r1, 1);
+}
+static fx_ssize FXN(logits_short)(const fx_call *k, fx_ssize r0, fx_ssize r1)
+{
+    if (FX_G_BF16(k->g.dtype)) return FXN(logits_short_g)(k, r0, r1);
+    return FXN(logits_short_t)(k, r0, r1, 0);
+}
 
 /* Rows (o, i0 .. i0+n-1) with a contiguous inner axis: one lane per row, the class
  * loop outside, so every pass is a unit-stride vector loop across rows.
