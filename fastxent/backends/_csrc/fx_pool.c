@@ -138,25 +138,20 @@ static struct {
     _Atomic int workers;
     LINE _Atomic int owner;          /* 1 while a caller runs a job on the pool */
     _Atomic int gone;                /* a forked child: the threads did not survive */
-    int n_threads;                   /* threads started; changed by the owner only */
+    _Atomic int n_threads;           /* threads started; changed by the owner only */
     int start_failed;                /* pthread_create failed once: stop trying */
     uint64_t job;                    /* the owner's count of jobs published */
     uint32_t start_gen[FX_POOL_MAX_THREADS]; /* gen when thread t started */
 } P;
 
-#include <stdlib.h>
-static uint64_t worker_spin_ns = WORKER_SPIN_NS;
-static uint64_t caller_spin_ns = CALLER_SPIN_NS;
-static int fx_yield = 1;
-
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 
-static void on_fork_child(void)
-{
-    /* Only the forking thread exists in the child: never publish to threads that
-     * are not there (and a job another parent thread was running is gone). */
-    if (P.n_threads > 0) atomic_store(&P.gone, 1);
-}
+/* Installed just before the first pool thread starts, so it runs only in a child
+ * of a process that has (or was starting) pool threads. Only the forking thread
+ * exists in the child: it must never publish to threads that are not there, nor
+ * wait for a job another parent thread was running (the owner word may be held),
+ * so every later run there is serial. */
+static void on_fork_child(void) { atomic_store(&P.gone, 1); }
 
 static void install_fork_guard(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
@@ -188,7 +183,7 @@ static uint32_t spin_while(_Atomic uint32_t *w, uint32_t v, uint64_t ns)
         cpu_relax();
         if ((spins & 63) == 0) {
             if (now_ns() >= deadline) return v;
-            if (fx_yield) sched_yield();
+            sched_yield();
         }
     }
 }
@@ -258,7 +253,7 @@ static void *pool_thread(void *arg)
     int t = (int)(intptr_t)arg;
     uint32_t seen = P.start_gen[t];
     for (;;) {
-        uint32_t g = worker_spin_ns ? spin_while(&P.gen, seen, worker_spin_ns) : atomic_load(&P.gen);
+        uint32_t g = spin_while(&P.gen, seen, WORKER_SPIN_NS);
         while (g == seen) {
             atomic_fetch_add(&P.sleepers, 1);
             sleep_while(&P.gen, seen);
@@ -284,9 +279,6 @@ static void start_threads(int want)
     sigset_t all, old;
     if (want > FX_POOL_MAX_THREADS) want = FX_POOL_MAX_THREADS;
     if (P.n_threads >= want || P.start_failed) return;
-    if (getenv("FXP_WSPIN")) worker_spin_ns = atoll(getenv("FXP_WSPIN")) * 1000;
-    if (getenv("FXP_YIELD")) fx_yield = atoi(getenv("FXP_YIELD"));
-    if (getenv("FXP_CSPIN")) caller_spin_ns = atoll(getenv("FXP_CSPIN")) * 1000;
     pthread_once(&fork_once, install_fork_guard);
     sigfillset(&all); /* pool threads take no signals: Python's handlers run elsewhere */
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -341,12 +333,12 @@ int fx_pool_run(fx_pool_fn fn, void *ctx, fx_ssize n_items, int workers)
     /* chunks still in flight on pool threads (they started them: wait for those) */
     if (atomic_load(&P.done) != (uint32_t)n_chunks) {
         uint32_t d;
-        uint64_t deadline = now_ns() + caller_spin_ns;
+        uint64_t deadline = now_ns() + CALLER_SPIN_NS;
         for (unsigned spins = 1; (d = atomic_load(&P.done)) != (uint32_t)n_chunks; spins++) {
             cpu_relax();
             if ((spins & 63) == 0) {
                 if (now_ns() >= deadline) break;
-                if (fx_yield) sched_yield();
+                sched_yield();
             }
         }
         if (d != (uint32_t)n_chunks) {

@@ -30,7 +30,9 @@
 
 #include "fx_common.h"
 
-#define FX_POOL_MAX_THREADS 255 /* pool threads; a job has at most 256 workers */
+/* Pool threads at most: a job has up to 4096 workers, fastxent's largest thread count
+ * (fastxent._config.MAX_THREADS), so every count a call may ask for is honoured. */
+#define FX_POOL_MAX_THREADS 4095
 
 typedef void (*fx_pool_fn)(void *ctx, fx_ssize item, int slot);
 
