@@ -140,7 +140,7 @@ class BuildExt(build_ext):
 def extensions():
     sources = ["fastxent/backends/_cython_ext.pyx"] + [
         os.path.join(CSRC, name)
-        for name in ("fx_dispatch.c", "fx_isa_default.c", "fx_isa_avx2.c", "fx_isa_avx512.c")
+        for name in ("fx_dispatch.c", "fx_pool.c", "fx_isa_default.c", "fx_isa_avx2.c", "fx_isa_avx512.c")
     ]
     # The pyx includes the generated header; give a first build something to find
     # (build_extensions rewrites it with the probe's result before compiling).

@@ -5,12 +5,11 @@ timed once per round, in turn; ratios are medians of per-round ratios. 2 threads
 
     python benchmarks/targets.py [--threads 2] [--repeats 7]
 
-The first rows time public calls of small and mid-sized inputs against torch. With
-torch in the same process the two share libgomp, whose workers then spin less and
-sleep between parallel calls (GNU OpenMP throttles spinning once it manages more
-threads than there are cores): the mid-sized calls, which run two threads, measured
-up to 5x slower here than in a process without torch (54 µs against 270 µs for
-1,000 x 100), and ``GOMP_SPINCOUNT=30000000`` brought them back.
+The first rows time public calls of small and mid-sized inputs against torch. The
+Cython kernels run on the extension's own thread pool, so torch's libgomp (whose
+workers sleep between parallel calls once it manages more threads than there are
+cores) no longer slows them when torch is in the same process; see RESULTS.md,
+"The extension's thread pool".
 
 The pytest-benchmark suite (``python -m pytest benchmarks -n0``) covers every
 workload, backend and thread count; this script is the short version for a closing
@@ -68,9 +67,9 @@ def paired_rounds(calls: dict, torch_calls: dict, rounds: int, inner: int) -> di
 
     The machine's speed drifts (a noisy neighbour can halve it for seconds), so a
     ratio is taken between timings of the same round and the median of the
-    per-round ratios reported. Each timing is followed by a pause, because OpenMP
-    threads keep spinning after a parallel call and would steal the next one's cores
-    (torch's, which go last in a round, for longest).
+    per-round ratios reported. Each timing is followed by a pause, because pool and
+    OpenMP threads keep spinning after a parallel call and would steal the next one's
+    cores (torch's, which go last in a round, for longest).
     """
     def once(fn):
         start = time.perf_counter()
@@ -97,7 +96,7 @@ def _timed_rounds(calls, torch_calls, rounds, once, times):
     for _ in range(rounds):
         for name, fn in calls.items():
             times[name].append(once(fn))
-            time.sleep(0.01)  # OpenMP threads spin briefly after a parallel call
+            time.sleep(0.01)  # pool threads spin briefly after a parallel call
         for k, fn in torch_calls.items():
             import torch
 

@@ -18,15 +18,17 @@ How a call runs:
   buffer) or **columns** (inner axis contiguous, e.g. Fortran ``(1, C, N)`` or
   ``(N, C, H*W)``: vectorised across rows).
 * The numeric kernels are C (``_csrc/``, one file per kernel family), compiled
-  once per ISA (SSE2, AVX2+FMA, AVX-512) and picked at import; OpenMP splits the
-  rows into ``threads`` contiguous chunks (``prange``, static schedule). Outputs
-  are per row, so the thread count never changes a result; the first bad row is
-  the lowest chunk's.
+  once per ISA (SSE2, AVX2+FMA, AVX-512) and picked at import. Threads come from
+  the extension's own pool (``_csrc/fx_pool.c``, not OpenMP regions): the rows
+  are cut into items of whole tasks (or fixed blocks, for block sums) that the
+  calling thread and ``threads - 1`` pool threads claim one at a time, and a call
+  returns once every item has run, never waiting for a thread that had not
+  started (another process may hold its core). Outputs are per row, so the
+  thread count never changes a result; the first bad row is the lowest found.
 * The sparse gather-log (from probabilities, no label smoothing) runs over flat
   row ranges (``_csrc/fx_gather.h``): one read per row, whatever C is.
 """
 
-from cython.parallel cimport parallel, prange
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset, strcmp, strdup, strncmp
@@ -475,6 +477,14 @@ cdef inline fx_ssize _lanes(const fx_call *k) noexcept nogil:
 
 # -------------------------------------------------------------------------- drivers
 
+cdef extern from "_csrc/fx_pool.h":
+    ctypedef void (*fx_pool_fn)(void *ctx, fx_ssize item, int slot) noexcept nogil
+    int fx_pool_run(fx_pool_fn fn, void *ctx, fx_ssize n_items, int workers) noexcept nogil
+    int fx_pool_parallel() noexcept nogil
+    int fx_pool_threads() noexcept nogil
+    const char *fx_pool_kind() noexcept nogil
+    void fx_pool_min(fx_ssize *p, fx_ssize v) noexcept nogil
+
 ctypedef fused label_t:
     int8_t
     int16_t
@@ -562,23 +572,14 @@ cdef inline fx_ssize _task_row(const fx_call *k, fx_ssize w, fx_ssize t) noexcep
 
 cdef int _threads_for(fx_ssize tasks, int threads) noexcept nogil:
     """Threads for a call: ``threads``, capped by the number of tasks (rows, column
-    tasks or blocks); one thread (no OpenMP region) in a child forked after OpenMP
-    was used. Whether small work is worth a second thread is the dispatcher's call."""
+    tasks or blocks); one thread (no pool run) in a child forked after the pool was
+    used. Whether small work is worth a second thread is the dispatcher's call."""
     cdef fx_ssize nt = threads
-    if FX_OPENMP == 0 or fx_in_forked_child():
+    if FX_OPENMP == 0 or fx_in_forked_child() or not fx_pool_parallel():
         return 1
     if nt > tasks:
         nt = tasks
     return <int>nt if nt > 1 else 1
-
-
-cdef fx_ssize _first_bad(fx_ssize *bad, fx_ssize n) noexcept nogil:
-    """Chunks hold increasing rows: the first chunk with a bad row has the lowest."""
-    cdef fx_ssize c
-    for c in range(n):
-        if bad[c] >= 0:
-            return bad[c]
-    return -1
 
 
 cdef enum:
@@ -588,6 +589,13 @@ cdef enum:
     FORM_SHORT = 3   # short softmax rows: a range kernel over flat rows (ru.range_fn)
     #: Rows per fixed block of the float64 sums (fastxent._reduce.BLOCK_ROWS).
     BLOCK_ROWS = 1 << 14
+    #: Elements (classes x rows) per work item of a split: a thread that starts late
+    #: or is preempted holds back at most an item, and claiming one costs little.
+    ITEM_ELEMENTS = 1 << 14
+    #: At most this many items per thread: a large call's items grow past ITEM_ELEMENTS.
+    ITEMS_PER_THREAD = 64
+    #: Rows per item of the gather-log (one read per row; its prefetch restarts per item).
+    GATHER_ITEM_ROWS = 1 << 12
 
 
 ctypedef struct _runner:
@@ -610,28 +618,53 @@ cdef fx_ssize _range(const fx_call *k, const _runner *ru, fx_ssize r0, fx_ssize 
     return _rows(k, ru.row_fn, r0, r1)
 
 
-cdef fx_ssize _split(const fx_call *k, const _runner *ru, fx_ssize tasks, int nt) except -2 nogil:
-    """Every row, in nt contiguous chunks (one per thread) of whole tasks: a column
-    task is never cut, so its rows see the same vector steps whatever nt is."""
-    cdef fx_ssize n_rows = k.n_o * k.n_i, ch, result, r0, r1
-    cdef fx_ssize *bad
+cdef fx_ssize _items(const fx_call *k, const _runner *ru, fx_ssize tasks, int nt) noexcept nogil:
+    """How many items a split cuts its tasks into: about ITEM_ELEMENTS elements each
+    (GATHER_ITEM_ROWS rows for the gather-log), at most ITEMS_PER_THREAD per thread,
+    at least one per thread and at most one per task."""
+    cdef fx_ssize per_task, n
+    if ru.form == FORM_GATHER:
+        n = (tasks + GATHER_ITEM_ROWS - 1) // GATHER_ITEM_ROWS
+    else:
+        per_task = max(k.n_c, 1) * (ru.w if ru.form == FORM_COLS else 1)
+        n = (tasks * per_task + ITEM_ELEMENTS - 1) // ITEM_ELEMENTS
+    n = min(n, ITEMS_PER_THREAD * nt)
+    return min(max(n, nt), tasks)
+
+
+ctypedef struct _split_job:
+    const fx_call *k
+    const _runner *ru
+    fx_ssize tasks, n_items
+    fx_ssize bad  # the lowest bad row any item found, or -1 (fx_pool_min)
+
+
+cdef void _split_item(void *ctx, fx_ssize item, int slot) noexcept nogil:
+    """Item ``item`` of a split: a run of whole tasks (a column task is never cut,
+    so its rows see the same vector steps however the tasks are split)."""
+    cdef _split_job *j = <_split_job *>ctx
+    cdef fx_ssize r0 = item * j.tasks // j.n_items, r1 = (item + 1) * j.tasks // j.n_items
+    if j.ru.form == FORM_COLS:
+        r0 = _task_row(j.k, j.ru.w, r0)
+        r1 = _task_row(j.k, j.ru.w, r1)
+    fx_pool_min(&j.bad, _range(j.k, j.ru, r0, r1))
+
+
+cdef fx_ssize _split(const fx_call *k, const _runner *ru, fx_ssize tasks, int nt) noexcept nogil:
+    """Every row, as items of whole tasks run on nt threads of the pool (claimed one
+    at a time). Rows are computed alone, so the split never changes a result; the
+    first bad row is the lowest any item found."""
+    cdef _split_job j
     if nt == 1:
-        return _range(k, ru, 0, n_rows)
-    bad = <fx_ssize *>malloc(nt * sizeof(fx_ssize))
-    if bad == NULL:
-        with gil:
-            raise MemoryError()
+        return _range(k, ru, 0, k.n_o * k.n_i)
+    j.k = k
+    j.ru = ru
+    j.tasks = tasks
+    j.n_items = _items(k, ru, tasks, nt)
+    j.bad = -1
     fx_note_parallel_use()
-    for ch in prange(nt, schedule="static", num_threads=nt):
-        r0 = ch * tasks // nt
-        r1 = (ch + 1) * tasks // nt
-        if ru.form == FORM_COLS:
-            r0 = _task_row(k, ru.w, r0)
-            r1 = _task_row(k, ru.w, r1)
-        bad[ch] = _range(k, ru, r0, r1)
-    result = _first_bad(bad, nt)
-    free(bad)
-    return result
+    fx_pool_run(_split_item, &j, j.n_items, nt)
+    return j.bad
 
 
 cdef inline fx_ssize _block(const fx_call *k, const _runner *ru, fx_ssize b, double *buf,
@@ -665,43 +698,102 @@ cdef inline double _leaf_tree(double *a, fx_ssize n) noexcept nogil:
     return a[0]
 
 
+ctypedef struct _blocks_job:
+    const fx_call *k
+    const _runner *ru
+    double *sums
+    double *bufs  # one block-sized loss buffer per pool slot, buf_len apart
+    fx_ssize buf_len
+    fx_ssize bad  # the lowest bad row any block found, or -1 (fx_pool_min)
+
+
+cdef void _block_item(void *ctx, fx_ssize b, int slot) noexcept nogil:
+    cdef _blocks_job *j = <_blocks_job *>ctx
+    fx_pool_min(&j.bad, _block(j.k, j.ru, b, j.bufs + slot * j.buf_len, j.sums))
+
+
 cdef fx_ssize _blocks(const fx_call *k, const _runner *ru, int nt, double *sums) except -2 nogil:
-    """Every row, block by block, each thread with one block-sized loss buffer (in
-    cache): only the block sums reach memory."""
-    cdef fx_ssize n_rows = k.n_o * k.n_i, b, result
+    """Every row, block by block (the pool's items), each thread with one block-sized
+    loss buffer (in cache): only the block sums reach memory. Blocks are claimed one
+    at a time: a late or preempted thread holds back at most a block."""
+    cdef fx_ssize n_rows = k.n_o * k.n_i, b
     cdef fx_ssize n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
-    cdef size_t buf_bytes = min(n_rows, BLOCK_ROWS) * sizeof(double)  # small: no mmap
-    cdef fx_ssize *bad = <fx_ssize *>malloc(n_blocks * sizeof(fx_ssize))
-    cdef double *buf = NULL
-    cdef int failed = 0
-    if bad == NULL:
+    cdef _blocks_job j
+    j.k = k
+    j.ru = ru
+    j.sums = sums
+    j.buf_len = min(n_rows, BLOCK_ROWS)
+    j.bad = -1
+    j.bufs = <double *>malloc(nt * j.buf_len * sizeof(double))
+    if j.bufs == NULL:
         with gil:
             raise MemoryError()
     if nt == 1:
-        buf = <double *>malloc(buf_bytes)
-        failed = buf == NULL
-        if not failed:
-            for b in range(n_blocks):
-                bad[b] = _block(k, ru, b, buf, sums)
-        free(buf)
+        for b in range(n_blocks):
+            fx_pool_min(&j.bad, _block(k, ru, b, j.bufs, sums))
     else:
         fx_note_parallel_use()
-        with parallel(num_threads=nt):
-            buf = <double *>malloc(buf_bytes)
-            # dynamic: blocks are few (16,384 rows each), a static split would leave
-            # one thread idle for up to a block; the sums land in place either way
-            for b in prange(n_blocks, schedule="dynamic"):
-                if buf == NULL:
-                    failed += 1  # a reduction (an assignment would be lastprivate)
-                else:
-                    bad[b] = _block(k, ru, b, buf, sums)
-            free(buf)
-    result = _first_bad(bad, n_blocks)
-    free(bad)
-    if failed:
-        with gil:
-            raise MemoryError()
-    return result
+        fx_pool_run(_block_item, &j, n_blocks, nt)
+    free(j.bufs)
+    return j.bad
+
+
+def pool_info():
+    """The threads the kernels run on: the extension's own pool (``kind``: how its
+    threads wait -- "futex", "condition variable" -- or "openmp"/"serial" where it
+    has no threads of its own), whether calls can use more than one thread here
+    (not in a child forked after the pool ran), and how many pool threads exist."""
+    return {"kind": fx_pool_kind().decode(), "parallel": bool(FX_OPENMP and fx_pool_parallel()
+            and not fx_in_forked_child()), "threads": fx_pool_threads()}
+
+
+ctypedef struct _probe_job:
+    int64_t *count  # per item: how many times it ran
+    int32_t *slot  # per item: the slot that ran it
+    fx_ssize spin  # busy-work steps per item
+    int finished  # set once the run returned: an item that sees it came late
+
+
+cdef _probe_job _probe_ring[4096]
+cdef Py_ssize_t _probe_next = 0
+cdef int64_t _probe_late = 0
+
+
+cdef void _probe_item(void *ctx, fx_ssize item, int slot) noexcept nogil:
+    global _probe_late
+    cdef _probe_job *j = <_probe_job *>ctx
+    cdef fx_ssize s
+    cdef double acc = 0
+    if j.finished:
+        _probe_late += 1
+        return
+    for s in range(j.spin):
+        acc = acc * 0.5 + <double>s
+    j.count[item] += 1 if acc >= 0 else 2
+    j.slot[item] = slot
+
+
+def _pool_probe(fx_ssize n_items, int workers, fx_ssize spin=0):
+    """Test hook: run ``n_items`` items on the pool with up to ``workers`` threads;
+    each item counts its runs, notes the slot that ran it and busies itself for
+    ``spin`` steps. Its job record is never freed and is marked finished when the
+    run returns, so a pool thread touching a finished job is seen. Returns
+    (per-item run counts, per-item slots, threads that ran items, late touches seen
+    so far in this process)."""
+    global _probe_next
+    counts = np.zeros(n_items, np.int64)
+    slots = np.full(n_items, -1, np.int32)
+    cdef _probe_job *j = &_probe_ring[_probe_next % 4096]
+    cdef int ran
+    _probe_next += 1
+    j.count = <int64_t *>cnp.PyArray_DATA(counts)
+    j.slot = <int32_t *>cnp.PyArray_DATA(slots)
+    j.spin = spin
+    j.finished = 0
+    with nogil:
+        ran = fx_pool_run(_probe_item, j, n_items, workers)
+        j.finished = 1
+    return counts, slots, ran, _probe_late
 
 
 cdef inline bint _blocks_keep_vectors(const fx_call *k, const _runner *ru) noexcept nogil:
@@ -1026,29 +1118,45 @@ def _vlog(cnp.ndarray x):
     return y
 
 
+cdef enum:
+    READ_ITEM = 1 << 18  # floats per item of _read_sum
+
+
+ctypedef struct _read_job:
+    const float *p
+    fx_ssize n
+    double *parts
+
+
+cdef void _read_item(void *ctx, fx_ssize item, int slot) noexcept nogil:
+    cdef _read_job *j = <_read_job *>ctx
+    cdef fx_ssize i0 = item * READ_ITEM, i1 = min(i0 + READ_ITEM, j.n)
+    j.parts[item] = fx_active().read_sum_f32(j.p + i0, i1 - i0)
+
+
 def _read_sum(cnp.ndarray x, int threads):
     """Parallel streaming float64 sum over a contiguous float32 array's bytes (the
-    benchmark's read pass: what reading the data once costs on this machine)."""
+    benchmark's read pass: what reading the data once costs on this machine), in
+    items of READ_ITEM values on the pool, as the kernels run."""
     if cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT or not cnp.PyArray_IS_C_CONTIGUOUS(x):
         raise TypeError("a C-contiguous float32 array")
-    cdef const float *p = <const float *>cnp.PyArray_DATA(x)
-    cdef fx_ssize n = cnp.PyArray_SIZE(x), ch, total_chunks
-    cdef int nt = _threads_for(n, threads)
-    cdef double *part = <double *>malloc(nt * sizeof(double))
+    cdef _read_job j
+    cdef fx_ssize n_items, item
     cdef double s = 0
-    cdef const fx_table *tb = fx_active()
-    if part == NULL:
+    j.p = <const float *>cnp.PyArray_DATA(x)
+    j.n = cnp.PyArray_SIZE(x)
+    n_items = max((j.n + READ_ITEM - 1) // READ_ITEM, 1)
+    cdef int nt = _threads_for(n_items, threads)
+    j.parts = <double *>malloc(n_items * sizeof(double))
+    if j.parts == NULL:
         raise MemoryError()
     with nogil:
-        if nt == 1:
-            part[0] = tb.read_sum_f32(p, n)
-        else:
+        if nt > 1:
             fx_note_parallel_use()
-            for ch in prange(nt, schedule="static", num_threads=nt):
-                part[ch] = tb.read_sum_f32(p + ch * n // nt, (ch + 1) * n // nt - ch * n // nt)
-    for ch in range(nt):
-        s += part[ch]
-    free(part)
+        fx_pool_run(_read_item, &j, n_items, nt)
+    for item in range(n_items):
+        s += j.parts[item]
+    free(j.parts)
     return s
 
 
