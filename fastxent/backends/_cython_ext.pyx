@@ -8,8 +8,8 @@ validated by the public layer first: bounds and wrap-around checks are off.
 How a call runs:
 
 * The arguments are read through the NumPy C API (data pointer, byte strides,
-  type number): no buffer or memoryview is acquired, which keeps a 32 x 10 call
-  in the low microseconds. Read-only and memory-mapped arrays are only read
+  type number): no buffer or memoryview is acquired, so a small call costs little
+  more than its arithmetic. Read-only and memory-mapped arrays are only read
   (nothing asks for a writable buffer); float16 and bfloat16 (ml_dtypes) are
   read as their bits and converted in the kernel.
 * The layout is normalised (``I == 1`` and mergeable ``(O, I)`` become one long
@@ -58,6 +58,8 @@ cdef extern from "_csrc/fx_common.h":
         FX_LANES
         FX_LEAF
         FX_SHORT_C
+        #: Rows per fixed block of the float64 sums (fastxent._constants.BLOCK_ROWS).
+        BLOCK_ROWS "FX_BLOCK_ROWS"
     ctypedef struct fx_arr3:
         char *data
         fx_ssize so, sc, si
@@ -587,8 +589,6 @@ cdef enum:
     FORM_COLS = 1    # column kernels: one vector lane per row
     FORM_GATHER = 2  # the sparse gather-log: one value read per row
     FORM_SHORT = 3   # short softmax rows: a range kernel over flat rows (ru.range_fn)
-    #: Rows per fixed block of the float64 sums (fastxent._reduce.BLOCK_ROWS).
-    BLOCK_ROWS = 1 << 14
     #: Elements (classes x rows) per work item of a split: a thread that starts late
     #: or is preempted holds back at most an item, and claiming one costs little.
     ITEM_ELEMENTS = 1 << 14

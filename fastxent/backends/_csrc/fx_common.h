@@ -80,7 +80,7 @@ typedef fx_ssize (*fx_range_fn)(const fx_call *k, fx_ssize r0, fx_ssize r1);
 #define FX_TILE 4096  /* elements of a column task's copied tile (classes x lanes) */
 #define FX_BLOCK 2048 /* elements of a row handled per block (row kernels) */
 #define FX_SHORT_C 128 /* rows of at most this many classes: the short-row softmax kernels */
-#define FX_LEAF FX_PAIRWISE_LEAF /* the leaves of NumPy's pairwise sum (the pyx's name) */
+#define FX_LEAF FX_PAIRWISE_LEAF /* the leaves of NumPy's pairwise sum */
 
 /* Index 0: float32 compute (float16/float32 input), 1: float64. */
 typedef struct {

@@ -608,7 +608,8 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
 
 /* The instantiations: X (the optional terms), B (bfloat16 rows read as bits), G
  * (a bfloat16 gradient), each a constant. G = 1 lives in a function of its own,
- * entered once a row: inlined next to G = 0, it made the latter's code slower. */
+ * entered once a row, so that the float32 gradient's code (G = 0) is compiled
+ * without it (benchmarks/test_bench.py's sparse-logits gradient workloads time it). */
 #define FX_ROW_KERNEL(name, X, B)                                                          \
     static FX_NOINLINE int FXN(name##_g)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y) \
     {                                                                                      \
