@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, settings
 
 import fastxent
 from fastxent import backends
+from kernel_impls import IMPL_NAMES, make_impl
 
 settings.register_profile(
     "ci",
@@ -59,6 +60,24 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture(params=IMPL_NAMES)
+def impl(request):
+    """Each implementation of the kernel table in turn (tests/kernel_impls.py): numpy,
+    numba, and the Cython kernels with each instruction-set table this CPU runs,
+    forced for the test."""
+    impl = make_impl(request.param)
+    if not impl.isa:
+        yield impl
+        return
+    from fastxent.backends import _cython_ext
+
+    _cython_ext._set_simd(impl.isa)
+    try:
+        yield impl
+    finally:
+        _cython_ext._set_simd("auto")
 
 
 @pytest.fixture

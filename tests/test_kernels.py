@@ -28,28 +28,12 @@ import pytest
 import reference as ref
 from fastxent import _reduce
 from fastxent._reduce import BLOCK_ROWS
-from helpers import LAYOUTS, per_row, place, rows_of
-from kernel_impls import (BF16, IGNORE, IMPL_NAMES, KERNELS, assert_close, assert_matches, expect, exact,
-                          make_impl, run, tol)  # fmt: skip
+from helpers import LAYOUTS, layout_shape, place
+from kernel_impls import BF16, IGNORE, KERNELS, assert_close, assert_matches, expect, run, tol
 
 RNG = np.random.default_rng(20240611)
 F16, F32, F64 = np.float16, np.float32, np.float64
 LOGIT_KERNELS = ("sparse_from_logits", "categorical_from_logits")
-
-
-@pytest.fixture(params=IMPL_NAMES)
-def impl(request):
-    """Each implementation of the kernel table in turn (Cython: each table this CPU
-    runs, forced for the test)."""
-    impl = make_impl(request.param)
-    if impl.isa:
-        from fastxent.backends import _cython_ext
-
-        _cython_ext._set_simd(impl.isa)
-        yield impl
-        _cython_ext._set_simd("auto")
-    else:
-        yield impl
 
 
 def dname(dtype):
@@ -111,7 +95,7 @@ OPTIONS = {
 MATRIX = {F32: list(LAYOUTS), F64: ["rows", "cols", "nchw", "negative", "odd", "cols_negative"],
           F16: ["rows", "cols", "odd"]}  # fmt: skip
 if BF16 is not None:
-    MATRIX[BF16] = ["rows", "cols", "nchw", "negative"]
+    MATRIX[BF16] = ["rows", "cols", "nchw", "negative"]  # (more in test_kernels_extras.py)
 MATRIX_CASES = [(d, l) for d, layouts in MATRIX.items() for l in layouts]
 
 
@@ -138,8 +122,6 @@ def test_matrix(impl, kernel, dtype, layout):
 
 
 def layout_inner(layout, n):
-    from helpers import layout_shape
-
     return layout_shape(layout, n, 1)[2]
 
 
