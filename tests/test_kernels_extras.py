@@ -2,8 +2,8 @@
 keywords (z_loss, softcap, lse_out, rank_out) and bfloat16 y_pred, on every
 implementation (the ``impl`` fixture), against the same float64 reference.
 
-Tolerances: ``kernel_impls.tol`` (float64 1e-12, float32-computed 1e-5 of a result's
-scale); a bfloat16 gradient within one bfloat16 rounding (2**-8 relative) of the
+Tolerances: ``kernel_impls.tol`` (float64 1e-12 of a result's scale, float32-computed
+2e-6 relative and 1e-7 absolute); a bfloat16 gradient within one bfloat16 rounding (2**-8 relative) of the
 reference. Ranks are integers and compared exactly, except where float32 softcap
 may merge two logits the float64 reference keeps apart (then the rank must lie
 between the counts of the logits clearly above the label's and of those not clearly
@@ -74,7 +74,10 @@ def rank_window(z, y, cap):
 def check_extras(out, want, z, y, dtype, opts, what):
     assert_close(out.loss, want.loss, tol(dtype), what + " loss")
     if out.grad is not None:
-        assert_close(out.grad, want.grad, tol(dtype), what + " gradient")
+        # float32 softcap: tanh is rounded to float32 before 1 - tanh**2 takes its
+        # complement, ~1e-7 absolute on gradients of scale 1 (Cython's test allowed 1e-5)
+        atol = 1e-6 if opts.get("softcap") and dtype != F64 else None
+        assert_close(out.grad, want.grad, tol(dtype), what + " gradient", atol=atol)
     if out.lse is not None:
         assert_close(out.lse, want.lse, tol(dtype), what + " lse")
     if out.rank is not None:
@@ -94,9 +97,8 @@ EXTRA_OPTIONS = [
     dict(z_loss=2e-2, softcap=30.0, lse=True, rank=True, ls=0.1, cw=True),
 ]
 #: dtype x layout: float32 in each of Numba's array kinds (nchw: columns with O > 1),
-#: float64 and float16 in one row and one column layout (Numba compiles each kind).
-EXTRA_CASES = [(F32, "rows"), (F32, "cols"), (F32, "nchw"), (F32, "odd"), (F64, "rows"), (F64, "cols"),
-               (F64, "odd"), (F16, "rows"), (F16, "nchw")]  # fmt: skip
+#: float64 and float16 in fewer (Numba compiles each kind, with and without softcap).
+EXTRA_CASES = [(F32, "rows"), (F32, "cols"), (F32, "nchw"), (F32, "odd"), (F64, "rows"), (F64, "odd"), (F16, "nchw")]
 
 
 @pytest.mark.parametrize("dtype, layout", EXTRA_CASES, ids=[f"{dname(d)}-{l}" for d, l in EXTRA_CASES])
@@ -197,8 +199,8 @@ def test_dominant_class_with_z_loss(impl, layout):
         (F64, [100.0, 0.0, -5.0, 3.0], 0, 1e-4, 1e-12),
         (F64, [0.0, -100.0, -105.0, -97.0], 0, 1e-2, 1e-12),
         (F64, [0.0, 700.0, 690.0], 1, 1e-5, 1e-12),
-        (F64, [40.0, 1.0, -2.0, 0.5], 0, 1e-2, 1e-12),
-        (F64, [-3.0, 0.0, 41.5, 2.0], 2, 1e-2, 1e-12),
+        (F64, [40.0, 1.0, -2.0, 0.5], 0, 1e-2, 1e-14),
+        (F64, [-3.0, 0.0, 41.5, 2.0], 2, 1e-2, 1e-14),
         (F32, [30.0, 0.0, -2.0], 0, 1e-3, 1e-5),
         (F32, [0.0, -40.0, -25.0, -25.0], 0, 1e-2, 1e-5),
         (F32, [40.0, 1.0, -2.0, 0.5], 0, 1e-2, 2e-6),
@@ -441,7 +443,7 @@ def test_bfloat16_with_the_sparse_extras(impl):
                 inplace = run(impl, "sparse_from_logits", x, y, grad="inplace", x3=place(x, layout), **kw)
                 assert inplace.loss.tobytes() == out.loss.tobytes()
                 np.testing.assert_array_equal(inplace.rank, out.rank)
-                assert_close(inplace.grad, want.grad, BF16_TOL, f"{impl} {layout} C={c} {opts} in place")
+                assert_close(inplace.grad, want.grad, BF16_TOL, f"{impl} {layout} C={c} {opts} in place", atol=BF16_TOL)
             plain = run(impl, "sparse_from_logits", x, y, layout=layout, ignore=IGNORE)
             with_lse = run(impl, "sparse_from_logits", x, y, layout=layout, ignore=IGNORE, lse=True)
             assert plain.loss.tobytes() == with_lse.loss.tobytes()
