@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, settings
 
 import fastxent
 from fastxent import backends
+from kernel_impls import IMPL_NAMES, make_impl
 
 settings.register_profile(
     "ci",
@@ -34,19 +35,26 @@ def backend(request):
     return request.param
 
 
-#: The Numba backend compiles each new combination of argument types (dtype, layout,
-#: read-only flags, gradient mode) once, in ~5 s: the whole matrix would spend 30
-#: minutes compiling on 2 cores. By default it runs a fixed, spread-out sixteenth of the
-#: matrix's numba cases (every test function keeps numba cases, chosen by a hash of
-#: the test id, so the choice is stable); FASTXENT_NUMBA_MATRIX=full runs them all.
+#: Numba compiles each new combination of argument types (dtype, contiguity, gradient
+#: mode, targets' dtype) once, in seconds; the disk cache (fastxent._paths, per user)
+#: is shared by the xdist workers. The whole matrix runs by default: the kernel tests
+#: choose their dtype x layout cases so that the signatures stay few.
+#: FASTXENT_NUMBA_MATRIX=sample runs a fixed, spread-out sixteenth of the numba cases
+#: instead (every test function keeps some, chosen by a hash of the test id), for a
+#: quick local run with a cold cache.
 NUMBA_SHARE = 16
 
 
+def _is_numba(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("backend") == "numba" or params.get("impl") == "numba"
+
+
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("FASTXENT_NUMBA_MATRIX") == "full":
+    if os.environ.get("FASTXENT_NUMBA_MATRIX", "full") != "sample":
         return
     keep, drop = [], []
-    numba_items = [i for i in items if getattr(getattr(i, "callspec", None), "params", {}).get("backend") == "numba"]
+    numba_items = [i for i in items if _is_numba(i)]
     chosen = {id(i) for i in numba_items if zlib.crc32(i.nodeid.encode()) % NUMBA_SHARE == 0}
     covered = {(i.path, i.originalname) for i in numba_items if id(i) in chosen}
     for item in numba_items:  # a test function none of whose numba cases was chosen keeps its first
@@ -59,6 +67,24 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture(params=IMPL_NAMES)
+def impl(request):
+    """Each implementation of the kernel table in turn (tests/kernel_impls.py): numpy,
+    numba, and the Cython kernels with each instruction-set table this CPU runs,
+    forced for the test."""
+    impl = make_impl(request.param)
+    if not impl.isa:
+        yield impl
+        return
+    from fastxent.backends import _cython_ext
+
+    _cython_ext._set_simd(impl.isa)
+    try:
+        yield impl
+    finally:
+        _cython_ext._set_simd("auto")
 
 
 @pytest.fixture

@@ -29,3 +29,103 @@ def tolerances(dtype) -> dict:
     if np.dtype(dtype) == np.float64:
         return {"rtol": 1e-12, "atol": 1e-13}
     return {"rtol": 1e-5, "atol": 1e-6}
+
+
+# ----------------------------------------------------------------- kernel layouts
+# The kernels take (O, C, I) views (KERNELS.md, "Canonical layout"); a row is (o, i),
+# its flat index r = o * I + i. ``place`` lays rows out in memory as each layout does.
+
+#: name -> what it exercises
+LAYOUTS = {
+    "rows": "(R, C, 1) C-ordered: class axis contiguous",
+    "padded": "(R, C, 1), contiguous rows with a padded row stride",
+    "chlast": "(2, C, R/2): class axis contiguous and I > 1",
+    "cols": "(1, C, R) from a Fortran-ordered (R, C): inner axis contiguous",
+    "nchw": "(R/4, C, 4) C-ordered: inner axis contiguous, O > 1",
+    "negative": "(R, C, 1) with every stride negative, rows 2 apart",
+    "odd": "(R, C, 1) with a class stride of 3 elements",
+    "cols_negative": "(1, C, R) with an inner stride of minus one element",
+    "unaligned": "(R, C, 1) C-ordered, one byte off the itemsize alignment",
+}
+
+
+def layout_shape(layout, n_rows, n_classes):
+    """The (O, C, I) shape of R rows in ``layout``."""
+    if layout in ("cols", "cols_negative"):
+        return (1, n_classes, n_rows)
+    if layout == "chlast":
+        assert n_rows % 2 == 0
+        return (2, n_classes, n_rows // 2)
+    if layout == "nchw":
+        assert n_rows % 4 == 0
+        return (n_rows // 4, n_classes, 4)
+    return (n_rows, n_classes, 1)
+
+
+def place(rows, layout, dtype=None):
+    """An (O, C, I) array laid out as ``layout`` whose rows, in flat order, are
+    ``rows`` (R, C) converted to ``dtype`` (default: rows' own)."""
+    rows = np.asarray(rows)
+    dtype = rows.dtype if dtype is None else np.dtype(dtype)
+    n, c = rows.shape
+    o, _, i = shape = layout_shape(layout, n, c)
+    a3 = rows.astype(dtype).reshape(o, i, c).transpose(0, 2, 1)  # (O, C, I) values
+    if layout in ("rows", "nchw"):
+        return np.ascontiguousarray(a3)
+    if layout == "padded":
+        big = np.zeros((n, c + 3, 1), dtype)
+        big[:, :c] = a3
+        return big[:, :c]
+    if layout == "chlast":
+        return np.ascontiguousarray(a3.transpose(0, 2, 1)).transpose(0, 2, 1)
+    if layout == "cols":
+        return np.ascontiguousarray(a3[0])[None]
+    if layout == "cols_negative":
+        return np.ascontiguousarray(a3[0, :, ::-1])[None, :, ::-1]
+    if layout == "negative":
+        big = np.zeros((2 * o, c, i), dtype)
+        view = big[::-2, ::-1, ::-1]
+        view[...] = a3
+        return view
+    if layout == "odd":
+        big = np.zeros((o, 3 * c, i), dtype)
+        big[:, ::3] = a3
+        return big[:, ::3]
+    if layout == "unaligned":
+        buf = bytearray(a3.nbytes + 1)
+        out = np.frombuffer(buf, dtype=dtype, count=a3.size, offset=1).reshape(shape)
+        out[...] = a3
+        return out
+    raise ValueError(layout)
+
+
+def per_row(values, layout):
+    """Per-row values (R,) as the (O, I) array of ``layout``, strided like it."""
+    values = np.asarray(values)
+    o, _, i = layout_shape(layout, values.shape[0], 1)
+    v = values.reshape(o, i)
+    if layout == "negative":
+        return np.ascontiguousarray(v[::-1])[::-1]
+    if layout == "cols_negative":
+        return np.ascontiguousarray(v[:, ::-1])[:, ::-1]
+    return np.ascontiguousarray(v)
+
+
+def rows_of(a3):
+    """(O, C, I) -> its rows (O*I, C) in flat order r = o * I + i."""
+    a3 = np.asarray(a3)
+    return np.moveaxis(a3, 1, 2).reshape(-1, a3.shape[1])
+
+
+def _check_layouts():
+    rows = np.arange(24.0 * 3).reshape(24, 3)
+    for layout in LAYOUTS:
+        a3 = place(rows, layout, np.float32)
+        assert np.array_equal(rows_of(a3), rows), layout
+        assert np.array_equal(per_row(np.arange(24), layout).reshape(-1), np.arange(24)), layout
+    assert place(rows, "negative").strides[0] < 0 and place(rows, "odd").strides[1] == 3 * 8
+    assert place(rows, "cols").strides[2] == 8 and place(rows, "cols_negative").strides[2] == -8
+    assert place(rows, "unaligned").ctypes.data % 8 == 1 and place(rows, "chlast").strides[1] == 8
+
+
+_check_layouts()

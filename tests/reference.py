@@ -12,7 +12,7 @@ Conventions taken from the contract and spelled out here:
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, log_softmax
+from scipy.special import expit, log_softmax, logsumexp
 
 RED_ALIASES = {"sum_over_batch_size": "mean", "mean_with_sample_weight": "weighted_mean", None: "none"}
 
@@ -161,3 +161,211 @@ def binary_grad_elements(y_true, y_pred, *, from_logits, label_smoothing=0.0, po
         return (1 - y) * expit(x64) - pw * y * expit(-x64)
     pc, one_minus, clipped = _clip(x, eps, compute_dtype(x))
     return np.where(clipped, 0.0, -pw * y / pc + (1 - y) / one_minus)
+
+
+# ----------------------------------------------------------------- kernel level
+# The kernel table of fastxent/backends/KERNELS.md, row by row: ``x`` holds the rows
+# (R, C) of the kernel's (O, C, I) input in flat row order r = o * I + i, as the
+# float64 values of the input's elements; ``dtype`` is the input's own dtype (it sets
+# the compute dtype of the clip bounds and of 1 - p). Everything else is float64,
+# written from the formulas of KERNELS.md and the lead's decisions, not from any
+# kernel: logsumexp over the whole row, softplus as logaddexp, no row max, no
+# log1p(R) decomposition, no lane sums.
+
+
+class KernelResult:
+    """What a kernel call gives: ``bad`` (the first bad row, or -1), per-row ``loss``,
+    ``grad`` rows (already times grad_weight), ``lse`` and ``rank`` (sparse from
+    logits), each float64 / int64 over the R rows."""
+
+    def __init__(self, bad, loss=None, grad=None, lse=None, rank=None):
+        self.bad, self.loss, self.grad, self.lse, self.rank = bad, loss, grad, lse, rank
+
+
+def as_int64(labels):
+    """Labels as the int64 of their two's complement bits (decision 7: (int64_t)v)."""
+    labels = np.asarray(labels)
+    return labels.view(np.int64) if labels.dtype == np.uint64 else labels.astype(np.int64)
+
+
+def _first(bad_rows) -> int:
+    hits = np.flatnonzero(bad_rows)
+    return int(hits[0]) if hits.size else -1
+
+
+def _out_of_range(v):
+    """v < 0 or v > 1; NaN is not out of range."""
+    with np.errstate(invalid="ignore"):
+        return (v < 0) | (v > 1)
+
+
+def sigmoid(z):
+    """The logistic function in float64 down to subnormal results (expit(-740) is 0)."""
+    z = np.asarray(z, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.exp(-np.abs(z))
+        return np.where(z < 0, e / (1 + e), 1 / (1 + e))
+
+
+def _times(coef, value, x):
+    """coef * value, exactly 0 where coef == 0 (value may be inf), NaN where x is NaN."""
+    with np.errstate(invalid="ignore"):
+        return np.where(coef != 0, coef * value, np.where(np.isnan(x), np.nan, 0.0))
+
+
+def softmax_rows(z, a, *, z_loss=0.0, counted=None):
+    """Loss, gradient (with respect to z) and lse of sum_c a_c * (-log softmax(z)_c)
+    + z_loss * lse**2 (on the ``counted`` rows), float64 rows.
+
+    Conventions of KERNELS.md: a term with a_c == 0 is 0 (masked classes); a -inf
+    logit with a_c > 0 costs +inf; a NaN or +inf logit makes the row's loss, lse and
+    gradient NaN; a row of -inf has loss A * inf (0 when A == 0) and a NaN gradient
+    unless the softmax term's weight is 0."""
+    z = np.asarray(z, np.float64)
+    rows, n_c = z.shape
+    counted = np.ones(rows, bool) if counted is None else counted
+    with np.errstate(all="ignore"):
+        nan_rows = np.isnan(z).any(axis=1) | np.isposinf(z).any(axis=1)
+        dead = np.isneginf(z).all(axis=1) & ~nan_rows
+        lse = logsumexp(np.where(nan_rows[:, None], 0.0, z), axis=1)
+        lse = np.where(nan_rows, np.nan, np.where(dead, -np.inf, lse))
+        big_a = a.sum(axis=1)
+        terms = np.where(a != 0, a * (lse[:, None] - z), 0.0)
+        loss = terms.sum(axis=1)
+        loss = np.where(dead, np.where(big_a == 0, 0.0, big_a * np.inf), loss)
+        zl = np.where(counted, z_loss, 0.0)
+        if z_loss:
+            loss = loss + np.where(zl != 0, zl * lse * lse, 0.0)
+        weight = big_a + (np.where(zl != 0, 2 * zl * lse, 0.0) if z_loss else 0.0)  # the softmax term's
+        q = np.exp(z - np.where(dead, 0.0, lse)[:, None])
+        grad = weight[:, None] * q - a
+        grad[dead & (weight != 0)] = np.nan
+        grad[dead & (weight == 0)] = 0.0
+        loss[nan_rows] = np.nan
+        grad[nan_rows] = np.nan
+    return loss, grad, lse
+
+
+def sparse_weights(labels, valid, class_weight, ls, n_c):
+    """a_c = (1-ls) * w_y * [c == y] + (ls/C) * w_c; the smoothing term is left out
+    when ls == 0 (decision 3: an unused weight never enters), ignored rows all 0."""
+    rows = labels.shape[0]
+    a = np.zeros((rows, n_c))
+    if ls:
+        a += ls / n_c * np.asarray(class_weight, np.float64)
+    y = np.where(valid, labels, 0)
+    a[np.arange(rows), y] += (1 - ls) * np.asarray(class_weight, np.float64)[y]
+    a[~valid] = 0.0
+    return a
+
+
+def dense_weights(t, class_weight, ls):
+    """a_c = w_c * (t_c * (1-ls) + ls/C), exactly 0 where the coefficient is 0."""
+    coef = np.asarray(t, np.float64) * (1 - ls) + ls / t.shape[1]
+    with np.errstate(invalid="ignore"):
+        return np.where(coef != 0, np.asarray(class_weight, np.float64) * coef, 0.0)
+
+
+def label_rank(z, labels, valid):
+    """Classes above the label: a larger z, or an equal one at a lower index (the
+    first argmax wins); C for a row holding NaN, -1 for ignored rows."""
+    rows, n_c = z.shape
+    out = np.full(rows, -1, np.int64)
+    for r in range(rows):
+        if not valid[r]:
+            continue
+        row, y = z[r], int(labels[r])
+        if np.isnan(row).any():
+            out[r] = n_c
+        else:
+            out[r] = int((row > row[y]).sum() + (row[:y] == row[y]).sum())
+    return out
+
+
+def clip_rows(p, eps, dtype):
+    """(clip(p) as float64, 1 - clip(p) formed in the compute dtype, clipped mask)."""
+    ct = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    pc = np.asarray(p, np.float64).astype(ct)
+    lo, hi = ct(eps), ct(1) - ct(eps)
+    with np.errstate(invalid="ignore"):
+        clipped = (pc < lo) | (pc > hi)
+    pc = np.where(pc < lo, lo, np.where(pc > hi, hi, pc))  # comparisons: NaN stays NaN
+    return pc.astype(np.float64), (ct(1) - pc).astype(np.float64), clipped
+
+
+def probs_rows(p, a, eps, dtype):
+    """Loss sum_c a_c * (-log clip(p_c)) and gradient -a_c / p_c (0 where clipped)."""
+    pc, _, clipped = clip_rows(p, eps, dtype)
+    with np.errstate(all="ignore"):
+        loss = (a * -np.log(pc)).sum(axis=1)
+        grad = np.where(clipped, 0.0, -a / pc)
+    return loss, grad
+
+
+def kernel(name, x, aux, *, weights=None, ls=0.0, ignore=-1, eps=1e-7, gw=None, dtype=np.float64,
+           z_loss=0.0, softcap=0.0):  # fmt: skip
+    """The reference answer to a kernel call (a KernelResult). ``aux``: labels (R,) of
+    any integer dtype, or dense targets (R, C); ``weights``: class_weight (C,), or for
+    the binary kernels pos_weight as rows (R, C) (None: all ones)."""
+    x = np.asarray(x, np.float64)
+    rows, n_c = x.shape
+    gw = np.ones(rows) if gw is None else np.asarray(gw, np.float64).reshape(rows)
+    w = np.ones(n_c) if weights is None else np.asarray(weights, np.float64)
+    if name.startswith("binary"):
+        return _binary(name, x, aux, w, ls, eps, gw, dtype)
+    if name.startswith("sparse"):
+        labels = as_int64(aux).reshape(rows)
+        valid = labels != int(ignore)
+        a = sparse_weights(labels, valid, w, ls, n_c)
+    else:
+        t = np.asarray(aux, np.float64)
+        valid = np.ones(rows, bool)
+        a = dense_weights(t, w, ls)
+    if name.endswith("logits"):
+        z, factor = x, None
+        if softcap:
+            with np.errstate(invalid="ignore"):
+                th = np.tanh(x / softcap)
+            z, factor = softcap * th, 1 - th * th
+        loss, grad, lse = softmax_rows(z, a, z_loss=z_loss, counted=valid)
+        if factor is not None:
+            grad = grad * factor
+        loss[~valid], grad[~valid] = 0.0, 0.0
+        rank = label_rank(z, labels, valid) if name.startswith("sparse") else None
+        return KernelResult(-1, loss, grad * gw[:, None], lse, rank)
+    if name == "sparse_from_probs" and not ls:  # the gather-log: only p_y is read
+        y = np.where(valid, labels, 0)
+        py = x[np.arange(rows), y]
+        bad = _first(valid & _out_of_range(py))
+        pc, _, clipped = clip_rows(py, eps, dtype)
+        wy = np.where(valid, w[y], 0.0)
+        with np.errstate(all="ignore"):
+            loss = np.where(valid, wy * -np.log(pc), 0.0)
+            gy = np.where(clipped | ~valid, 0.0, -wy / pc)
+        grad = np.zeros((rows, n_c))
+        grad[np.arange(rows), y] = gy
+        return KernelResult(bad, loss, grad * gw[:, None])
+    bad = _first(valid & _out_of_range(x).any(axis=1))
+    loss, grad = probs_rows(x, a, eps, dtype)
+    loss[~valid], grad[~valid] = 0.0, 0.0
+    return KernelResult(bad, loss, grad * gw[:, None])
+
+
+def _binary(name, x, t, pw, ls, eps, gw, dtype):
+    t = np.asarray(t)
+    bad_target = _out_of_range(t.astype(np.float64)).any(axis=1) if t.dtype != bool else np.zeros(len(t), bool)
+    t = t.astype(np.float64)
+    n_c = x.shape[1]
+    y = t * (1 - ls) + ls / 2  # and 1 - y: both in float64 (decision 1)
+    neg, pos = 1 - y, np.broadcast_to(pw, x.shape) * y
+    if name.endswith("logits"):
+        with np.errstate(all="ignore"):
+            elem = _times(neg, np.logaddexp(0.0, x), x) + _times(pos, np.logaddexp(0.0, -x), x)
+            grad = neg * sigmoid(x) - pos * sigmoid(-x)
+        return KernelResult(_first(bad_target), elem.mean(axis=1), grad / n_c * gw[:, None])
+    bad = _first(bad_target | _out_of_range(x).any(axis=1))
+    pc, one_minus, clipped = clip_rows(x, eps, dtype)
+    with np.errstate(all="ignore"):
+        elem = -(pos * np.log(pc) + neg * np.log(one_minus))
+        grad = np.where(clipped, 0.0, -pos / pc + neg / one_minus)
+    return KernelResult(bad, elem.mean(axis=1), grad / n_c * gw[:, None])
