@@ -37,24 +37,28 @@ def backend(request):
 
 #: Numba compiles each new combination of argument types (dtype, contiguity, gradient
 #: mode, targets' dtype) once, in seconds; the disk cache (fastxent._paths, per user)
-#: is shared by the xdist workers. The whole matrix runs by default: the kernel tests
-#: choose their dtype x layout cases so that the signatures stay few.
-#: FASTXENT_NUMBA_MATRIX=sample runs a fixed, spread-out sixteenth of the numba cases
-#: instead (every test function keeps some, chosen by a hash of the test id), for a
-#: quick local run with a cold cache.
+#: is shared by the xdist workers. FASTXENT_NUMBA_MATRIX chooses what runs on Numba:
+#: "sample" (the default, which keeps the suite within CI's time on 2 cores) a fixed,
+#: spread-out sixteenth of the Numba cases (every test function keeps some, chosen by
+#: a hash of the test id); "kernels" the whole kernel matrix (the ``impl`` fixture)
+#: and a sixteenth of the public-API cases with ``backend="numba"`` (their kernels
+#: are the kernel matrix's); "full" every case.
 NUMBA_SHARE = 16
+NUMBA_MATRIX = os.environ.get("FASTXENT_NUMBA_MATRIX", "sample")
 
 
-def _is_numba(item) -> bool:
+def _numba_param(item) -> str | None:
     params = getattr(getattr(item, "callspec", None), "params", {})
-    return params.get("backend") == "numba" or params.get("impl") == "numba"
+    if params.get("impl") == "numba":
+        return "impl"
+    return "backend" if params.get("backend") == "numba" else None
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("FASTXENT_NUMBA_MATRIX", "full") != "sample":
+    if NUMBA_MATRIX == "full":
         return
-    keep, drop = [], []
-    numba_items = [i for i in items if _is_numba(i)]
+    sampled = {"backend"} if NUMBA_MATRIX == "kernels" else {"backend", "impl"}
+    numba_items = [i for i in items if _numba_param(i) in sampled]
     chosen = {id(i) for i in numba_items if zlib.crc32(i.nodeid.encode()) % NUMBA_SHARE == 0}
     covered = {(i.path, i.originalname) for i in numba_items if id(i) in chosen}
     for item in numba_items:  # a test function none of whose numba cases was chosen keeps its first
@@ -62,10 +66,9 @@ def pytest_collection_modifyitems(config, items):
             chosen.add(id(item))
             covered.add((item.path, item.originalname))
     numba_ids = {id(i) for i in numba_items}
-    for item in items:
-        (keep if id(item) not in numba_ids or id(item) in chosen else drop).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
+    keep = [i for i in items if id(i) not in numba_ids or id(i) in chosen]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if id(i) in numba_ids and id(i) not in chosen])
         items[:] = keep
 
 

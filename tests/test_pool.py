@@ -25,12 +25,34 @@ import pytest
 
 ext = pytest.importorskip("fastxent.backends._cython_ext")
 
-from test_cython_kernels import KERNELS, call, make_problem, materialise  # noqa: E402
+from kernel_impls import KERNELS, Impl, run  # noqa: E402
 
 from fastxent import _reduce  # noqa: E402
 from fastxent._reduce import BLOCK_ROWS  # noqa: E402
 
 RNG = np.random.default_rng(26)
+CYTHON = Impl("cython")  # the instruction-set table this CPU runs
+
+
+def _problem(kernel, n_rows, n_classes):
+    """Rows (R, C), their labels or targets, and smoothing: a call of ``kernel``."""
+    x = RNG.standard_normal((n_rows, n_classes))
+    if kernel.endswith("probs"):
+        x = np.exp(x) / np.exp(x).sum(1, keepdims=True)
+    if kernel.startswith("sparse"):
+        aux = RNG.integers(0, n_classes, n_rows)
+    elif kernel.startswith("binary"):
+        aux = (RNG.random((n_rows, n_classes)) < 0.5).astype(np.float32)
+    else:
+        aux = RNG.dirichlet(np.ones(n_classes), n_rows)
+    return x, aux
+
+
+def call(kernel, x, aux, *, layout="rows", grad=True, threads=1, block_sums=False):
+    """(bad row, losses or block sums, gradient bytes) of one float32 call on Cython."""
+    out = run(CYTHON, kernel, x, aux, layout=layout, dtype=np.float32, ls=0.1, grad=True if grad else None,
+              threads=threads, block_sums=block_sums)  # fmt: skip
+    return out.bad, out.loss, None if out.grad is None else out.grad.tobytes()
 
 needs_threads = pytest.mark.skipif(not ext.pool_info()["parallel"], reason="built without threads")
 needs_fork = pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="no fork here")
@@ -84,8 +106,8 @@ def test_python_threads_at_once_with_mixed_thread_counts():
     """Six Python threads each run the pool and a real kernel with 1 to 4 threads
     at once: one job owns the pool at a time, the others run serially -- no hang,
     no lost or doubled item, every loss and gradient the single-thread bits."""
-    x3, kw, _ = make_problem("sparse_from_logits", np.float32, "rows", {"ls": 0.1}, N=6_000, C=40)
-    _, want_loss, want_grad = call("sparse_from_logits", x3, grad=True, threads=1, **kw)
+    x, aux = _problem("sparse_from_logits", 6_000, 40)
+    _, want_loss, want_grad = call("sparse_from_logits", x, aux, threads=1)
     errors = []
     stop = time.monotonic() + 3.0
 
@@ -95,8 +117,8 @@ def test_python_threads_at_once_with_mixed_thread_counts():
             while time.monotonic() < stop:
                 counts, slots, _, _ = ext._pool_probe(97, threads, 500)
                 _spread(counts, slots, threads)
-                _, loss, grad = call("sparse_from_logits", x3, grad=True, threads=threads, **kw)
-                if loss.tobytes() != want_loss.tobytes() or grad.tobytes() != want_grad.tobytes():
+                _, loss, grad = call("sparse_from_logits", x, aux, threads=threads)
+                if loss.tobytes() != want_loss.tobytes() or grad != want_grad:
                     errors.append(f"thread {k} ({threads} threads): different bits")
                     return
         except Exception as exc:  # noqa: BLE001 - reported below
@@ -221,14 +243,14 @@ def test_bits_the_same_for_one_to_four_threads(kernel, layout):
     with enough rows for many items per thread (and, with block sums, both the
     block-per-item path and the split-then-sum path)."""
     N = 5 * BLOCK_ROWS + 12
-    x3, kw, _ = make_problem(kernel, np.float32, layout, {"ls": 0.1}, N=N, C=6)
-    _, rows, grad = call(kernel, x3, grad=True, threads=1, **kw)
+    x, aux = _problem(kernel, N, 6)
+    _, rows, grad = call(kernel, x, aux, layout=layout, threads=1)
     want_sums = _reduce.block_sums(rows)
     for threads in (2, 3, 4):
-        _, rows_t, grad_t = call(kernel, x3, grad=True, threads=threads, **kw)
-        assert rows_t.tobytes() == rows.tobytes() and grad_t.tobytes() == grad.tobytes(), threads
+        _, rows_t, grad_t = call(kernel, x, aux, layout=layout, threads=threads)
+        assert rows_t.tobytes() == rows.tobytes() and grad_t == grad, threads
         for with_grad in (False, True):
-            _, sums, _ = call(kernel, x3, grad=with_grad, threads=threads, block_sums=True, **kw)
+            _, sums, _ = call(kernel, x, aux, layout=layout, grad=with_grad, threads=threads, block_sums=True)
             assert sums.tobytes() == want_sums.tobytes(), (threads, with_grad)
 
 
@@ -242,11 +264,8 @@ def test_lowest_bad_row_whatever_item_finds_one_first(layout, block_sums):
     labels = RNG.integers(0, C, N)
     bad = sorted(RNG.choice(np.arange(BLOCK_ROWS, N), 40, replace=False).tolist())
     p[bad, 1] = 1.5
-    x3 = materialise(p.T[None], "cols") if layout == "cols" else p[:, :, None]
-    lab = labels[None] if layout == "cols" else labels[:, None]
-    gw = np.ones((1, N)) if layout == "cols" else np.ones((N, 1))
     for threads in (1, 2, 3, 4):
         for _ in range(3):
-            r, _, _ = call("sparse_from_probs", x3, labels=lab, cw=np.ones(C), ls=0.1, gw=gw, threads=threads,
-                           layout=layout, block_sums=block_sums)
+            r, _, _ = call("sparse_from_probs", p, labels, layout=layout, grad=False, threads=threads,
+                           block_sums=block_sums)
             assert r == bad[0], (threads, r)
