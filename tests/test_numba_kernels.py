@@ -162,6 +162,27 @@ def test_first_call_logs_the_compile_and_tells_the_listener(tmp_path):
     assert lines["events"] == "1 | logged before the callback: False" and lines["log"] == ""
 
 
+def test_listener_is_told_when_the_kernel_package_was_imported_directly(tmp_path):
+    """Importing ``backends._numba`` before the backend module (as kernel tests and
+    tools do) once left the dispatcher unaware of compiled kernels: ``auto`` kept
+    another backend for the rest of the process."""
+    out = _run_python(
+        """
+        import importlib, numpy as np, fastxent
+        importlib.import_module("fastxent.backends._numba.math")
+        from fastxent import backends
+        events = []
+        backends.on_compile(lambda: events.append(1))
+        y, z = np.array([0, 1]), np.array([[0.5, 1.5], [2.0, -1.0]])
+        fastxent.sparse_categorical_crossentropy(y, z, from_logits=True, backend="numba")
+        print(len(events))
+        """,
+        dict(os.environ, FASTXENT_CACHE_DIR=str(tmp_path / "cache")),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
+
+
 def test_unavailable_reason_reads_no_package_metadata():
     """Asking whether numba can run costs a find_spec, not importlib.metadata (~30 ms)."""
     out = _run_python(

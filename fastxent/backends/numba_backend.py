@@ -57,7 +57,6 @@ def _kernels_module():
         _unavailable[:] = [reason]
         raise RuntimeError(reason)
     module = importlib.import_module(_PACKAGE)
-    module.set_compile_listener(_common.notify_compiled)
     return module
 
 

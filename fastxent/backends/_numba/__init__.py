@@ -35,6 +35,6 @@ exp included, stays scalar).
 
 from __future__ import annotations
 
-from .kernels import KERNELS, compiling_hint, info, is_ready, set_compile_listener
+from .kernels import KERNELS, compiling_hint, info, is_ready
 
-__all__ = ["KERNELS", "compiling_hint", "info", "is_ready", "set_compile_listener"]
+__all__ = ["KERNELS", "compiling_hint", "info", "is_ready"]

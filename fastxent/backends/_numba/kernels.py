@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from ... import _reduce
-from .._common import forked_child
+from .._common import forked_child, notify_compiled
 from . import binary, cache, gather, jit, probs, softmax, softmax_extras
 
 
@@ -84,18 +84,6 @@ def _pick(driver):
     return jit._serial_twin(driver) if _forked_child() else driver
 
 
-#: Called (no arguments) after a call compiled or loaded a new specialization;
-#: set by the backend module (``numba_backend.on_compile``).
-_listener = None
-
-
-def set_compile_listener(fn) -> None:
-    """Call ``fn()`` after every call that compiled (or loaded from disk) a new driver
-    specialization."""
-    global _listener
-    _listener = fn
-
-
 def _run(driver, args, threads) -> int:
     with _CALL_LOCK:
         driver = _pick(driver)
@@ -111,8 +99,10 @@ def _run(driver, args, threads) -> int:
             jit._disable_cache()
             return int(driver(*args, workers))
         finally:
-            if len(driver.overloads) != compiled and _listener is not None:
-                _listener()
+            # Told here, not through a listener set by whoever imported us first: a
+            # kernel package imported directly must still wake the dispatcher.
+            if len(driver.overloads) != compiled:
+                notify_compiled()
 
 
 def _prepared(prepare, call_args, block_sums: bool, threads: int = 1, extras=None):
