@@ -27,10 +27,15 @@ def _fmt(seconds: float) -> str:
 def load(path: str) -> tuple[dict, dict]:
     with open(path) as f:
         payload = json.load(f)
-    rows = defaultdict(lambda: {"fastxent": [], "read pass": [], "torch": [], "overhead": [], "reference": [], "chosen": None})
+    rows = defaultdict(lambda: {"fastxent": [], "read pass": [], "torch": [], "overhead": [], "reference": [],
+                                "other": [], "chosen": None})  # fmt: skip
     for bench in payload["benchmarks"]:
         info = bench["extra_info"]
-        rows[info["workload"]][info["role"]].append((info["backend"], info["threads"], bench["stats"]["median"]))
+        median = bench["stats"]["median"]
+        if "backend" in info:
+            rows[info["workload"]][info["role"]].append((info["backend"], info["threads"], median))
+        else:  # fused linear + cross-entropy and its references: one call each
+            rows[info["workload"]]["other"].append((info["role"], bench["name"], median))
         if "chosen" in info:
             rows[info["workload"]]["chosen"] = info["chosen"]
     return payload["machine_info"], rows
@@ -61,7 +66,7 @@ def render(machine: dict, rows: dict) -> str:
         for name, _, median in roles["reference"]:
             ratio = f"{median / read:.2f}" if read else "–"
             lines.append(f"| {workload} | *{name}* | {_fmt(median)} | {ratio} | | |")
-    return "\n".join(lines + [""] + render_auto(rows) + [""] + render_overheads(rows))
+    return "\n".join(lines + [""] + render_auto(rows) + [""] + render_linear(rows) + [""] + render_overheads(rows))
 
 
 def render_auto(rows: dict) -> list[str]:
@@ -77,6 +82,21 @@ def render_auto(rows: dict) -> list[str]:
             best, label = min(forced)
             lines.append(f"| {workload} | {roles['chosen'] or '?'} | {_fmt(auto[0])} | {label} | {_fmt(best)} | "
                          f"{auto[0] / best:.2f} |")  # fmt: skip
+    return lines
+
+
+def render_linear(rows: dict) -> list[str]:
+    """linear_cross_entropy and its references against the bare ``hidden @ weight.T``."""
+    lines = []
+    for workload, roles in rows.items():
+        matmul = [m for role, _, m in roles["other"] if role == "matmul"]
+        if not matmul:
+            continue
+        if not lines:
+            lines = ["| workload | call | median | ÷ bare matmul |", "| --- | --- | ---: | ---: |"]
+        for role, name, median in roles["other"]:
+            what = f"{role} + gradients" if "[grad" in name else role
+            lines.append(f"| {workload} | {what} | {_fmt(median)} | {median / matmul[0]:.2f} |")
     return lines
 
 
