@@ -56,6 +56,7 @@ cdef extern from "_csrc/fx_common.h":
         FX_BOOL, FX_I8, FX_U8, FX_I16, FX_U16, FX_I32, FX_U32, FX_I64, FX_U64
         FX_F16, FX_F32, FX_F64, FX_BF16
         FX_LANES
+        FX_TILE
         FX_LEAF
         FX_SHORT_C
         #: Rows per fixed block of the float64 sums (fastxent._constants.BLOCK_ROWS).
@@ -441,12 +442,26 @@ cdef inline fx_ssize _itemsize(int dtype) noexcept nogil:
     return 2 if dtype == FX_F16 or dtype == FX_BF16 else 4 if dtype == FX_F32 else 8
 
 
-#: Rows of at most this many classes run as columns even when rows are contiguous
-#: (loss only): one row per vector lane beats a vector over a 10-class row.
+#: Rows of at most this many classes run as columns even when rows are contiguous:
+#: one row per vector lane beats a vector over a 10-class row.
 cdef fx_ssize SMALL_C = 16
 
 
-cdef inline int _use_columns(const fx_call *k) noexcept nogil:
+cdef inline int _short_as_columns(const fx_call *k, bint softmax_logits) noexcept nogil:
+    """Whether rows short enough to run one per vector lane do: up to SMALL_C classes,
+    and up to twice that where a row is not whole SMALL_C-wide vectors (its masked
+    tail costs as much as the rest) or for the softmax from logits (the row form's
+    max, argmax and float64 sum across a vector outweigh its exps). Measured by the
+    benchmarks' sparse-logits-4096x32 workloads; a whole 32-class row of the other
+    kernels ran faster as a row."""
+    if k.n_i < 16:
+        return 0
+    if k.n_c <= SMALL_C:
+        return 1
+    return k.n_c <= 2 * SMALL_C and (softmax_logits or k.n_c % SMALL_C != 0)
+
+
+cdef inline int _use_columns(const fx_call *k, bint softmax_logits) noexcept nogil:
     """Columns when the inner axis is contiguous and the class axis is not (or C == 1),
     and for short rows (the lane loads gather with a stride).
 
@@ -457,7 +472,7 @@ cdef inline int _use_columns(const fx_call *k) noexcept nogil:
     cdef fx_ssize xsz = _itemsize(k.x.dtype)
     if k.n_i < 2:
         return 0
-    if k.n_c <= SMALL_C and k.n_i >= 16:
+    if _short_as_columns(k, softmax_logits):
         return 1
     if not _contig(k.x.data, k.x.si, xsz):
         return 0
@@ -467,8 +482,13 @@ cdef inline int _use_columns(const fx_call *k) noexcept nogil:
 
 
 cdef inline fx_ssize _lanes(const fx_call *k) noexcept nogil:
-    """Rows per column task: a tile of C x lanes values stays in L2 across passes."""
+    """Rows per column task: a tile of C x lanes values stays in L2 across passes.
+    Strided lanes (row-major short rows) are gathered into the kernel's tile of
+    FX_TILE values, kept between its passes when the task fits: lanes are cut to
+    fit, or every pass would gather them again."""
     cdef fx_ssize w = (1 << 17) // (k.n_c * 4 + 1)
+    if not _contig(k.x.data, k.x.si, _itemsize(k.x.dtype)) and w > FX_TILE // k.n_c:
+        w = FX_TILE // k.n_c
     w = (w // 16) * 16
     if w < 16:
         w = 16
@@ -850,9 +870,10 @@ cdef fx_ssize _run(fx_call *k, _runner *ru, int threads, double *sums) except -2
     return result
 
 
-cdef inline _runner _rows_or_cols(fx_row_fn row_fn, fx_cols_fn col_fn, const fx_call *k) noexcept nogil:
+cdef inline _runner _rows_or_cols(fx_row_fn row_fn, fx_cols_fn col_fn, const fx_call *k,
+                                  bint softmax_logits) noexcept nogil:
     cdef _runner ru
-    ru.form = FORM_COLS if _use_columns(k) else FORM_ROWS
+    ru.form = FORM_COLS if _use_columns(k, softmax_logits) else FORM_ROWS
     ru.row_fn = row_fn
     ru.col_fn = col_fn
     ru.range_fn = NULL
@@ -862,10 +883,11 @@ cdef inline _runner _rows_or_cols(fx_row_fn row_fn, fx_cols_fn col_fn, const fx_
 
 
 cdef fx_ssize _run_kernel(fx_call *k, fx_row_fn row_fn, fx_cols_fn col_fn, int threads,
-                          double *sums, bint leaves=False) except -2 nogil:
+                          double *sums, bint leaves=False, bint softmax_logits=False) except -2 nogil:
     """A C kernel (rows or columns by layout) over every row; ``leaves``: its column
-    form writes leaf sums when one class is all there is (the binary kernels)."""
-    cdef _runner ru = _rows_or_cols(row_fn, col_fn, k)
+    form writes leaf sums when one class is all there is (the binary kernels);
+    ``softmax_logits``: the softmax from logits (see _short_as_columns)."""
+    cdef _runner ru = _rows_or_cols(row_fn, col_fn, k, softmax_logits)
     ru.leaves = leaves and ru.form == FORM_COLS and k.n_c == 1
     return _run(k, &ru, threads, sums)
 
@@ -894,7 +916,7 @@ cdef fx_ssize _run_softmax(fx_call *k, const fx_table *tb, int threads, double *
     """The plain softmax kernels over every row: rows of at most FX_SHORT_C classes
     that do not run as columns go to the short-row kernel (chosen from C and the
     layout alone, so a loss keeps its bits whatever else is asked for)."""
-    cdef _runner ru = _rows_or_cols(_logits_row(tb, k), tb.logits_cols[_ct(k)], k)
+    cdef _runner ru = _rows_or_cols(_logits_row(tb, k), tb.logits_cols[_ct(k)], k, True)
     if ru.form == FORM_ROWS and k.n_c <= FX_SHORT_C:
         ru.form = FORM_SHORT
         ru.range_fn = tb.logits_short[_ct(k)]
@@ -919,7 +941,8 @@ def sparse_from_logits(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray class_weig
     k.softcap = softcap
     with nogil:
         if extras:
-            _run_kernel(&k, _logits_row(tb, &k, True), tb.logits_x_cols[ct], threads, _sums(&k, block_sums))
+            _run_kernel(&k, _logits_row(tb, &k, True), tb.logits_x_cols[ct], threads, _sums(&k, block_sums),
+                        False, True)  # (leaves, softmax_logits)
         else:
             _run_softmax(&k, tb, threads, _sums(&k, block_sums))
     return -1
@@ -1166,7 +1189,7 @@ def _layout_plan(cnp.ndarray x, grad_out=None):
     cdef fx_call k
     _setup(&k, x, None, None, None, None, np.ones((x.shape[0], x.shape[2])),
            np.empty(x.shape[0] * x.shape[2]), grad_out, 0.0, 0.0, -1)
-    return ("columns" if _use_columns(&k) else "rows"), (k.n_o, k.n_c, k.n_i)
+    return ("columns" if _use_columns(&k, False) else "rows"), (k.n_o, k.n_c, k.n_i)
 
 
 def _thread_plan(cnp.ndarray x, int threads):
@@ -1174,7 +1197,7 @@ def _thread_plan(cnp.ndarray x, int threads):
     cdef fx_call k
     _setup(&k, x, None, None, None, None, np.ones((x.shape[0], x.shape[2])),
            np.empty(x.shape[0] * x.shape[2]), None, 0.0, 0.0, -1)
-    cdef _runner ru = _rows_or_cols(NULL, NULL, &k)
+    cdef _runner ru = _rows_or_cols(NULL, NULL, &k, False)
     return _threads_for(_tasks(&k, &ru), threads)
 
 
