@@ -9,10 +9,15 @@ path runs (and raises, for a bad input). It serves a call when:
 * its arguments are plain: a C-contiguous, aligned, native float32/float64 2-D
   ``y_pred`` with its class axis last, C-contiguous 1-D int32/int64 labels, no class
   or sample weights, no label smoothing, the default epsilon, ``reduction``
-  mean/sum, no ``grad_out``. For such a call every check of ``_validate`` comes down
-  to the labels' range (checked here, with the same rule), the probabilities' range
-  (the kernel's, as in the general path) and the probabilities-as-logits hint (a
-  first row that could trigger it goes to the general path, which decides);
+  mean/sum, and ``grad_out`` None or, from logits, a plain array of y_pred's shape
+  and dtype, writeable, that is y_pred itself or shares no byte with y_pred or the
+  labels (``check_grad_out``'s rules, which for C-contiguous arrays come down to
+  address ranges; anything else goes to the general path, which decides). For such
+  a call every check of ``_validate`` comes down to the labels' range (checked
+  here, with the same rule), the probabilities' range (the kernel's, as in the
+  general path; a ``grad_out`` must be left untouched by a refused call, so
+  probabilities with one go to the general path) and the probabilities-as-logits
+  hint (a first row that could trigger it goes to the general path, which decides);
 * the dispatcher has already planned a call with the same signature and chose Cython
   (``_dispatch`` memoises every plan): its thread count is used. The first call of a
   signature therefore always takes the general path, and ``fastxent.explain`` reports
@@ -53,6 +58,27 @@ cdef inline bint _plain_array(object a, int ndim) noexcept:
     """An exact ndarray of ``ndim`` dimensions, C-contiguous, aligned, native order."""
     return (cnp.PyArray_CheckExact(a) and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
             and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a) and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+cdef inline bint _disjoint(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Whether two C-contiguous arrays share no byte."""
+    cdef size_t a0 = <size_t>cnp.PyArray_DATA(a), b0 = <size_t>cnp.PyArray_DATA(b)
+    return a0 + <size_t>cnp.PyArray_NBYTES(a) <= b0 or b0 + <size_t>cnp.PyArray_NBYTES(b) <= a0
+
+
+cdef bint _plain_grad_out(object g, cnp.ndarray x, cnp.ndarray lab) noexcept:
+    """Whether ``grad_out`` passes ``check_grad_out`` as a plain array: y_pred's shape
+    and dtype, writeable, and y_pred itself or apart from it and from the labels (a
+    C-contiguous array cannot overlap itself)."""
+    if not _plain_array(g, 2):
+        return False
+    cdef cnp.ndarray ga = <cnp.ndarray>g
+    if not (cnp.PyArray_ISWRITEABLE(ga) and cnp.PyArray_TYPE(ga) == cnp.PyArray_TYPE(x)
+            and ga.shape[0] == x.shape[0] and ga.shape[1] == x.shape[1]):
+        return False
+    if not _disjoint(ga, lab):
+        return False
+    return cnp.PyArray_DATA(ga) == cnp.PyArray_DATA(x) or _disjoint(ga, x)
 
 
 cdef int _planned_threads(object backend, object threads, object from_logits, object return_grad,
@@ -120,7 +146,9 @@ def sparse_call(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     cdef cnp.ndarray g = None
     if not (_plain_array(y_pred, 2) and _plain_array(y_true, 1)):
         return None
-    if class_weight is not None or sample_weight is not None or grad_out is not None:
+    if class_weight is not None or sample_weight is not None:
+        return None
+    if grad_out is not None and not (return_grad is True and from_logits is True):
         return None
     if not ((return_grad is False or return_grad is True) and (from_logits is True or from_logits is False)):
         return None
@@ -141,6 +169,8 @@ def sparse_call(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
         ignore = ignore_index
     x = <cnp.ndarray>y_pred
     lab = <cnp.ndarray>y_true
+    if grad_out is not None and not _plain_grad_out(grad_out, x, lab):
+        return None
     xt = cnp.PyArray_TYPE(x)
     lt = cnp.PyArray_TYPE(lab)
     n = x.shape[0]
@@ -165,7 +195,7 @@ def sparse_call(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     float64 = xt == cnp.NPY_DOUBLE
     grad_wanted = return_grad is True
     if grad_wanted:
-        g = <cnp.ndarray>np.empty((n, c), dtype=x.dtype)
+        g = <cnp.ndarray>np.empty((n, c), dtype=x.dtype) if grad_out is None else <cnp.ndarray>grad_out
         grad_data = <char *>cnp.PyArray_DATA(g)
     grad_scale = (0.0 if count == 0 else 1.0 / <double>count) if mean else 1.0
     n_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS

@@ -139,17 +139,72 @@ def test_config_and_environment_are_part_of_the_signature(rng, monkeypatch):
         {"label_smoothing": 0.1},
         {"reduction": "none"},
         {"epsilon": 1e-6},
-        {"return_grad": True, "grad_out": "new"},
-        {"return_grad": True, "grad_out": "self"},
     ],
-    ids=lambda o: next(iter(o)) if "grad_out" not in o else "grad_out=" + o["grad_out"],
+    ids=lambda o: next(iter(o)),
 )
 def test_hands_back_what_it_does_not_do(rng, options):
     y, x = _data(rng, (6, 4), np.float64, True)
-    planned(y, x, from_logits=True, return_grad=options.get("return_grad", False))
-    if "grad_out" in options:
-        options = dict(options, grad_out=x if options["grad_out"] == "self" else np.empty_like(x))
+    planned(y, x, from_logits=True)
     assert not served(y, x, from_logits=True, **options)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("where", ["new", "in place"])
+@pytest.mark.parametrize("shape", [(32, 10), (40000, 3)])
+def test_grad_out_same_bits_as_general_path(rng, dtype, where, shape):
+    y, x = _data(rng, shape, dtype, True)
+    y[::5] = -1
+    options = dict(from_logits=True, ignore_index=-1, return_grad=True)
+    planned(y, x, **options)
+    if _dispatch.choose(build_problem("sparse", y, x, **{**DEFAULTS, **options}))[0] != "cython":
+        pytest.skip("the dispatcher chose another backend here")
+    x_fast, x_general = x.copy(), x.copy()
+    out_fast = x_fast if where == "in place" else np.full_like(x, np.nan)
+    out_general = x_general if where == "in place" else np.full_like(x, np.nan)
+    got = fast(y, x_fast, grad_out=out_fast, **options)
+    want = general_path(y, x_general, grad_out=out_general, **options)
+    assert got is not None and got[1] is out_fast
+    assert got[0].tobytes() == want[0].tobytes()
+    assert out_fast.tobytes() == out_general.tobytes()
+
+
+def _grad_out_cases(x, y):
+    """grad_out buffers the compiled call must hand back (name, y, x, grad_out, options)."""
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    shared = np.empty(x.size + 8, x.dtype)
+    labels_in_grad = np.empty(x.nbytes + y.nbytes, np.uint8)
+    grad_over_labels = labels_in_grad[: x.nbytes].view(x.dtype).reshape(x.shape)
+    labels = labels_in_grad[x.nbytes - y.nbytes // 2 :][: y.nbytes].view(y.dtype)
+    labels[:] = y
+    x_read_only = x.copy()
+    x_read_only.flags.writeable = False
+    return [
+        ("read-only", y, x, read_only, {}),
+        ("y_pred read-only, in place", y, x_read_only, x_read_only, {}),
+        ("another dtype", y, x, np.empty(x.shape, np.float64 if x.dtype == np.float32 else np.float32), {}),
+        ("another shape", y, x, np.empty((x.shape[0] + 1, x.shape[1]), x.dtype), {}),
+        ("Fortran order", y, x, np.empty(x.shape, x.dtype, order="F"), {}),
+        ("a list", y, x, x.tolist(), {}),
+        ("overlapping y_pred", y, shared[: x.size].reshape(x.shape), shared[8:].reshape(x.shape), {}),
+        ("overlapping the labels", labels, x, grad_over_labels, {}),
+        ("without return_grad", y, x, np.empty_like(x), {"return_grad": False}),
+        ("from probabilities", y, np.full(x.shape, 1 / x.shape[1], x.dtype), np.empty_like(x),
+         {"from_logits": False}),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_grad_out_that_the_checks_refuse_is_handed_back(rng, case):
+    """Every grad_out the general path refuses (or must leave untouched when it
+    refuses the call) goes back to it: the compiled call never writes one."""
+    y, x = _data(rng, (6, 4), np.float32, True)
+    name, y, x, grad_out, options = _grad_out_cases(x, y)[case]
+    options = {"from_logits": True, "return_grad": True, **options}
+    planned(y, np.ascontiguousarray(x), **{k: v for k, v in options.items()})
+    before = np.array(grad_out, copy=True)
+    assert not served(y, x, grad_out=grad_out, **options), name
+    np.testing.assert_array_equal(np.asarray(grad_out), before)
 
 
 def test_hands_back_unplain_arrays(rng):
