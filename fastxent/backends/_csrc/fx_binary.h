@@ -189,9 +189,14 @@ FX_INLINE void FXN(bce_lanes)(int probs, int fin, int unit, int first, int grad,
     }
 }
 
-/* i0 + the first j with out[j] set, or -1 */
+/* i0 + the first j with out[j] set, or -1. The early-exit search is a scalar loop
+ * (an element's worth of time in a flat binary loss), so it runs only when the
+ * vectorised OR of the flags finds a bad row. */
 FX_INLINE fx_ssize FXN(first_out)(const int32_t *out, fx_ssize i0, fx_ssize n)
 {
+    int32_t any = 0;
+    for (fx_ssize j = 0; j < n; j++) any |= out[j];
+    if (!any) return -1;
     for (fx_ssize j = 0; j < n; j++)
         if (out[j]) return i0 + j;
     return -1;
