@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import tracemalloc
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._api import sparse_categorical_crossentropy
-from .bench import machine_info
+from .bench import machine_info, peak_bytes
 from .linear import linear_cross_entropy
 
 DEFAULT = dict(tokens=2048, hidden=256, vocab=32_000)
@@ -66,15 +65,6 @@ def _timed(fn, repeats: int):
         times.append(time.perf_counter() - start)
     q1, median, q3 = np.percentile(times, [25, 50, 75])
     return float(median), float(q1), float(q3), result
-
-
-def _peak(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-        return int(tracemalloc.get_traced_memory()[1])
-    finally:
-        tracemalloc.stop()
 
 
 def scenarios(config: LlmConfig, folder: Path) -> dict:
@@ -148,7 +138,7 @@ def run_llm(config: LlmConfig, progress=None) -> list[LlmResult]:
             if progress:
                 progress(step, len(found), f"{name}{' + gradients' if grad else ''}")
             median, q1, q3, loss = _timed(fn, config.repeats)
-            peak = -1 if name.startswith("torch") else _peak(fn)
+            peak = -1 if name.startswith("torch") else peak_bytes(fn)
             results.append(LlmResult(name, grad, median, q1, q3, peak, loss))
         if progress:
             progress(len(found), len(found), "done")

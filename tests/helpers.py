@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import threading
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -129,3 +133,66 @@ def _check_layouts():
 
 
 _check_layouts()
+
+
+MiB = 1 << 20
+
+
+def peak_of(fn) -> int:
+    """Peak traced allocation of a call, after one untraced call: the first call may
+    compile (Numba) or load code, which is not a per-call temporary."""
+    fn()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def run_in_threads(worker, count: int) -> None:
+    """Run ``worker(k)`` for k in range(count) on threads at once; fail if one hangs."""
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+
+
+def run_forked_child(target, args=(), items: int = 1):
+    """Run ``target(queue, *args)`` in a forked child; return what it put on the queue
+    (``items`` values: one value, or a list). Fails if the child hangs or fails."""
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=target, args=(q, *args))
+    proc.start()
+    proc.join(60)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("the forked child hung")
+    assert proc.exitcode == 0
+    got = [q.get(timeout=5) for _ in range(items)]
+    return got[0] if items == 1 else got
+
+
+def assert_linear_gradients_match_finite_differences(lce, y, hidden, weight, bias, **opts):
+    """``lce``'s gradients of hidden, weight and bias against central differences of
+    the summed loss (the gradient of reduction "none" is that of the sum)."""
+
+    def total(h, w, b):
+        return float(np.sum(lce(y, h, w, b, **opts)))
+
+    _, gh, gw, gb = lce(y, hidden, weight, bias, return_grad=True, **opts)
+    step = 1e-6
+    for analytic, array in ((gh, hidden), (gw, weight), (gb, bias)):
+        numeric = np.zeros_like(array)
+        for idx in np.ndindex(array.shape):
+            plus, minus = array.copy(), array.copy()
+            plus[idx] += step
+            minus[idx] -= step
+            args = [a if a is not array else plus for a in (hidden, weight, bias)]
+            f_plus = total(*args)
+            args = [a if a is not array else minus for a in (hidden, weight, bias)]
+            numeric[idx] = (f_plus - total(*args)) / (2 * step)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)

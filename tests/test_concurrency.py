@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
 import time
 
 import numpy as np
 import pytest
-from helpers import call
+from helpers import call, run_in_threads
 
 import fastxent
 
@@ -41,12 +40,7 @@ def test_eight_threads_at_once_give_correct_results(backend):
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(f"thread {k}: {exc!r}")
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
+    run_in_threads(worker, 8)
     assert not errors, errors
 
 

@@ -22,7 +22,7 @@ ext = pytest.importorskip("fastxent.backends._cython_ext")
 
 import fastxent as fx  # noqa: E402
 from fastxent._reduce import BLOCK_ROWS  # noqa: E402
-from helpers import place  # noqa: E402
+from helpers import place, run_forked_child  # noqa: E402
 from kernel_impls import BF16, KERNELS, Impl, run  # noqa: E402
 from test_kernels import problem  # noqa: E402
 
@@ -142,15 +142,7 @@ def _child_kernel(q):
 def test_fork_after_openmp_does_not_hang():
     """GNU OpenMP hangs a child forked after a parallel region; the kernels run serially there."""
     _child_kernel(mp.Queue())  # use OpenMP in this process first
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    proc = ctx.Process(target=_child_kernel, args=(q,))
-    proc.start()
-    proc.join(60)
-    if proc.is_alive():
-        proc.kill()
-        pytest.fail("child forked after OpenMP use hung")
-    loss, forked = q.get(timeout=5)
+    loss, forked = run_forked_child(_child_kernel)
     assert forked and np.isclose(loss, np.log(20))
 
 

@@ -6,10 +6,10 @@ gradient; the vocabulary-blocked path; finite differences; memory; bad inputs.""
 from __future__ import annotations
 
 import re
-import tracemalloc
 
 import numpy as np
 import pytest
+from helpers import MiB, assert_linear_gradients_match_finite_differences, peak_of
 
 import fastxent
 from fastxent import linear
@@ -380,29 +380,10 @@ def test_gradients_match_finite_differences(rng, reduction, chunk):
     y = np.array([0, 3, -1, 2, 3])
     opts = dict(ignore_index=-1, label_smoothing=0.1, class_weight=[1.0, 2.0, 0.5, 1.5],
                 sample_weight=[1.0, 0.5, 2.0, 1.5, 0.7], reduction=reduction, chunk=chunk)  # fmt: skip
-
-    def total(h, w, b):  # the gradient of "none" is that of the sum
-        return float(np.sum(lce(y, h, w, b, **opts)))
-
-    _, gh, gw, gb = lce(y, hidden, weight, bias, return_grad=True, **opts)
-    step = 1e-6
-    for analytic, array in ((gh, hidden), (gw, weight), (gb, bias)):
-        numeric = np.zeros_like(array)
-        for idx in np.ndindex(array.shape):
-            plus, minus = array.copy(), array.copy()
-            plus[idx] += step
-            minus[idx] -= step
-            args = [a if a is not array else plus for a in (hidden, weight, bias)]
-            f_plus = total(*args)
-            args = [a if a is not array else minus for a in (hidden, weight, bias)]
-            numeric[idx] = (f_plus - total(*args)) / (2 * step)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+    assert_linear_gradients_match_finite_differences(lce, y, hidden, weight, bias, **opts)
 
 
 # --------------------------------------------------------------------------- memory
-
-
-MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -412,16 +393,6 @@ def lm_head():
     hidden = rng.standard_normal((2048, 256), dtype=np.float32)
     weight = rng.standard_normal((32_000, 256), dtype=np.float32) * np.float32(1 / 16)
     return rng.integers(0, 32_000, 2048), hidden, weight, np.zeros(32_000, np.float32)
-
-
-def peak_of(fn) -> int:
-    fn()  # a first call may load code or compile
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 QUARTER_OF_LOGITS = 2048 * 32_000 * 4 // 4  # 62.5 MiB

@@ -3,34 +3,19 @@ sparse loss, or in a gradient written in place."""
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
-from helpers import call
+from helpers import MiB, call, peak_of
 
 import fastxent
 
 N, C = 20_000, 1_000  # y_pred is 80 MB of float32; a single N x C temporary would show
-MiB = 1 << 20
 
 
 def budget(backend: str) -> int:
     """8 bytes per row (the per-row loss buffer) plus a fixed allowance: the NumPy
     backend works through 32,768-element float64 blocks and their temporaries."""
     return 8 * N + (4 * MiB if backend == "numpy" else 1 * MiB)
-
-
-def peak_of(fn) -> int:
-    """Peak traced allocation of a call, after one untraced call: the first call may
-    compile (Numba) or load code, which is not a per-call temporary."""
-    fn()
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import pytest
 
 ext = pytest.importorskip("fastxent.backends._cython_ext")
 
+from helpers import run_forked_child, run_in_threads  # noqa: E402
 from kernel_impls import KERNELS, Impl, run  # noqa: E402
 
 from fastxent import _reduce  # noqa: E402
@@ -124,12 +125,7 @@ def test_python_threads_at_once_with_mixed_thread_counts():
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(f"thread {k}: {exc!r}")
 
-    workers = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in workers), "a thread hung"
+    run_in_threads(worker, 6)
     assert not errors, errors
 
 
@@ -148,25 +144,12 @@ def _forked_call(q):
            int(slots.max()), ran))
 
 
-def _run_child(target, args=()):
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    proc = ctx.Process(target=target, args=(q, *args))
-    proc.start()
-    proc.join(60)
-    if proc.is_alive():
-        proc.kill()
-        pytest.fail("the forked child hung")
-    assert proc.exitcode == 0
-    return q.get(timeout=5)
-
-
 @needs_threads
 @needs_fork
 def test_fork_after_use_runs_serially_and_correctly():
     ext._pool_probe(256, 4, 2_000)  # the pool's threads exist in this process
     assert ext.pool_info()["threads"] >= 3
-    lo, hi, info, cmin, cmax, smax, ran = _run_child(_forked_call)
+    lo, hi, info, cmin, cmax, smax, ran = run_forked_child(_forked_call)
     want = np.log(19 + np.e) - 1.0  # -log softmax of the 2.0 among nineteen 1.0s
     np.testing.assert_allclose([lo, hi], want, rtol=1e-6)
     assert not info["parallel"] and (cmin, cmax, smax, ran) == (1, 1, 0, 1)
@@ -193,17 +176,8 @@ def test_fork_while_another_thread_runs_a_job():
     try:
         time.sleep(0.05)
         for _ in range(5):
-            ctx = mp.get_context("fork")
-            q = ctx.Queue()
-            proc = ctx.Process(target=_fork_mid_call, args=(q,))
-            proc.start()
-            proc.join(60)
-            if proc.is_alive():
-                proc.kill()
-                pytest.fail("a child forked mid-run hung")
-            assert proc.exitcode == 0
-            assert q.get(timeout=5) is False
-            lo, hi, info, cmin, cmax, smax, ran = q.get(timeout=5)
+            parallel, (lo, hi, info, cmin, cmax, smax, ran) = run_forked_child(_fork_mid_call, items=2)
+            assert parallel is False
             np.testing.assert_allclose([lo, hi], np.log(19 + np.e) - 1.0, rtol=1e-6)
             assert (cmin, cmax, smax, ran) == (1, 1, 0, 1)
     finally:

@@ -65,6 +65,18 @@
 #define FX_RUNG_LANES
 #define FX_RUNG_FOLD(a_)
 #endif
+/* One run of len_ elements (from c0_) into the T lane sums f0_ .. f7_ (and FX_RUNG's
+ * lanes): FM where the run holds the skipped index (skr_, relative to c0_), F elsewhere.
+ * Shared by FX_RUNSUM and FX_RUNSUM1. */
+#define FX_RUN_LANES_(F, FM)                                                               \
+    T f0_ = 0, f1_ = 0, f2_ = 0, f3_ = 0, f4_ = 0, f5_ = 0, f6_ = 0, f7_ = 0;              \
+    FX_RUNG_DECL                                                                           \
+    if (skr_ >= 0 && skr_ < len_) {                                                        \
+        const int skr = (int)skr_;                                                         \
+        for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(FM, j_) }                \
+    } else {                                                                               \
+        for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(F, j_) }                 \
+    }
 #define FX_RUNSUM(RESULT, N, F, FM, SKIP, PRE)                                                \
     do {                                                                                   \
         double a_[FX_RUNW] = {0};                                                          \
@@ -74,14 +86,7 @@
             const int len_ = (int)(nv_ - c0_ < FX_RUN ? nv_ - c0_ : FX_RUN);               \
             const fx_ssize skr_ = (SKIP) - c0_;                                            \
             PRE(c0_);                                                                      \
-            T f0_ = 0, f1_ = 0, f2_ = 0, f3_ = 0, f4_ = 0, f5_ = 0, f6_ = 0, f7_ = 0;      \
-            FX_RUNG_DECL                                                                   \
-            if (skr_ >= 0 && skr_ < len_) {                                                \
-                const int skr = (int)skr_;                                                 \
-                for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(FM, j_) }        \
-            } else {                                                                       \
-                for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(F, j_) }         \
-            }                                                                              \
+            FX_RUN_LANES_(F, FM)                                                           \
             {   /* the run's lane sums into the float64 lanes through an array and a \
                  * loop: with AVX-512 GCC makes that two vcvtps2pd and two vector adds \
                  * where scalar variables took 16 extracts, conversions and adds */  \
@@ -108,14 +113,7 @@
         const fx_ssize c0_ = 0;                                                            \
         const int len_ = (int)(N);                                                         \
         const fx_ssize skr_ = (SKIP);                                                      \
-        T f0_ = 0, f1_ = 0, f2_ = 0, f3_ = 0, f4_ = 0, f5_ = 0, f6_ = 0, f7_ = 0;          \
-        FX_RUNG_DECL                                                                       \
-        if (skr_ >= 0 && skr_ < len_) {                                                    \
-            const int skr = (int)skr_;                                                     \
-            for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(FM, j_) }            \
-        } else {                                                                           \
-            for (int j_ = 0; j_ < len_; j_ += FX_RUNW) { FX_RUNSTEP_(F, j_) }             \
-        }                                                                                  \
+        FX_RUN_LANES_(F, FM)                                                               \
         const T f_[FX_RUNW] = {f0_, f1_, f2_, f3_, f4_, f5_, f6_, f7_ FX_RUNG_LANES};      \
         double a_[FX_RUNW];                                                                \
         for (int q_ = 0; q_ < FX_RUNW; q_++) a_[q_] = (double)f_[q_];                      \
