@@ -67,12 +67,12 @@ def unfused(y, hidden, weight, bias=None, **options):
     return loss, g @ weight, g.T @ hidden, g.sum(axis=0)
 
 
-def assert_close(actual, expected, dtype, what=""):
+def assert_close(actual, expected, dtype, what="", float32_tol=2e-5):
     """Agreement to the dtype's rounding, relative to the largest expected value."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, what
     scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-    tol = 1e-11 if np.dtype(dtype) == np.float64 else 2e-5
+    tol = 1e-11 if np.dtype(dtype) == np.float64 else float32_tol
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
 
 

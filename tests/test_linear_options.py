@@ -12,6 +12,7 @@ from helpers import MiB, assert_linear_gradients_match_finite_differences, peak_
 
 import fastxent
 from fastxent import linear
+from test_linear import assert_close as linear_assert_close
 from test_linear import edge_cases, raises
 
 lce = fastxent.linear_cross_entropy
@@ -87,12 +88,8 @@ def unfused(y, hidden, weight, bias=None, **options):
 
 
 def assert_close(actual, expected, dtype, what=""):
-    """Agreement to the dtype's rounding, relative to the largest expected value."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, what
-    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-    tol = 1e-11 if np.dtype(dtype) == np.float64 else 3e-5
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+    """test_linear's check, with the float32 tolerance of these option tests (3e-5)."""
+    linear_assert_close(actual, expected, dtype, what, float32_tol=3e-5)
 
 
 def problem(rng, dtype, n=N, d=D, v=V, scale=3.0):
