@@ -32,6 +32,7 @@ from libc.stdint cimport int32_t, int64_t
 cimport numpy as cnp
 
 from fastxent.backends._cython_ext cimport PLAIN_MAX_CLASSES, pairwise_sum, run_plain_sparse, settings_key
+from fastxent.backends._cython_ext cimport valid_label_rows
 
 import numpy as np
 
@@ -94,22 +95,6 @@ cdef int _planned_threads(object backend, object threads, object from_logits, ob
     if choice is None or choice[0] != "cython":
         return 0
     return <int>choice[1]
-
-
-cdef Py_ssize_t _valid_rows(const char *lab, bint labels64, Py_ssize_t n, Py_ssize_t c,
-                            int64_t ignore, bint has_ignore) noexcept nogil:
-    """Rows whose label is not ``ignore``, or -1 if a label is outside [0, c) and not
-    ignored: ``_validate._check_label_range``'s rule."""
-    cdef Py_ssize_t r, count = 0
-    cdef int64_t v
-    for r in range(n):
-        v = (<const int64_t *>lab)[r] if labels64 else (<const int32_t *>lab)[r]
-        if has_ignore and v == ignore:
-            continue
-        if v < 0 or v >= c:
-            return -1
-        count += 1
-    return count
 
 
 cdef bint _may_be_probabilities(cnp.ndarray x, Py_ssize_t c) noexcept:
@@ -186,7 +171,7 @@ def sparse_call(y_true, y_pred, from_logits, label_smoothing, ignore_index, clas
     nt = _planned_threads(backend, threads, from_logits, return_grad, x, n, c)
     if nt < 1:
         return None
-    count = _valid_rows(<const char *>cnp.PyArray_DATA(lab), labels64, n, c, ignore, ignore_index is not None)
+    count = valid_label_rows(<const char *>cnp.PyArray_DATA(lab), labels64, n, c, ignore, ignore_index is not None)
     if count < 0:
         return None  # a label out of range: the general path raises
     logits = from_logits is True

@@ -246,6 +246,31 @@ def test_bad_inputs_are_handed_back_for_the_general_errors(y, x, match):
         sparse(y, x)
 
 
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 1003])
+def test_label_scan_finds_every_bad_label_and_counts_ignored_rows(rng, label_dtype, n):
+    """The compiled call's label check is one vectorised pass (``fx_labels.h``): a
+    bad label in any lane of a vector or in the tail is handed back, a label equal
+    to -100 is bad unless it is the ignore_index, and ignored rows leave the mean."""
+    c = 5
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    y = rng.integers(0, c, n).astype(label_dtype)
+    planned(y, x, from_logits=True)
+    planned(y, x, from_logits=True, ignore_index=-100)
+    for at in sorted({0, n // 2, n - 1}):
+        for value in (c, -1, -100, np.iinfo(label_dtype).max, np.iinfo(label_dtype).min):
+            bad = y.copy()
+            bad[at] = value
+            assert not served(bad, x, from_logits=True), (at, value)
+            if value != -100:
+                assert not served(bad, x, from_logits=True, ignore_index=-100), (at, value)
+    ignored = y.copy()
+    ignored[:: max(n // 3, 1)] = -100
+    got = fast(ignored, x, from_logits=True, ignore_index=-100)
+    assert got is not None
+    np.testing.assert_array_equal(got, general_path(ignored, x, from_logits=True, ignore_index=-100))
+
+
 def test_logits_that_look_like_probabilities_take_the_general_path_and_warn(rng):
     p = rng.dirichlet(np.ones(5), 10)
     y = rng.integers(0, 5, 10)

@@ -11,6 +11,9 @@ cpdef settings_key(backend_var, threads_var)
 
 cdef double pairwise_sum(const double *a, Py_ssize_t n) noexcept nogil
 
+cdef Py_ssize_t valid_label_rows(const char *labels, bint labels64, Py_ssize_t n, Py_ssize_t c,
+                                 int64_t ignore, bint has_ignore) noexcept nogil
+
 cdef Py_ssize_t run_plain_sparse(const char *x, bint float64, Py_ssize_t n, Py_ssize_t c,
                                  const char *labels, bint labels64, int64_t ignore, double epsilon,
                                  bint from_logits, double *grad_scale, char *grad, int threads,

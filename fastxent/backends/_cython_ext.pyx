@@ -118,6 +118,8 @@ cdef extern from "_csrc/fx_common.h":
         void (*vlog_f64)(const double *x, double *y, fx_ssize n) noexcept nogil
         double (*read_sum_f32)(const float *x, fx_ssize n) noexcept nogil
         double (*pairwise_sum_f64)(const double *a, fx_ssize n) noexcept nogil
+        fx_ssize (*valid_label_rows)(const char *lab, int labels64, fx_ssize n, fx_ssize c, int64_t ignore,
+                                     int has_ignore) noexcept nogil
     const fx_table *fx_active() noexcept nogil
     int fx_select(const char *name) noexcept nogil
     const char *fx_compiled_isas() noexcept nogil
@@ -1047,6 +1049,14 @@ cdef inline double _pairwise_sum(const double *a, fx_ssize n) noexcept nogil:
 
 cdef double pairwise_sum(const double *a, Py_ssize_t n) noexcept nogil:
     return _pairwise_sum(a, n)
+
+
+cdef Py_ssize_t valid_label_rows(const char *labels, bint labels64, Py_ssize_t n, Py_ssize_t c,
+                                 int64_t ignore, bint has_ignore) noexcept nogil:
+    """How many of the n C-contiguous int64 (labels64) or int32 labels are not
+    ``ignore`` (when has_ignore), or -1 when one outside [0, c) is not ignored:
+    ``_validate._check_label_range``'s rule, in one vectorised pass."""
+    return fx_active().valid_label_rows(labels, labels64, n, c, ignore, has_ignore)
 
 
 cdef Py_ssize_t run_plain_sparse(const char *x, bint float64, Py_ssize_t n, Py_ssize_t c,

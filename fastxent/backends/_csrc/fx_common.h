@@ -109,6 +109,9 @@ typedef struct {
     double (*read_sum_f32)(const float *x, fx_ssize n);
     /* NumPy's pairwise sum of float64 (the block sums of the per-row losses) */
     double (*pairwise_sum_f64)(const double *a, fx_ssize n);
+    /* labels not ignored, or -1 when one is out of range (fx_labels.h) */
+    fx_ssize (*valid_label_rows)(const char *lab, int labels64, fx_ssize n, fx_ssize c, int64_t ignore,
+                                 int has_ignore);
 } fx_table;
 
 /* fx_dispatch.c */

@@ -7,11 +7,11 @@
  * float64 of the clipped value. Ignored rows: loss 0, gradient row 0.
  *
  * One cache miss per row bounds the loop by memory latency, not bandwidth: the
- * probability FX_GATHER_AHEAD rows on is prefetched (into L2, as the exp passes'
- * blocks are), which keeps that many misses in flight. Without a gradient, rows
- * go in batches of FX_GATHER_BATCH: the batch's clipped values are gathered
- * first, then their logs taken in one vector loop (the same fx_log_f64, hence the
- * same bits, as the gradient path's one log per row).
+ * probability FX_GATHER_AHEAD rows on is prefetched (into L1 without a gradient,
+ * L2 with one), which keeps misses in flight up to the core's limit. Without a
+ * gradient, rows go in batches of FX_GATHER_BATCH: the batch's values are
+ * gathered first, then checked, clipped and logged in vector loops (the same
+ * fx_log_f64, hence the same bits, as the gradient path's one log per row).
  *
  * A template for one compute type (see fx_load.h): FX_CODE F32 serves float16,
  * bfloat16 and float32 input, F64 float64. Each (label dtype, value dtype, gradient or not)
@@ -19,7 +19,7 @@
 
 #ifndef FX_GATHER_CONSTANTS
 #define FX_GATHER_CONSTANTS
-#define FX_GATHER_BATCH 128 /* rows per batch of the loss-only loop */
+#define FX_GATHER_BATCH 64 /* rows per batch of the loss-only loop */
 #endif
 
 /* p[0] of x dtype xd (a constant after inlining), as double: float16 and bfloat16
@@ -42,30 +42,64 @@ FX_INLINE void FXN(gather_prefetch)(const fx_call *k, fx_ssize r, fx_ssize r1, i
     if (y != k->ignore) FX_PREFETCH_L2(k->x.data + o * k->x.so + y * k->x.sc + i * k->x.si);
 }
 
-/* Loss only, rows r0 .. r1-1 in batches; the first out-of-range row or -1. */
+/* Loss only, rows r0 .. r1-1 in batches; the first out-of-range row or -1.
+ * Once the misses overlap, the loop is bound by its instruction count, so the
+ * per-row loop only prefetches, reads the label and gathers the value (the call's
+ * fields in locals, rows advanced by increments); the checks, clip, weights and
+ * logs run as vector loops over the batch. An ignored row reads its row's first
+ * value instead (any in-bounds address: its loss is 0 whatever it holds).
+ * flat: one outer index (n_o == 1, as every (N, C) call is after _normalise),
+ * row r is (0, r). */
 FX_INLINE fx_ssize FXN(gather_losses)(const fx_call *k, fx_ssize r0, fx_ssize r1, int ld, int xd,
-                                      double lo, double hi)
+                                      double lo, double hi, const int flat)
 {
-    double pc[FX_GATHER_BATCH], wy[FX_GATHER_BATCH], lg[FX_GATHER_BATCH];
+    const char *const xd0 = k->x.data, *const lab = k->lab;
+    const fx_ssize so = k->x.so, sc = k->x.sc, si = k->x.si, lso = k->lab_so, lsi = k->lab_si;
+    const fx_ssize n_i = k->n_i;
+    const int64_t ignore = k->ignore;
+    const double *const cw = k->cw, cw0 = k->cw0;
+    double pv[FX_GATHER_BATCH], lg[FX_GATHER_BATCH], wy[FX_GATHER_BATCH];
+    int64_t yv[FX_GATHER_BATCH];
+    fx_ssize o, i, po, pi; /* this row, and the row FX_GATHER_AHEAD on (fetched now) */
+    if (k->n_c == 0) { /* every label is ignored (validated): no value to read */
+        for (fx_ssize r = r0; r < r1; r++) k->loss[r - k->loss_r0] = 0.0;
+        return -1;
+    }
+    fx_row_of(k, r0, &o, &i);
+    fx_row_of(k, r0 + FX_GATHER_AHEAD, &po, &pi);
     for (fx_ssize b0 = r0; b0 < r1; b0 += FX_GATHER_BATCH) {
         const fx_ssize nb = r1 - b0 < FX_GATHER_BATCH ? r1 - b0 : FX_GATHER_BATCH;
         for (fx_ssize j = 0; j < nb; j++) {
-            const fx_ssize r = b0 + j;
-            fx_ssize o, i;
-            FXN(gather_prefetch)(k, r, r1, ld);
-            fx_row_of(k, r, &o, &i);
-            const int64_t y = fx_label(k->lab + o * k->lab_so + i * k->lab_si, ld);
-            if (y == k->ignore) { /* loss 0 - 0 * log(1) = 0 */
-                pc[j] = 1.0;
-                wy[j] = 0.0;
-                continue;
+            if (b0 + j + FX_GATHER_AHEAD < r1) {
+                const int64_t yp = fx_label(lab + (flat ? 0 : po * lso) + pi * lsi, ld);
+                FX_PREFETCH_L1(xd0 + (flat ? 0 : po * so) + (yp == ignore ? 0 : yp) * sc + pi * si);
             }
-            const double p = FXN(gather_value)(k->x.data + o * k->x.so + y * k->x.sc + i * k->x.si, xd);
-            if (p < 0 || p > 1) return r; /* NaN is not a range error */
-            pc[j] = p < lo ? lo : (p > hi ? hi : p); /* by comparison: NaN stays NaN */
-            wy[j] = k->cw[y];
+            const int64_t y = fx_label(lab + (flat ? 0 : o * lso) + i * lsi, ld);
+            yv[j] = y;
+            pv[j] = FXN(gather_value)(xd0 + (flat ? 0 : o * so) + (y == ignore ? 0 : y) * sc + i * si, xd);
+            if (++i == n_i && !flat) { i = 0; o++; }
+            if (++pi == n_i && !flat) { pi = 0; po++; }
         }
-        for (fx_ssize j = 0; j < nb; j++) lg[j] = fx_log_f64(pc[j]);
+        uint64_t bad = 0; /* all in 64-bit lanes: mixed widths keep GCC from vectorising */
+        for (fx_ssize j = 0; j < nb; j++) {
+            const int64_t y = yv[j];
+            const double p = pv[j];
+            const uint64_t on = (uint64_t)(y != ignore);
+            bad |= on & (uint64_t)((p < 0) | (p > 1)); /* NaN is not a range error */
+            pv[j] = on ? (p < lo ? lo : (p > hi ? hi : p)) : 1.0; /* by comparison: NaN stays NaN */
+            wy[j] = on ? cw0 : 0.0; /* ignored: 0 - 0 * log(1) = 0 */
+        }
+        if (!k->cw_uniform) /* (a gather from cw would keep the loop above scalar) */
+            for (fx_ssize j = 0; j < nb; j++) wy[j] = yv[j] != ignore ? cw[yv[j]] : 0.0;
+        if (bad) /* the batch's first bad row, read again */
+            for (fx_ssize j = 0; j < nb; j++) {
+                if (yv[j] == ignore) continue;
+                fx_ssize ro, ri;
+                fx_row_of(k, b0 + j, &ro, &ri);
+                const double p = FXN(gather_value)(xd0 + ro * so + yv[j] * sc + ri * si, xd);
+                if (p < 0 || p > 1) return b0 + j;
+            }
+        for (fx_ssize j = 0; j < nb; j++) lg[j] = fx_log_f64(pv[j]);
         double *out = &k->loss[b0 - k->loss_r0]; /* row r's loss is at r - loss_r0 */
         for (fx_ssize j = 0; j < nb; j++) out[j] = 0.0 - wy[j] * lg[j];
     }
@@ -105,20 +139,23 @@ FX_INLINE fx_ssize FXN(gather_lab)(const fx_call *k, fx_ssize r0, fx_ssize r1, i
 {
     const T lo_t = (T)k->eps, hi_t = (T)1 - lo_t; /* the bounds in the compute dtype */
     const double lo = lo_t, hi = hi_t;
+#define FX_GATHER_LOSSES(xd) (k->n_o == 1 ? FXN(gather_losses)(k, r0, r1, ld, xd, lo, hi, 1) \
+                                          : FXN(gather_losses)(k, r0, r1, ld, xd, lo, hi, 0))
     if (FX_CODE == FX_F64) {
         if (k->g.data) return FXN(gather_grads)(k, r0, r1, ld, FX_F64, lo, hi);
-        return FXN(gather_losses)(k, r0, r1, ld, FX_F64, lo, hi);
+        return FX_GATHER_LOSSES(FX_F64);
     }
     if (k->x.dtype == FX_F16) {
         if (k->g.data) return FXN(gather_grads)(k, r0, r1, ld, FX_F16, lo, hi);
-        return FXN(gather_losses)(k, r0, r1, ld, FX_F16, lo, hi);
+        return FX_GATHER_LOSSES(FX_F16);
     }
     if (k->x.dtype == FX_BF16) {
         if (k->g.data) return FXN(gather_grads)(k, r0, r1, ld, FX_BF16, lo, hi);
-        return FXN(gather_losses)(k, r0, r1, ld, FX_BF16, lo, hi);
+        return FX_GATHER_LOSSES(FX_BF16);
     }
     if (k->g.data) return FXN(gather_grads)(k, r0, r1, ld, FX_F32, lo, hi);
-    return FXN(gather_losses)(k, r0, r1, ld, FX_F32, lo, hi);
+    return FX_GATHER_LOSSES(FX_F32);
+#undef FX_GATHER_LOSSES
 }
 
 /* Rows r0 .. r1-1 of the gather-log; the first row whose p_y lies outside [0, 1], or -1. */

@@ -9,23 +9,27 @@
  *   fx_gather.h   sparse_from_probs without label smoothing (the gather-log)
  *   fx_binary.h   binary_from_logits, binary_from_probs
  * and what they share: fx_math.h (scalar math), fx_lanesum.h (lane sums),
- * fx_pairwise.h (NumPy's pairwise sum), fx_load.h (loads and stores),
+ * fx_pairwise.h (NumPy's pairwise sum), fx_labels.h (the compiled call's label
+ * check), fx_load.h (loads and stores),
  * fx_weights.h (target weights of the softmax and probability kernels).
  * The family headers are templates, included below once per compute type. */
 #include "fx_math.h"
 #include "fx_lanesum.h"
 #include "fx_pairwise.h"
+#include "fx_labels.h"
 
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 #define FX_HAVE_STREAM 1
 #endif
 
-/* A hint to fetch memory read soon into L2 (the exp passes' next block, the
- * gather-log's later rows). A prefetch never faults: any address will do. */
+/* Hints to fetch memory read soon into L2 (the exp passes' next block) or L1
+ * (the gather-log's later rows). A prefetch never faults: any address will do. */
 #if defined(__GNUC__) || defined(__clang__)
 #define FX_PREFETCH_L2(p) __builtin_prefetch((const void *)(p), 0, 2)
+#define FX_PREFETCH_L1(p) __builtin_prefetch((const void *)(p), 0, 3)
 #else
+#define FX_PREFETCH_L1(p) ((void)(p))
 #define FX_PREFETCH_L2(p) ((void)(p))
 #endif
 
@@ -190,5 +194,5 @@ const fx_table FX_TABLE_NAME = {
     FX_PAIR(bce_probs_row), FX_PAIR(bce_probs_cols),
     FX_PAIR(gather),
     vexp_f32, vexp_f64, vlog_f32, vlog_f64,
-    read_sum_f32, pairwise_sum_f64,
+    read_sum_f32, pairwise_sum_f64, valid_label_rows,
 };
