@@ -28,7 +28,7 @@ divided by the count of non-ignored rows for the mean; the gradient is scaled by
 ``1 / count`` (mean) or 1 (sum), as ``_reduce.grad_weight``.
 """
 
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int64_t
 cimport numpy as cnp
 
 from fastxent.backends._cython_ext cimport PLAIN_MAX_CLASSES, pairwise_sum, run_plain_sparse, settings_key

@@ -105,6 +105,35 @@ static inline unsigned fx_eq_mask_f64(const double *x, double v, fx_ssize n)
     const __mmask8 live = n >= 8 ? (__mmask8)0xff : (__mmask8)((1u << n) - 1);
     return _mm512_mask_cmp_pd_mask(live, _mm512_maskz_loadu_pd(live, x), _mm512_set1_pd(v), _CMP_EQ_OQ);
 }
+/* Columns c0 .. c0 + nc - 1 (nc <= 16) of 16 rows at src (byte stride rs, float
+ * classes contiguous) into dst + c * ds (16 floats each, one per row): a 16 x 16
+ * transpose in registers, masked loads past nc (never read, never fault). */
+static inline void fx_transpose16_f32(const char *src, fx_ssize rs, int nc, float *dst, fx_ssize ds)
+{
+    const __mmask16 live = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1);
+    __m512 r[16], t[16];
+    for (int j = 0; j < 16; j++) r[j] = _mm512_maskz_loadu_ps(live, src + j * rs);
+    for (int j = 0; j < 16; j += 2) {
+        t[j] = _mm512_unpacklo_ps(r[j], r[j + 1]);
+        t[j + 1] = _mm512_unpackhi_ps(r[j], r[j + 1]);
+    }
+    for (int j = 0; j < 16; j += 4) {
+        r[j] = _mm512_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[j + 1] = _mm512_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[j + 2] = _mm512_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[j + 3] = _mm512_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int h = 0; h < 16; h += 8)
+        for (int j = 0; j < 4; j++) {
+            t[h + j] = _mm512_shuffle_f32x4(r[h + j], r[h + j + 4], 0x88);
+            t[h + j + 4] = _mm512_shuffle_f32x4(r[h + j], r[h + j + 4], 0xdd);
+        }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+    }
+    for (int c = 0; c < nc; c++) _mm512_storeu_ps(dst + c * ds, r[c]);
+}
 #endif
 
 /* The template headers' names: T is the compute type, FXN(name) a function of this

@@ -660,8 +660,40 @@ static FX_NOIPA void FXN(group_losses)(const double *FX_RESTRICT lin, const doub
 {
     for (fx_ssize j = 0; j < n; j++) l[j] = lin[j] + A[j] * fx_log1p_unit_f64(R[j]);
 }
+/* A plain loss-only row (sparse, no label smoothing, the class axis contiguous,
+ * aligned, of the compute dtype, no gradient): logits_row_t's steps for such a row
+ * -- the same helpers in the same order, hence the same bits -- without the
+ * general row's setup, which costs as much as a short row's exps. Ignored, NaN and
+ * all -inf rows write their loss and leave later->on = 0. */
+FX_INLINE void FXN(short_plain_row)(const fx_call *k, const T *xv, fx_ssize y, fx_deferred *later, double *loss)
+{
+    if (y < 0) { /* ignored row */
+        *loss = 0.0;
+        return;
+    }
+    const double lab = (1.0 - k->ls) * k->cw[y], A = lab; /* weights_for, ls == 0 */
+    T m, bmin;
+    if (FXN(block_range)(xv, k->n_c, &m, &bmin) || m == (T)INFINITY) { /* NaN / +inf: NaN row */
+        *loss = NAN;
+        return;
+    }
+    if (m == (T)-INFINITY) { /* every logit -inf: A * inf (0 when A == 0) */
+        *loss = A == 0 ? 0.0 : A * INFINITY;
+        return;
+    }
+    const fx_ssize skip = FXN(find_first)(xv, k->n_c, m);
+    const int near = bmin - m >= (T)FX_EXP_NEAR;
+    later->R = FXN(exp_sum)(xv, k->n_c, m, skip, near, NULL, NULL);
+    later->lin = lab != 0 ? lab * ((double)m - (double)xv[y]) : 0.0;
+    later->A = A;
+    later->on = 1;
+}
+
 FX_INLINE fx_ssize FXN(logits_short_t)(const fx_call *k, fx_ssize r0, fx_ssize r1, const int G)
 {
+    const fx_ssize z = (fx_ssize)sizeof(T);
+    const int plain = !k->dense && k->ls == 0 && !k->g.data && k->x.dtype == FX_CODE && k->x.sc == z
+                      && (uintptr_t)k->x.data % z == 0 && k->x.so % z == 0 && k->x.si % z == 0;
     fx_ssize o, i;
     fx_row_of(k, r0, &o, &i);
     for (fx_ssize g0 = r0; g0 < r1; g0 += FX_GROUP) {
@@ -677,8 +709,11 @@ FX_INLINE fx_ssize FXN(logits_short_t)(const fx_call *k, fx_ssize r0, fx_ssize r
                 y = v == k->ignore ? -1 : (fx_ssize)v;
             }
             part[j].on = 0;
-            FXN(logits_row_t)(k, o, i, y, 0, 0, G, &part[j]);
             at[j] = o * k->n_i + i - k->loss_r0;
+            if (plain)
+                FXN(short_plain_row)(k, (const T *)(k->x.data + o * k->x.so + i * k->x.si), y, &part[j], &k->loss[at[j]]);
+            else
+                FXN(logits_row_t)(k, o, i, y, 0, 0, G, &part[j]);
             if (part[j].on) { lin[j] = part[j].lin; A[j] = part[j].A; R[j] = part[j].R; }
             if (++i == k->n_i) { i = 0; o++; }
         }
@@ -750,9 +785,23 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
     T tile[FX_TILE], dtile[FX_TILE];
     const int keep_tile = C * n <= FX_TILE;
 #define FX_COLUMN_BUF(c) (keep_tile ? tile + (c) * n : xbuf)
+    int filled = 0; /* the tile holds every column already */
+#ifdef FX_AVX512_MASKS
+    /* float32 rows with contiguous classes: the tile by 16 x 16 transposes in
+     * registers, where load() gathers one strided element at a time (the same
+     * values: every later pass reads the tile as before) */
+    if (FX_CODE == FX_F32 && keep_tile && k->x.dtype == FX_F32 && k->x.sc == 4 && n % 16 == 0
+        && FXN(load_copies)(xo, k->x.si, k->x.dtype)) {
+        for (fx_ssize j0 = 0; j0 < n; j0 += 16)
+            for (fx_ssize c0 = 0; c0 < C; c0 += 16)
+                fx_transpose16_f32(xo + j0 * k->x.si + c0 * 4, k->x.si, C - c0 < 16 ? (int)(C - c0) : 16,
+                                   (float *)tile + c0 * n + j0, n);
+        filled = 1;
+    }
+#endif
     /* pass 1: max, NaN, and the first argmax when a gradient is wanted */
     for (fx_ssize c = 0; c < C; c++) {
-        const T *xv = FXN(load)(xo + c * k->x.sc, k->x.si, k->x.dtype, n, FX_COLUMN_BUF(c));
+        const T *xv = filled ? tile + c * n : FXN(load)(xo + c * k->x.sc, k->x.si, k->x.dtype, n, FX_COLUMN_BUF(c));
         T *dc = keep_tile ? dtile + c * n : dbuf;
         if (capped) {
             FXN(cap_block)(xv, FX_COLUMN_BUF(c), go ? dc : NULL, n, cap);
