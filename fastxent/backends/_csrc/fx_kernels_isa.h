@@ -105,14 +105,10 @@ static inline unsigned fx_eq_mask_f64(const double *x, double v, fx_ssize n)
     const __mmask8 live = n >= 8 ? (__mmask8)0xff : (__mmask8)((1u << n) - 1);
     return _mm512_mask_cmp_pd_mask(live, _mm512_maskz_loadu_pd(live, x), _mm512_set1_pd(v), _CMP_EQ_OQ);
 }
-/* Columns c0 .. c0 + nc - 1 (nc <= 16) of 16 rows at src (byte stride rs, float
- * classes contiguous) into dst + c * ds (16 floats each, one per row): a 16 x 16
- * transpose in registers, masked loads past nc (never read, never fault). */
-static inline void fx_transpose16_f32(const char *src, fx_ssize rs, int nc, float *dst, fx_ssize ds)
+/* r[q] = column q of the 16 x 16 floats whose row j was r[j]: in registers. */
+static inline void fx_transpose16(__m512 *r)
 {
-    const __mmask16 live = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1);
-    __m512 r[16], t[16];
-    for (int j = 0; j < 16; j++) r[j] = _mm512_maskz_loadu_ps(live, src + j * rs);
+    __m512 t[16];
     for (int j = 0; j < 16; j += 2) {
         t[j] = _mm512_unpacklo_ps(r[j], r[j + 1]);
         t[j + 1] = _mm512_unpackhi_ps(r[j], r[j + 1]);
@@ -132,7 +128,29 @@ static inline void fx_transpose16_f32(const char *src, fx_ssize rs, int nc, floa
         r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
         r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
     }
+}
+
+/* Columns (classes) 0 .. nc - 1 (nc <= 16) of 16 rows at src (byte stride rs,
+ * classes contiguous float32) into dst + c * ds, 16 floats each (one per row).
+ * Masked loads past nc: never read, so never fault. */
+static inline void fx_rows_to_columns16(const char *src, fx_ssize rs, int nc, float *dst, fx_ssize ds)
+{
+    const __mmask16 live = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1);
+    __m512 r[16];
+    for (int j = 0; j < 16; j++) r[j] = _mm512_maskz_loadu_ps(live, src + j * rs);
+    fx_transpose16(r);
     for (int c = 0; c < nc; c++) _mm512_storeu_ps(dst + c * ds, r[c]);
+}
+
+/* The inverse: columns src + c * ds (c < nc, 16 floats each) into the first nc
+ * classes of 16 rows at dst (byte stride rs); masked stores leave the rest. */
+static inline void fx_columns_to_rows16(const float *src, fx_ssize ds, int nc, char *dst, fx_ssize rs)
+{
+    const __mmask16 live = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1);
+    __m512 r[16];
+    for (int c = 0; c < 16; c++) r[c] = c < nc ? _mm512_loadu_ps(src + c * ds) : _mm512_setzero_ps();
+    fx_transpose16(r);
+    for (int j = 0; j < 16; j++) _mm512_mask_storeu_ps(dst + j * rs, live, r[j]);
 }
 #endif
 

@@ -794,8 +794,8 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
         && FXN(load_copies)(xo, k->x.si, k->x.dtype)) {
         for (fx_ssize j0 = 0; j0 < n; j0 += 16)
             for (fx_ssize c0 = 0; c0 < C; c0 += 16)
-                fx_transpose16_f32(xo + j0 * k->x.si + c0 * 4, k->x.si, C - c0 < 16 ? (int)(C - c0) : 16,
-                                   (float *)tile + c0 * n + j0, n);
+                fx_rows_to_columns16(xo + j0 * k->x.si + c0 * 4, k->x.si, C - c0 < 16 ? (int)(C - c0) : 16,
+                                     (float *)tile + c0 * n + j0, n);
         filled = 1;
     }
 #endif
@@ -945,12 +945,21 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
         alpha[j] = (T)(gwv[j] * Aw[j] / (1.0 + R[j]));
         gwt[j] = (T)gwv[j];
     }
+    int rows_out = 0; /* the gradient columns stay in etile, then go out as rows */
+#ifdef FX_AVX512_MASKS
+    /* float32 gradient rows with contiguous classes (the tile's layout, written
+     * back): 16 x 16 transposes in registers instead of one strided store an element */
+    rows_out = FX_CODE == FX_F32 && e_in_tile && !recompute && gdt == FX_F32 && k->g.sc == 4 && n % 16 == 0
+               && FXN(load_copies)(go, k->g.si, FX_F32);
+#endif
     for (fx_ssize c = 0; c < C; c++) {
         char *gc = go + c * k->g.sc;
         const T *ev;
         T *gd;
         const T *dc = dtile + c * n; /* capped: the derivative factors */
-        if (recompute) { /* the exps again from x (unwritten: in place, column c is next) */
+        if (rows_out) {
+            ev = gd = etile + c * n; /* each element read before it is written */
+        } else if (recompute) { /* the exps again from x (unwritten: in place, column c is next) */
             const char *xc = xo + c * k->x.sc;
             const T *zv = capped ? FXN(x_block)(k, xc, k->x.si, n, xbuf, dbuf) : FXN(load)(xc, k->x.si, k->x.dtype, n, xbuf);
             for (fx_ssize j = 0; j < n; j++) ebuf[j] = FXM(fx_exp_neg)(zv[j] - msafe[j]);
@@ -971,8 +980,15 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
             for (fx_ssize j = 0; j < n; j++) gd[j] = alpha[j] * ev[j] - beta[j];
         }
         if (capped) for (fx_ssize j = 0; j < n; j++) gd[j] *= dc[j];
-        FXN(gflush)(gc, k->g.si, gdt, n, gd);
+        if (!rows_out) FXN(gflush)(gc, k->g.si, gdt, n, gd);
     }
+#ifdef FX_AVX512_MASKS
+    if (rows_out)
+        for (fx_ssize j0 = 0; j0 < n; j0 += 16)
+            for (fx_ssize c0 = 0; c0 < C; c0 += 16)
+                fx_columns_to_rows16((const float *)etile + c0 * n + j0, n, C - c0 < 16 ? (int)(C - c0) : 16,
+                                     go + j0 * k->g.si + c0 * 4, k->g.si);
+#endif
     for (fx_ssize j = 0; j < n; j++) {
         char *gj = go + j * k->g.si;
         const char *tj = to ? to + j * k->t.si : NULL;
