@@ -733,6 +733,9 @@ static fx_ssize FXN(logits_short)(const fx_call *k, fx_ssize r0, fx_ssize r1)
     return FXN(logits_short_t)(k, r0, r1, 0);
 }
 
+#ifndef FX_COL_RUN
+#define FX_COL_RUN 16 /* classes whose exps a column lane sums in T before float64 */
+#endif
 /* Rows (o, i0 .. i0+n-1) with a contiguous inner axis: one lane per row, the class
  * loop outside, so every pass is a unit-stride vector loop across rows.
  * X: the extras (sparse only). */
@@ -850,6 +853,11 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
      * small, pass 3 takes the exps again from x. */
     const int kind = dense ? U_VEC : (k->ls == 0 ? U_NONE : U_CONST);
     T etile[FX_TILE], ebuf[FX_LANES], gbuf[FX_LANES];
+    /* each lane's exps add in T over runs of FX_COL_RUN classes, and only the
+     * runs' sums in float64 (the row form's FX_RUNSUM, across lanes): a float64
+     * add per element cost two conversions and a load and store of R per vector */
+    T Rrun[FX_LANES];
+    for (fx_ssize j = 0; j < n; j++) Rrun[j] = 0;
     const int e_in_tile = C * n <= FX_TILE;
     const int recompute = !e_in_tile && (capped || G);
     for (fx_ssize c = 0; c < C; c++) {
@@ -889,7 +897,7 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
             for (fx_ssize j = 0; j < n; j++) {
                 T d = xv[j] - msafe[j];
                 T e = FXM(fx_exp_neg)(d);
-                R[j] += (double)SEL(d == 0, (T)0, e);
+                Rrun[j] += SEL(d == 0, (T)0, e);
                 ties[j] += d == 0;
                 ev[j] = e;
             }
@@ -898,10 +906,15 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
             for (fx_ssize j = 0; j < n; j++) {
                 T d = xv[j] - msafe[j];
                 T e = FXM(fx_exp_neg)(d);
-                R[j] += (double)SEL(d == 0, (T)0, e);
+                Rrun[j] += SEL(d == 0, (T)0, e);
                 ties[j] += d == 0;
             }
         }
+        if (c % FX_COL_RUN == FX_COL_RUN - 1 || c == C - 1) /* a run's T sums into float64 */
+            for (fx_ssize j = 0; j < n; j++) {
+                R[j] += (double)Rrun[j];
+                Rrun[j] = 0;
+            }
     }
     /* R = S - 1 and its log1p for every lane, in one vector loop (a scalar log per
      * row would cost as much as the rest of a short row); lanes of the special
