@@ -683,7 +683,9 @@ FX_INLINE void FXN(short_plain_row)(const fx_call *k, const T *xv, fx_ssize y, f
     }
     const fx_ssize skip = FXN(find_first)(xv, k->n_c, m);
     const int near = bmin - m >= (T)FX_EXP_NEAR;
-    later->R = FXN(exp_sum)(xv, k->n_c, m, skip, near, NULL, NULL);
+    /* exp_sum's own choice for C <= FX_SHORT_C <= FX_RUN, called directly: a new
+     * call of exp_sum changed how GCC compiled it for long rows (scalar lane sums) */
+    later->R = FXN(exp_sum_short)(xv, k->n_c, m, skip, near, NULL);
     later->lin = lab != 0 ? lab * ((double)m - (double)xv[y]) : 0.0;
     later->A = A;
     later->on = 1;
