@@ -87,9 +87,12 @@ FX_INLINE fx_ssize FXN(gather_losses)(const fx_call *k, fx_ssize r0, fx_ssize r1
             const uint64_t on = (uint64_t)(y != ignore);
             bad |= on & (uint64_t)((p < 0) | (p > 1)); /* NaN is not a range error */
             pv[j] = on ? (p < lo ? lo : (p > hi ? hi : p)) : 1.0; /* by comparison: NaN stays NaN */
-            wy[j] = on ? cw0 : 0.0; /* ignored: 0 - 0 * log(1) = 0 */
         }
-        if (!k->cw_uniform) /* (a gather from cw would keep the loop above scalar) */
+        /* the label's weight (ignored: 0 - 0 * log(1) = 0), in a loop of its own: a
+         * gather from cw would keep the check loop above scalar */
+        if (k->cw_uniform)
+            for (fx_ssize j = 0; j < nb; j++) wy[j] = yv[j] != ignore ? cw0 : 0.0;
+        else
             for (fx_ssize j = 0; j < nb; j++) wy[j] = yv[j] != ignore ? cw[yv[j]] : 0.0;
         if (bad) /* the batch's first bad row, read again */
             for (fx_ssize j = 0; j < nb; j++) {
