@@ -63,14 +63,16 @@ def problem(N, C, dtype, rng, ls=0.0, weighted=False):
     z = rng.standard_normal((N, C)) * 3
     y = rng.integers(0, C, N)
     y[::7] = IGNORE
-    special = [r for r in range(N) if y[r] != IGNORE][:5]
-    if len(special) == 5:
+    special = [r for r in range(N) if y[r] != IGNORE][:7]
+    if len(special) == 7:
         z[special[0], y[special[0]]] = np.nan
         z[special[1]] = -np.inf
         z[special[2], (y[special[2]] + 1) % C] = np.inf if C > 1 else -np.inf
         z[special[3], y[special[3]]] = 40.0  # a dominant class
         if C > 1:
             z[special[4], (y[special[4]] + 1) % C] = -np.inf  # masked, not the label
+            z[special[5], [1, C - 1]] = 9.0  # the max twice (in two vectors from C = 18)
+            z[special[6], 0] = -120.0  # finite, farther below the max than exp's fast range
     x = z.astype(dtype)
     cw = rng.uniform(0.5, 2.0, C) if weighted else np.ones(C)
     valid = y != IGNORE
@@ -123,11 +125,12 @@ def test_a_rows_bits_do_not_depend_on_where_the_range_starts(isa, C):
     an unrolled loop -- showed in about one row in 30,000: many rows.)"""
     rng = np.random.default_rng(1000 + C)
     for dtype in (np.float32, np.float64):
-        x, y, cw, _ = problem(2053, C, dtype, rng, 0.1, True)
-        full, _ = run(x, y, cw, 0.1)
-        for k in range(1, 17):
-            part, _ = run(np.ascontiguousarray(x[k:]), y[k:].copy(), cw, 0.1)
-            assert part.tobytes() == full[k:].tobytes(), f"C={C} start {k} {isa}"
+        for ls, weighted in ((0.1, True), (0.0, False)):  # the general and the plain row
+            x, y, cw, _ = problem(2053, C, dtype, rng, ls, weighted)
+            full, _ = run(x, y, cw, ls)
+            for k in range(1, 17):
+                part, _ = run(np.ascontiguousarray(x[k:]), y[k:].copy(), cw, ls)
+                assert part.tobytes() == full[k:].tobytes(), f"C={C} ls={ls} start {k} {isa}"
 
 
 def test_short_rows_threads_and_block_sums(isa):

@@ -152,6 +152,69 @@ static inline void fx_columns_to_rows16(const float *src, fx_ssize ds, int nc, c
     fx_transpose16(r);
     for (int j = 0; j < 16; j++) _mm512_mask_storeu_ps(dst + j * rs, live, r[j]);
 }
+
+/* fx_exp_near_f32 on 16 lanes, operation for operation as GCC compiles the scalar
+ * form (its multiply-adds contracted), hence the same bits. */
+static inline __m512 fx_exp_near_ps(__m512 x)
+{
+    const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(FX_LOG2E_F32), _mm512_set1_ps(FX_EXP_SHIFT_F32));
+    const __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(FX_EXP_SHIFT_F32));
+    const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FX_LN2_F32), x);
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    const __m512 a = _mm512_fmadd_ps(_mm512_set1_ps(FX_EXP5_C3_F32), r, _mm512_set1_ps(FX_EXP5_C2_F32));
+    const __m512 b = _mm512_fmadd_ps(_mm512_set1_ps(FX_EXP5_C5_F32), r, _mm512_set1_ps(FX_EXP5_C4_F32));
+    const __m512 p = _mm512_fmadd_ps(r2, _mm512_fmadd_ps(r2, b, a), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_castps_si512(t), 23)));
+}
+
+/* A contiguous float32 row of n <= FX_SHORT_C classes, held in registers (one
+ * masked load a vector): its max *m and first argmax *skip, and
+ * R = sum_{c != skip} exp(x_c - m) as exp_sum_short_f32 adds it (16 float32 lanes,
+ * each summing its classes in order, then float64 lanes folded j + 8, j + 4, j + 2,
+ * j + 1): the same bits. Returns 0 then; 1 for a row holding a NaN or +inf, 2 for
+ * a row of -inf only, 3 for a row wider than fx_exp_near's range (*m and *skip set:
+ * exp_sum_short_f32 with near = 0 takes it). The short-row loop inlines this: with
+ * no copy, no frame and no call, consecutive rows overlap in the core. */
+static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R)
+{
+    __m512 v[FX_SHORT_C / 16];
+    const int nv = (int)((n + 15) / 16);
+    __m512i hi = _mm512_set1_epi32(INT32_MIN), lo = _mm512_set1_epi32(INT32_MAX);
+    for (int j = 0; j < nv; j++) {
+        const __mmask16 live = n - 16 * j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - 16 * j)) - 1);
+        v[j] = _mm512_maskz_loadu_ps(live, x + 16 * j);
+        const __m512i b = _mm512_castps_si512(v[j]); /* fx_key_f32 */
+        const __m512i key = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), _mm512_set1_epi32(0x7fffffff)));
+        hi = _mm512_mask_max_epi32(hi, live, hi, key);
+        lo = _mm512_mask_min_epi32(lo, live, lo, key);
+    }
+    const float mx = fx_unkey_f32(_mm512_reduce_max_epi32(hi)), mn = fx_unkey_f32(_mm512_reduce_min_epi32(lo));
+    if (mx != mx || mn != mn || mx == INFINITY) return 1;
+    if (mx == -INFINITY) return 2;
+    const __m512 vm = _mm512_set1_ps(mx);
+    *m = mx;
+    /* the first argmax without a branch (its vector is random: a branch on it
+     * would be mispredicted and end the overlap with the next row): the hits of
+     * vectors 0-3 and 4-7 as two 64-bit masks, their lowest set bit kept */
+    uint64_t hit[2] = {0, 0};
+    for (int j = 0; j < nv; j++)
+        hit[j >> 2] |= (uint64_t)_mm512_cmp_ps_mask(v[j], vm, _CMP_EQ_OQ) << (16 * (j & 3));
+    const uint64_t first0 = hit[0] & (0 - hit[0]), first1 = hit[0] ? 0 : hit[1] & (0 - hit[1]);
+    *skip = first0 ? __builtin_ctzll(first0) : 64 + __builtin_ctzll(first1); /* the max is in the row */
+    if (!(mn - mx >= (float)FX_EXP_NEAR)) return 3;
+    __m512 s = _mm512_setzero_ps();
+    for (int j = 0; j < nv; j++) {
+        const __mmask16 live = n - 16 * j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - 16 * j)) - 1);
+        const __mmask16 argmax = (__mmask16)((j < 4 ? first0 : first1) >> (16 * (j & 3)));
+        s = _mm512_add_ps(s, _mm512_maskz_mov_ps(live & (__mmask16)~argmax, fx_exp_near_ps(_mm512_sub_ps(v[j], vm))));
+    }
+    const __m512d s8 = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(s)),
+                                     _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
+    const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(s8), _mm512_extractf64x4_pd(s8, 1));
+    const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+    *R = _mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2));
+    return 0;
+}
 #endif
 
 /* The template headers' names: T is the compute type, FXN(name) a function of this

@@ -672,20 +672,42 @@ FX_INLINE void FXN(short_plain_row)(const fx_call *k, const T *xv, fx_ssize y, f
         return;
     }
     const double lab = (1.0 - k->ls) * k->cw[y], A = lab; /* weights_for, ls == 0 */
-    T m, bmin;
-    if (FXN(block_range)(xv, k->n_c, &m, &bmin) || m == (T)INFINITY) { /* NaN / +inf: NaN row */
+    T m;
+    int row; /* 0, or 1: a NaN or +inf in the row, 2: every logit -inf */
+#ifdef FX_AVX512_MASKS
+    if (FX_CODE == FX_F32) { /* the same steps in registers */
+        float mf;
+        fx_ssize skip;
+        double R = 0; /* set for row 0 */
+        row = fx_short_row_ps((const float *)xv, k->n_c, &mf, &skip, &R);
+        m = (T)mf;
+        if (row == 3) { /* wider than fx_exp_near's range */
+            R = FXN(exp_sum_short)(xv, k->n_c, m, skip, 0, NULL);
+            row = 0;
+        }
+        later->R = R;
+    } else
+#endif
+    {
+        T bmin;
+        row = FXN(block_range)(xv, k->n_c, &m, &bmin) || m == (T)INFINITY ? 1 : m == (T)-INFINITY ? 2 : 0;
+        if (row == 0) {
+            const fx_ssize skip = FXN(find_first)(xv, k->n_c, m);
+            const int near = bmin - m >= (T)FX_EXP_NEAR;
+            /* exp_sum's own choice for C <= FX_SHORT_C <= FX_RUN, called directly: a
+             * new call of exp_sum changed how GCC compiled it for long rows (scalar
+             * lane sums) */
+            later->R = FXN(exp_sum_short)(xv, k->n_c, m, skip, near, NULL);
+        }
+    }
+    if (row == 1) { /* NaN row */
         *loss = NAN;
         return;
     }
-    if (m == (T)-INFINITY) { /* every logit -inf: A * inf (0 when A == 0) */
+    if (row == 2) { /* every logit -inf: A * inf (0 when A == 0) */
         *loss = A == 0 ? 0.0 : A * INFINITY;
         return;
     }
-    const fx_ssize skip = FXN(find_first)(xv, k->n_c, m);
-    const int near = bmin - m >= (T)FX_EXP_NEAR;
-    /* exp_sum's own choice for C <= FX_SHORT_C <= FX_RUN, called directly: a new
-     * call of exp_sum changed how GCC compiled it for long rows (scalar lane sums) */
-    later->R = FXN(exp_sum_short)(xv, k->n_c, m, skip, near, NULL);
     later->lin = lab != 0 ? lab * ((double)m - (double)xv[y]) : 0.0;
     later->A = A;
     later->on = 1;
