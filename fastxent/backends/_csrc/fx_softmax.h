@@ -793,17 +793,6 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
     }
     if (X)
         for (fx_ssize j = 0; j < n; j++) { xy[j] = 0; dy[j] = 1; dk[j] = 1; above[j] = 0; }
-    if (!dense) {
-        for (fx_ssize j = 0; j < n; j++) {
-            const int64_t v = fx_label(k->lab + o * k->lab_so + (i0 + j) * k->lab_si, k->lab_dtype);
-            y[j] = v == k->ignore ? -1 : (fx_ssize)v;
-            if (y[j] >= 0) {
-                lab[j] = (1.0 - k->ls) * k->cw[y[j]];
-                xy[j] = FXN(load1)(xo + y[j] * k->x.sc + j * k->x.si, k->x.dtype);
-                if (capped) xy[j] = FXN(cap1)(xy[j], cap, &dy[j]);
-            }
-        }
-    }
     /* Columns that must be copied (a strided lane axis: row-major (N, C) with few
      * classes; or another dtype) are kept from pass 1 for pass 2 when the tile
      * fits: the strided copy costs more than the arithmetic of short rows.
@@ -826,6 +815,17 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
         filled = 1;
     }
 #endif
+    if (!dense) { /* x_y from the tile when it holds every column: no strided load */
+        for (fx_ssize j = 0; j < n; j++) {
+            const int64_t v = fx_label(k->lab + o * k->lab_so + (i0 + j) * k->lab_si, k->lab_dtype);
+            y[j] = v == k->ignore ? -1 : (fx_ssize)v;
+            if (y[j] >= 0) {
+                lab[j] = (1.0 - k->ls) * k->cw[y[j]];
+                xy[j] = filled ? tile[y[j] * n + j] : FXN(load1)(xo + y[j] * k->x.sc + j * k->x.si, k->x.dtype);
+                if (capped) xy[j] = FXN(cap1)(xy[j], cap, &dy[j]);
+            }
+        }
+    }
     /* pass 1: max, NaN, and the first argmax when a gradient is wanted */
     for (fx_ssize c = 0; c < C; c++) {
         const T *xv = filled ? tile + c * n : FXN(load)(xo + c * k->x.sc, k->x.si, k->x.dtype, n, FX_COLUMN_BUF(c));
@@ -956,22 +956,29 @@ FX_INLINE fx_ssize FXN(logits_cols_t)(const fx_call *k, fx_ssize o, fx_ssize i0,
         if (k->lse)
             for (fx_ssize j = 0; j < n; j++) fx_put_f64(k->lse + o * k->lse_so + (i0 + j) * k->lse_si, lse[j]);
     }
-    /* per row: loss and the gradient's scale */
+    /* per row: loss and the gradient's scale, first for every lane in one vector
+     * loop (fx_softmax_row_loss, its log1p taken above: (lin + lab (m - x_y)) +
+     * A log1p(R), the same operations as one row at a time), then the special
+     * rows' lanes overwritten; a label weight of 0 adds nothing, as in the row
+     * form (its product with an infinite m - x_y would be NaN) */
     for (fx_ssize j = 0; j < n; j++) {
         A[j] = dense ? usum[j] : (k->ls == 0 ? lab[j] : lab[j] + per * k->cw_sum);
         if (X) Az[j] = A[j] + zx[j];
+        const double ly = lin[j] + lab[j] * ((double)m[j] - (double)xy[j]);
+        const double l = dense ? lin[j] : fx_sel_f64(lab[j] != 0, ly, lin[j]);
+        loss[j] = l + A[j] * l1p[j];
+        if (X && k->z_loss != 0) loss[j] += k->z_loss * lse[j] * lse[j];
+    }
+    for (fx_ssize j = 0; j < n; j++) {
         gwv[j] = go ? FXN(grad_weight)(k, o, i0 + j) : 0.0;
-        if (!dense && y[j] < 0) { loss[j] = 0.0; continue; }
-        if (nan[j]) { loss[j] = NAN; continue; }
-        if (m[j] == (T)-INFINITY) {
+        if (!dense && y[j] < 0) {
+            loss[j] = 0.0;
+        } else if (nan[j]) {
+            loss[j] = NAN;
+        } else if (m[j] == (T)-INFINITY) {
             loss[j] = A[j] == 0 ? 0.0 : A[j] * INFINITY;
             if (X && k->z_loss != 0) loss[j] += k->z_loss * lse[j] * lse[j];
-            continue;
         }
-        double l = lin[j];
-        if (!dense && lab[j] != 0) l += lab[j] * ((double)m[j] - (double)xy[j]);
-        loss[j] = l + A[j] * l1p[j]; /* fx_softmax_row_loss, its log1p taken above */
-        if (X && k->z_loss != 0) loss[j] += k->z_loss * lse[j] * lse[j];
     }
     fx_store_losses(&k->loss[o * k->n_i + i0 - k->loss_r0], loss, n, k->stream_loss);
     if (!go) return -1;
