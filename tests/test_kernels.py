@@ -479,6 +479,30 @@ def test_gather_batches(impl, dtype, threads):
     assert out.loss.tobytes() == loss_only.loss.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=dname)
+def test_gather_log_of_zero_and_subnormal_values(impl, dtype):
+    """eps = 0, which the public API refuses (its smallest eps keeps every clipped
+    value a normal float64, and the Cython gather-log then takes a log without the
+    zero and subnormal cases): p_y = 0 gives inf, a subnormal p_y its finite log,
+    loss only and with the gradient alike."""
+    n, c = 300, 4
+    y = RNG.integers(0, c, n)
+    p = RNG.uniform(0.01, 1, (n, c))
+    rows = np.arange(n)
+    p[rows[::5], y[::5]] = 0.0
+    p[rows[1::5], y[1::5]] = 5e-324 if dtype == F64 else 1e-45  # subnormal in the input dtype
+    with np.errstate(divide="ignore"):
+        want = -np.log(p[rows, y].astype(dtype).astype(F64))
+    assert np.isinf(want[::5]).all() and np.isfinite(want[1::5]).all()
+    for threads in (1, 2):
+        with np.errstate(divide="ignore"):  # the NumPy backend's log(0)
+            loss_only = run(impl, "sparse_from_probs", p, y, dtype=dtype, eps=0.0, threads=threads)
+        np.testing.assert_allclose(loss_only.loss, want, rtol=tol(dtype) if impl.backend == "numba" else 1e-12)
+        with np.errstate(divide="ignore"):
+            out = run(impl, "sparse_from_probs", p, y, dtype=dtype, eps=0.0, threads=threads, grad=True)
+        assert out.loss.tobytes() == loss_only.loss.tobytes()
+
+
 # ---------------------------------------------------------------------------- argument dtypes
 
 

@@ -11,7 +11,8 @@
  * L2 with one), which keeps misses in flight up to the core's limit. Without a
  * gradient, rows go in batches of FX_GATHER_BATCH: the batch's values are
  * gathered first, then checked, clipped and logged in vector loops (the same
- * fx_log_f64, hence the same bits, as the gradient path's one log per row).
+ * log, hence the same bits, as the gradient path's one log per row: fx_log_normal_f64
+ * whenever eps keeps every clipped value normal, as the contract's eps does).
  *
  * A template for one compute type (see fx_load.h): FX_CODE F32 serves float16,
  * bfloat16 and float32 input, F64 float64. Each (label dtype, value dtype, gradient or not)
@@ -45,9 +46,10 @@ FX_INLINE void FXN(gather_prefetch)(const fx_call *k, fx_ssize r, fx_ssize r1, i
 /* Loss only, rows r0 .. r1-1 in batches; the first out-of-range row or -1.
  * Once the misses overlap, the loop is bound by its instruction count, so the
  * per-row loop only prefetches, reads the label and gathers the value (the call's
- * fields in locals, rows advanced by increments); the checks, clip, weights and
- * logs run as vector loops over the batch. An ignored row reads its row's first
- * value instead (any in-bounds address: its loss is 0 whatever it holds).
+ * fields in locals, rows advanced by increments, flat rows by pointer steps); the
+ * checks, clip, weights and logs run as vector loops over the batch. An ignored
+ * row reads its row's first value instead (any in-bounds address: its loss is 0
+ * whatever it holds).
  * flat: one outer index (n_o == 1, as every (N, C) call is after _normalise),
  * row r is (0, r). */
 FX_INLINE fx_ssize FXN(gather_losses)(const fx_call *k, fx_ssize r0, fx_ssize r1, int ld, int xd,
@@ -69,16 +71,34 @@ FX_INLINE fx_ssize FXN(gather_losses)(const fx_call *k, fx_ssize r0, fx_ssize r1
     fx_row_of(k, r0 + FX_GATHER_AHEAD, &po, &pi);
     for (fx_ssize b0 = r0; b0 < r1; b0 += FX_GATHER_BATCH) {
         const fx_ssize nb = r1 - b0 < FX_GATHER_BATCH ? r1 - b0 : FX_GATHER_BATCH;
-        for (fx_ssize j = 0; j < nb; j++) {
-            if (b0 + j + FX_GATHER_AHEAD < r1) {
-                const int64_t yp = fx_label(lab + (flat ? 0 : po * lso) + pi * lsi, ld);
-                FX_PREFETCH_L1(xd0 + (flat ? 0 : po * so) + (yp == ignore ? 0 : yp) * sc + pi * si);
+        if (flat) { /* row pointers advanced by their strides: no multiply a row */
+            const char *lp = lab + i * lsi, *xp = xd0 + i * si;
+            const char *plp = lab + pi * lsi, *pxp = xd0 + pi * si;
+            const fx_ssize jp = r1 - FX_GATHER_AHEAD - b0; /* rows j < jp have a row to fetch */
+            for (fx_ssize j = 0; j < nb; j++) {
+                if (j < jp) {
+                    const int64_t yp = fx_label(plp, ld);
+                    FX_PREFETCH_L1(pxp + (yp == ignore ? 0 : yp) * sc);
+                }
+                const int64_t y = fx_label(lp, ld);
+                yv[j] = y;
+                pv[j] = FXN(gather_value)(xp + (y == ignore ? 0 : y) * sc, xd);
+                lp += lsi; xp += si; plp += lsi; pxp += si;
             }
-            const int64_t y = fx_label(lab + (flat ? 0 : o * lso) + i * lsi, ld);
-            yv[j] = y;
-            pv[j] = FXN(gather_value)(xd0 + (flat ? 0 : o * so) + (y == ignore ? 0 : y) * sc + i * si, xd);
-            if (++i == n_i && !flat) { i = 0; o++; }
-            if (++pi == n_i && !flat) { pi = 0; po++; }
+            i += nb;
+            pi += nb;
+        } else {
+            for (fx_ssize j = 0; j < nb; j++) {
+                if (b0 + j + FX_GATHER_AHEAD < r1) {
+                    const int64_t yp = fx_label(lab + po * lso + pi * lsi, ld);
+                    FX_PREFETCH_L1(xd0 + po * so + (yp == ignore ? 0 : yp) * sc + pi * si);
+                }
+                const int64_t y = fx_label(lab + o * lso + i * lsi, ld);
+                yv[j] = y;
+                pv[j] = FXN(gather_value)(xd0 + o * so + (y == ignore ? 0 : y) * sc + i * si, xd);
+                if (++i == n_i) { i = 0; o++; }
+                if (++pi == n_i) { pi = 0; po++; }
+            }
         }
         uint64_t bad = 0; /* all in 64-bit lanes: mixed widths keep GCC from vectorising */
         for (fx_ssize j = 0; j < nb; j++) {
@@ -102,7 +122,10 @@ FX_INLINE fx_ssize FXN(gather_losses)(const fx_call *k, fx_ssize r0, fx_ssize r1
                 const double p = FXN(gather_value)(xd0 + ro * so + yv[j] * sc + ri * si, xd);
                 if (p < 0 || p > 1) return b0 + j;
             }
-        for (fx_ssize j = 0; j < nb; j++) lg[j] = fx_log_f64(pv[j]);
+        if (lo >= FX_LOG_TINY) /* every clipped value is normal: the same log, fewer selects */
+            for (fx_ssize j = 0; j < nb; j++) lg[j] = fx_log_normal_f64(pv[j]);
+        else
+            for (fx_ssize j = 0; j < nb; j++) lg[j] = fx_log_f64(pv[j]);
         double *out = &k->loss[b0 - k->loss_r0]; /* row r's loss is at r - loss_r0 */
         for (fx_ssize j = 0; j < nb; j++) out[j] = 0.0 - wy[j] * lg[j];
     }
@@ -130,7 +153,7 @@ FX_INLINE fx_ssize FXN(gather_grads)(const fx_call *k, fx_ssize r0, fx_ssize r1,
         const int clipped = p < lo || p > hi;
         const double pc = p < lo ? lo : (p > hi ? hi : p);
         const double wy = k->cw[y];
-        *loss = 0.0 - wy * fx_log_f64(pc);
+        *loss = 0.0 - wy * (lo >= FX_LOG_TINY ? fx_log_normal_f64(pc) : fx_log_f64(pc));
         FXN(fill)(grow, k->g.sc, k->g.dtype, k->n_c, (T)0);
         const double gw = FXN(grad_weight)(k, o, i);
         FXN(store1)(grow + y * k->g.sc, k->g.dtype, clipped ? 0.0 : -wy * gw / p);

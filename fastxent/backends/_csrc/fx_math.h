@@ -362,16 +362,15 @@ FX_INLINE float fx_log_f32(float x)
     return fx_sel_f32(x != x, x, res);
 }
 
-/* log(x) in double: fdlibm's e_log.c reduction and minimax polynomial (< 1 ulp).
- * The exponent is turned into a double through the 2^52 bit trick (no int64 ->
- * double conversion, which SSE2/AVX2 cannot vectorise). */
-FX_INLINE double fx_log_f64(double x)
+/* log(x) in double for a positive normal x, less esub in the exponent: fdlibm's
+ * e_log.c reduction and minimax polynomial (< 1 ulp). The exponent is turned into a
+ * double through the 2^52 bit trick (no int64 -> double conversion, which SSE2/AVX2
+ * cannot vectorise). */
+FX_INLINE double fx_log_normal_core_f64(double x, double esub)
 {
-    int sub = x < FX_LOG_TINY;
-    double xs = fx_sel_f64(sub, x * 18014398509481984.0, x);  /* * 2^54 */
-    uint64_t u = fx_d2u(xs) + (UINT64_C(0x3ff0000000000000) - FX_LOG_SQRT_HALF_BITS);
+    uint64_t u = fx_d2u(x) + (UINT64_C(0x3ff0000000000000) - FX_LOG_SQRT_HALF_BITS);
     double ef = fx_u2d((u >> 52) | UINT64_C(0x4330000000000000)) - 4503599627370496.0;
-    ef = ef - 1023.0 - fx_sel_f64(sub, 54.0, 0.0);
+    ef = ef - 1023.0 - esub;
     double m = fx_u2d((u & UINT64_C(0x000fffffffffffff)) + FX_LOG_SQRT_HALF_BITS);
     double f = m - 1.0;
     double s = f / (2.0 + f);
@@ -380,11 +379,28 @@ FX_INLINE double fx_log_f64(double x)
     double t2 = z * (FX_LOG_LG1 + w * (FX_LOG_LG3 + w * (FX_LOG_LG5 + w * FX_LOG_LG7)));
     double R = t2 + t1;
     double hfsq = 0.5 * f * f;
-    double res = ef * FX_LOG_LN2_HI - ((hfsq - (s * (hfsq + R) + ef * FX_LOG_LN2_LO)) - f);
+    return ef * FX_LOG_LN2_HI - ((hfsq - (s * (hfsq + R) + ef * FX_LOG_LN2_LO)) - f);
+}
+
+/* log(x) in double, every x: subnormals scaled by 2^54 first, then 0, negatives,
+ * +inf and NaN selected. */
+FX_INLINE double fx_log_f64(double x)
+{
+    int sub = x < FX_LOG_TINY;
+    double res = fx_log_normal_core_f64(fx_sel_f64(sub, x * 18014398509481984.0, x), /* * 2^54 */
+                                        fx_sel_f64(sub, 54.0, 0.0));
     res = fx_sel_f64(x == 0.0, -INFINITY, res);
     res = fx_sel_f64(x < 0.0, NAN, res);
     res = fx_sel_f64(x == INFINITY, INFINITY, res);
     return fx_sel_f64(x != x, x, res);
+}
+
+/* fx_log_f64 for x in [FX_LOG_TINY, DBL_MAX] or NaN, with the same bits: the
+ * gather-log's clipped probabilities, whose batch loop the other selects made a
+ * sixth slower. */
+FX_INLINE double fx_log_normal_f64(double x)
+{
+    return fx_sel_f64(x != x, x, fx_log_normal_core_f64(x, 0.0));
 }
 
 /* log1p(u) for u in [0, 1] (or NaN): log1p(u) = 2 atanh(s), s = u / (2 + u) in
