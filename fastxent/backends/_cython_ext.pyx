@@ -818,6 +818,64 @@ def _pool_probe(fx_ssize n_items, int workers, fx_ssize spin=0):
     return counts, slots, ran, _probe_late
 
 
+ctypedef struct _quarters_job:
+    const fx_call *k
+    const _runner *ru
+    double *sums
+    double *quarter_sums  # the pairwise sum of each quarter of every whole block
+    double *bufs  # one loss buffer of BLOCK_ROWS per pool slot
+    fx_ssize n_quarters
+    fx_ssize bad  # the lowest bad row any item found, or -1 (fx_pool_min)
+
+
+cdef void _quarter_item(void *ctx, fx_ssize q, int slot) noexcept nogil:
+    """Quarter q of the whole blocks (its losses' pairwise sum into quarter_sums[q]),
+    or, past them, the last partial block (its sum into sums)."""
+    cdef _quarters_job *j = <_quarters_job *>ctx
+    cdef fx_ssize n_rows = j.k.n_o * j.k.n_i
+    cdef fx_ssize r0 = q * (BLOCK_ROWS // 4), r1 = min(r0 + BLOCK_ROWS // 4, n_rows)
+    if q == j.n_quarters:
+        r1 = n_rows
+    cdef fx_call kc = j.k[0]
+    kc.loss = j.bufs + slot * BLOCK_ROWS
+    kc.loss_r0 = r0
+    kc.stream_loss = 0
+    fx_pool_min(&j.bad, _range(&kc, j.ru, r0, r1))
+    if q < j.n_quarters:
+        j.quarter_sums[q] = _pairwise_sum(kc.loss, r1 - r0)
+    else:
+        j.sums[q // 4] = _pairwise_sum(kc.loss, r1 - r0)
+
+
+cdef fx_ssize _quarter_blocks(const fx_call *k, const _runner *ru, int nt, double *sums) except -2 nogil:
+    """The block sums of a call with too few blocks to share among nt threads, from
+    quarter blocks: NumPy's pairwise sum of BLOCK_ROWS values is
+    (pw(q0) + pw(q1)) + (pw(q2) + pw(q3)) over its quarters (its halves split at
+    multiples of 8), so quarters can run on any thread and keep the block's bits.
+    No per-row temporary and no serial pass over it: the gather-log, whose rows cost
+    a read each, measured both."""
+    cdef fx_ssize n_rows = k.n_o * k.n_i, b
+    cdef fx_ssize n_whole = n_rows // BLOCK_ROWS
+    cdef _quarters_job j
+    j.k = k
+    j.ru = ru
+    j.sums = sums
+    j.n_quarters = 4 * n_whole
+    j.bad = -1
+    j.quarter_sums = <double *>malloc((j.n_quarters + nt * BLOCK_ROWS) * sizeof(double))
+    if j.quarter_sums == NULL:
+        with gil:
+            raise MemoryError()
+    j.bufs = j.quarter_sums + j.n_quarters
+    fx_note_parallel_use()
+    fx_pool_run(_quarter_item, &j, j.n_quarters + (1 if n_rows % BLOCK_ROWS else 0), nt)
+    for b in range(n_whole):
+        sums[b] = ((j.quarter_sums[4 * b] + j.quarter_sums[4 * b + 1])
+                   + (j.quarter_sums[4 * b + 2] + j.quarter_sums[4 * b + 3]))
+    free(j.quarter_sums)
+    return j.bad
+
+
 cdef inline bint _blocks_keep_vectors(const fx_call *k, const _runner *ru) noexcept nogil:
     """Whether cutting the rows at multiples of BLOCK_ROWS leaves every column task
     piece a multiple of 16 rows (but at the end of the inner axis). Lanes compute
@@ -856,6 +914,8 @@ cdef fx_ssize _run(fx_call *k, _runner *ru, int threads, double *sums) except -2
     n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
     if (nt == 1 or n_blocks >= 4 * nt) and _blocks_keep_vectors(k, ru):
         return _blocks(k, ru, nt, sums)
+    if ru.form == FORM_GATHER and n_rows >= BLOCK_ROWS:
+        return _quarter_blocks(k, ru, nt, sums)
     # fewer blocks than would keep every thread busy (at most 4 * nt * BLOCK_ROWS
     # rows), or an inner axis that blocks would cut mid-vector: the losses of
     # every row into a temporary, then the sums of its blocks
