@@ -689,6 +689,18 @@ cdef fx_ssize _split(const fx_call *k, const _runner *ru, fx_ssize tasks, int nt
     return j.bad
 
 
+cdef inline fx_ssize _range_into(const fx_call *k, const _runner *ru, fx_ssize r0, fx_ssize r1, double *buf,
+                                 bint leaf_sums) noexcept nogil:
+    """Rows r0..r1-1 with their losses (or, leaf_sums, their leaves' sums) from buf[0]
+    on, in cache; the first bad row or -1."""
+    cdef fx_call kc = k[0]
+    kc.loss = buf
+    kc.loss_r0 = r0
+    kc.stream_loss = 0
+    kc.leaf_sums = leaf_sums
+    return _range(&kc, ru, r0, r1)
+
+
 cdef inline fx_ssize _block(const fx_call *k, const _runner *ru, fx_ssize b, double *buf,
                             double *sums) noexcept nogil:
     """Block b's rows with their losses in buf, and their pairwise sum in sums[b].
@@ -698,14 +710,10 @@ cdef inline fx_ssize _block(const fx_call *k, const _runner *ru, fx_ssize b, dou
     sum halves BLOCK_ROWS exactly down to leaves of FX_LEAF, so the block's sum
     is the pairwise tree over them."""
     cdef fx_ssize r0 = b * BLOCK_ROWS, r1 = min(r0 + BLOCK_ROWS, k.n_o * k.n_i)
-    cdef fx_call kc = k[0]
-    kc.loss = buf
-    kc.loss_r0 = r0
-    kc.stream_loss = 0
-    kc.leaf_sums = (ru.leaves and r1 - r0 == BLOCK_ROWS and ru.w % FX_LEAF == 0
-                    and (k.n_o == 1 or k.n_i % FX_LEAF == 0))
-    cdef fx_ssize bad = _range(&kc, ru, r0, r1)
-    sums[b] = _leaf_tree(buf, BLOCK_ROWS // FX_LEAF) if kc.leaf_sums else _pairwise_sum(buf, r1 - r0)
+    cdef bint leaves = (ru.leaves and r1 - r0 == BLOCK_ROWS and ru.w % FX_LEAF == 0
+                        and (k.n_o == 1 or k.n_i % FX_LEAF == 0))
+    cdef fx_ssize bad = _range_into(k, ru, r0, r1, buf, leaves)
+    sums[b] = _leaf_tree(buf, BLOCK_ROWS // FX_LEAF) if leaves else _pairwise_sum(buf, r1 - r0)
     return bad
 
 
@@ -836,15 +844,12 @@ cdef void _quarter_item(void *ctx, fx_ssize q, int slot) noexcept nogil:
     cdef fx_ssize r0 = q * (BLOCK_ROWS // 4), r1 = min(r0 + BLOCK_ROWS // 4, n_rows)
     if q == j.n_quarters:
         r1 = n_rows
-    cdef fx_call kc = j.k[0]
-    kc.loss = j.bufs + slot * BLOCK_ROWS
-    kc.loss_r0 = r0
-    kc.stream_loss = 0
-    fx_pool_min(&j.bad, _range(&kc, j.ru, r0, r1))
+    cdef double *buf = j.bufs + slot * BLOCK_ROWS
+    fx_pool_min(&j.bad, _range_into(j.k, j.ru, r0, r1, buf, False))
     if q < j.n_quarters:
-        j.quarter_sums[q] = _pairwise_sum(kc.loss, r1 - r0)
+        j.quarter_sums[q] = _pairwise_sum(buf, r1 - r0)
     else:
-        j.sums[q // 4] = _pairwise_sum(kc.loss, r1 - r0)
+        j.sums[q // 4] = _pairwise_sum(buf, r1 - r0)
 
 
 cdef fx_ssize _quarter_blocks(const fx_call *k, const _runner *ru, int nt, double *sums) except -2 nogil:

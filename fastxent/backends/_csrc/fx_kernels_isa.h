@@ -94,10 +94,16 @@ static inline void fx_put_i64(char *p, int64_t v) { memcpy(p, &v, 8); }
 
 #ifdef FX_AVX512_MASKS
 #include <immintrin.h>
+/* The first min(n, 16) of 16 float32 lanes (n >= 0). */
+static inline __mmask16 fx_live16(fx_ssize n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
 /* Bit j set where x[j] == v, for j < min(n, lanes): one masked compare. */
 static inline unsigned fx_eq_mask_f32(const float *x, float v, fx_ssize n)
 {
-    const __mmask16 live = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    const __mmask16 live = fx_live16(n);
     return _mm512_mask_cmp_ps_mask(live, _mm512_maskz_loadu_ps(live, x), _mm512_set1_ps(v), _CMP_EQ_OQ);
 }
 static inline unsigned fx_eq_mask_f64(const double *x, double v, fx_ssize n)
@@ -135,7 +141,7 @@ static inline void fx_transpose16(__m512 *r)
  * Masked loads past nc: never read, so never fault. */
 static inline void fx_rows_to_columns16(const char *src, fx_ssize rs, int nc, float *dst, fx_ssize ds)
 {
-    const __mmask16 live = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1);
+    const __mmask16 live = fx_live16(nc);
     __m512 r[16];
     for (int j = 0; j < 16; j++) r[j] = _mm512_maskz_loadu_ps(live, src + j * rs);
     fx_transpose16(r);
@@ -146,7 +152,7 @@ static inline void fx_rows_to_columns16(const char *src, fx_ssize rs, int nc, fl
  * classes of 16 rows at dst (byte stride rs); masked stores leave the rest. */
 static inline void fx_columns_to_rows16(const float *src, fx_ssize ds, int nc, char *dst, fx_ssize rs)
 {
-    const __mmask16 live = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1);
+    const __mmask16 live = fx_live16(nc);
     __m512 r[16];
     for (int c = 0; c < 16; c++) r[c] = c < nc ? _mm512_loadu_ps(src + c * ds) : _mm512_setzero_ps();
     fx_transpose16(r);
@@ -181,12 +187,11 @@ static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize
     const int nv = (int)((n + 15) / 16);
     __m512i hi = _mm512_set1_epi32(INT32_MIN), lo = _mm512_set1_epi32(INT32_MAX);
     for (int j = 0; j < nv; j++) {
-        const __mmask16 live = n - 16 * j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - 16 * j)) - 1);
-        v[j] = _mm512_maskz_loadu_ps(live, x + 16 * j);
+        v[j] = _mm512_maskz_loadu_ps(fx_live16(n - 16 * j), x + 16 * j);
         const __m512i b = _mm512_castps_si512(v[j]); /* fx_key_f32 */
         const __m512i key = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), _mm512_set1_epi32(0x7fffffff)));
-        hi = _mm512_mask_max_epi32(hi, live, hi, key);
-        lo = _mm512_mask_min_epi32(lo, live, lo, key);
+        hi = _mm512_mask_max_epi32(hi, fx_live16(n - 16 * j), hi, key);
+        lo = _mm512_mask_min_epi32(lo, fx_live16(n - 16 * j), lo, key);
     }
     const float mx = fx_unkey_f32(_mm512_reduce_max_epi32(hi)), mn = fx_unkey_f32(_mm512_reduce_min_epi32(lo));
     if (mx != mx || mn != mn || mx == INFINITY) return 1;
@@ -204,9 +209,9 @@ static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize
     if (!(mn - mx >= (float)FX_EXP_NEAR)) return 3;
     __m512 s = _mm512_setzero_ps();
     for (int j = 0; j < nv; j++) {
-        const __mmask16 live = n - 16 * j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - 16 * j)) - 1);
         const __mmask16 argmax = (__mmask16)((j < 4 ? first0 : first1) >> (16 * (j & 3)));
-        s = _mm512_add_ps(s, _mm512_maskz_mov_ps(live & (__mmask16)~argmax, fx_exp_near_ps(_mm512_sub_ps(v[j], vm))));
+        s = _mm512_add_ps(s, _mm512_maskz_mov_ps(fx_live16(n - 16 * j) & (__mmask16)~argmax,
+                                                 fx_exp_near_ps(_mm512_sub_ps(v[j], vm))));
     }
     const __m512d s8 = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(s)),
                                      _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
