@@ -503,6 +503,34 @@ def test_gather_log_of_zero_and_subnormal_values(impl, dtype):
         assert out.loss.tobytes() == loss_only.loss.tobytes()
 
 
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+@pytest.mark.parametrize("dtype", [F32, F64], ids=dname)
+def test_probability_rows_of_zero_and_subnormal_values(impl, dtype, layout):
+    """eps = 0 for whole probability rows (categorical; sparse with smoothing): the
+    API's smallest eps keeps every clipped value normal, and the Cython rows then
+    take a log without the zero and subnormal cases; here they must take the full
+    one: p_c = 0 with weight on it gives inf, a subnormal p_c its finite log."""
+    n, c = 60, 40
+    p = RNG.uniform(0.01, 1, (n, c))
+    t = RNG.uniform(0.1, 1, (n, c))  # every class weighted: 0 * log(0) never arises
+    p[::3, 5] = 0.0
+    p[1::3, 7] = 5e-324 if dtype == F64 else 1e-45  # subnormal in the input dtype
+    pd = p.astype(dtype).astype(F64)
+    with np.errstate(divide="ignore"):
+        want = -(t.astype(dtype).astype(F64) * np.log(pd)).sum(axis=1)
+    assert np.isinf(want[::3]).all() and np.isfinite(want[1::3]).all()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        got = run(impl, "categorical_from_probs", p, t, layout=layout, dtype=dtype, eps=0.0)
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got.loss.reshape(-1)[~finite], want[~finite])
+    np.testing.assert_allclose(got.loss.reshape(-1)[finite], want[finite], rtol=tol(dtype))
+    y = RNG.integers(0, c, n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        smooth = run(impl, "sparse_from_probs", p, y, layout=layout, dtype=dtype, eps=0.0, ls=0.5)
+    assert np.isinf(smooth.loss.reshape(-1)[::3]).all()
+    assert np.isfinite(smooth.loss.reshape(-1)[1::3]).all()
+
+
 # ---------------------------------------------------------------------------- argument dtypes
 
 

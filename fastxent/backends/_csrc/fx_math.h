@@ -331,14 +331,12 @@ FX_INLINE double fx_exp_f64(double x)
 
 /* ------------------------------------------------------------------ log */
 
-/* log(x): x = 2^e m with m in [sqrt(1/2), sqrt(2)); Cephes' logf polynomial
- * (~1 ulp). 0 -> -inf, x < 0 -> NaN, NaN -> NaN, +inf -> +inf, subnormals exact. */
-FX_INLINE float fx_log_f32(float x)
+/* log(x) for a positive normal float x, less esub in the exponent: x = 2^e m with
+ * m in [sqrt(1/2), sqrt(2)); Cephes' logf polynomial (~1 ulp). */
+FX_INLINE float fx_log_normal_core_f32(float x, int32_t esub)
 {
-    int sub = x < FX_LOG_TINY_F32;                         /* subnormal, 0, < 0 */
-    float xs = fx_sel_f32(sub, x * 8388608.0f, x);          /* * 2^23 */
-    uint32_t u = fx_f2u(xs) + (0x3f800000u - FX_LOG_SQRT_HALF_BITS_F32); /* m into [sqrt.5, sqrt2) */
-    int32_t e = (int32_t)(u >> 23) - 127 - (sub ? 23 : 0);
+    uint32_t u = fx_f2u(x) + (0x3f800000u - FX_LOG_SQRT_HALF_BITS_F32); /* m into [sqrt.5, sqrt2) */
+    int32_t e = (int32_t)(u >> 23) - 127 - esub;
     float m = fx_u2f((u & 0x007fffffu) + FX_LOG_SQRT_HALF_BITS_F32);
     float f = m - 1.0f;
     float z = f * f;
@@ -355,11 +353,25 @@ FX_INLINE float fx_log_f32(float x)
     float ef = (float)e;
     y = y + FX_LN2_LO_F32 * ef;
     y = y + -0.5f * z;
-    float res = (f + y) + FX_LN2_HI_F32 * ef;
+    return (f + y) + FX_LN2_HI_F32 * ef;
+}
+
+/* log(x), every x: 0 -> -inf, x < 0 -> NaN, NaN -> NaN, +inf -> +inf, subnormals
+ * scaled by 2^23 first (exact). */
+FX_INLINE float fx_log_f32(float x)
+{
+    int sub = x < FX_LOG_TINY_F32;                         /* subnormal, 0, < 0 */
+    float res = fx_log_normal_core_f32(fx_sel_f32(sub, x * 8388608.0f, x), sub ? 23 : 0); /* * 2^23 */
     res = fx_sel_f32(x == 0.0f, -INFINITY, res);
     res = fx_sel_f32(x < 0.0f, NAN, res);
     res = fx_sel_f32(x == INFINITY, INFINITY, res);
     return fx_sel_f32(x != x, x, res);
+}
+
+/* fx_log_f32 for x in [FX_LOG_TINY_F32, FLT_MAX] or NaN, with the same bits. */
+FX_INLINE float fx_log_normal_f32(float x)
+{
+    return fx_sel_f32(x != x, x, fx_log_normal_core_f32(x, 0));
 }
 
 /* log(x) in double for a positive normal x, less esub in the exponent: fdlibm's
@@ -395,13 +407,17 @@ FX_INLINE double fx_log_f64(double x)
     return fx_sel_f64(x != x, x, res);
 }
 
-/* fx_log_f64 for x in [FX_LOG_TINY, DBL_MAX] or NaN, with the same bits: the
- * gather-log's clipped probabilities, whose batch loop the other selects made a
- * sixth slower. */
+/* fx_log_f64 for x in [FX_LOG_TINY, DBL_MAX] or NaN, with the same bits: clipped
+ * probabilities, for which the other selects are dead work in the hot loops. */
 FX_INLINE double fx_log_normal_f64(double x)
 {
     return fx_sel_f64(x != x, x, fx_log_normal_core_f64(x, 0.0));
 }
+
+/* Whether every value clipped to [lo, hi] is normal, so that fx_log_normal serves
+ * (the API's smallest epsilon is normal in both types; eps = 0 is not). */
+FX_INLINE int fx_log_normal_ok_f32(float lo) { return lo >= FX_LOG_TINY_F32; }
+FX_INLINE int fx_log_normal_ok_f64(double lo) { return lo >= FX_LOG_TINY; }
 
 /* log1p(u) for u in [0, 1] (or NaN): log1p(u) = 2 atanh(s), s = u / (2 + u) in
  * [0, 1/3], as 2s (1 + z P(z)), z = s^2, with a degree-3 minimax P (0.3 ulp before

@@ -19,8 +19,15 @@ static double FXN(probs_block)(const T *p, const T *u, T u0, fx_ssize n, T lo, T
      * loop vectorises at the full float width, apart from the float64 sums.
      * (GCC leaves a float32 run sum, FX_RUNSUM, over the terms scalar.) */
     T terms[FX_BLOCK];
-    if (u) for (fx_ssize c = 0; c < n; c++) terms[c] = u[c] * -FXM(fx_log)(FXM(fx_clip)(p[c], lo, hi));
-    else for (fx_ssize c = 0; c < n; c++) terms[c] = u0 * -FXM(fx_log)(FXM(fx_clip)(p[c], lo, hi));
+#define FX_TERMS(LOG)                                                                          \
+    if (u) for (fx_ssize c = 0; c < n; c++) terms[c] = u[c] * -LOG(FXM(fx_clip)(p[c], lo, hi)); \
+    else for (fx_ssize c = 0; c < n; c++) terms[c] = u0 * -LOG(FXM(fx_clip)(p[c], lo, hi));
+    if (FXM(fx_log_normal_ok)(lo)) { /* the same log without its zero/negative/inf selects */
+        FX_TERMS(FXM(fx_log_normal))
+    } else {
+        FX_TERMS(FXM(fx_log))
+    }
+#undef FX_TERMS
 #define FX_PT(c) terms[c]
     FX_LANESUM(s, n, FX_PT, FX_NOPRE);
 #undef FX_PT

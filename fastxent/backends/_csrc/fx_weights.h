@@ -55,7 +55,12 @@ static const T *FXN(u_block)(const fx_call *k, const char *trow, fx_ssize c0, fx
     if (k->dense) {
         const T *t = FXN(load)(trow + c0 * k->t.sc, k->t.sc, k->t.dtype, n, tmp);
         const T keep = (T)(1.0 - k->ls), add = (T)per;
-        for (fx_ssize c = 0; c < n; c++) buf[c] = FXN(dense_weight)((T)k->cw[c0 + c], t[c], keep, add);
+        if (k->cw_uniform) { /* no float64 weight read and narrowed per element */
+            const T w0 = (T)k->cw0;
+            for (fx_ssize c = 0; c < n; c++) buf[c] = FXN(dense_weight)(w0, t[c], keep, add);
+        } else {
+            for (fx_ssize c = 0; c < n; c++) buf[c] = FXN(dense_weight)((T)k->cw[c0 + c], t[c], keep, add);
+        }
     } else {
         for (fx_ssize c = 0; c < n; c++) buf[c] = (T)(per * k->cw[c0 + c]);
     }
