@@ -154,7 +154,8 @@ static FX_NOINLINE double FXN(exp_sum_short)(const T *x, fx_ssize n, T m, fx_ssi
  * to the max count 1 each, as they should. With e non-NULL also stores every
  * exp(x_c - m) (the gradient pass reuses them). near: every x_c - m lies in
  * fx_exp_near's range (no -inf), so the cheaper exp serves. The block holds no
- * NaN (block_range). pf: the block read next. */
+ * NaN (block_range). pf: where the block after the next one starts
+ * (asked for while this one computes). */
 static double FXN(exp_sum)(const T *x, fx_ssize n, T m, fx_ssize skip, int near, T *e, const char *pf)
 {
     double s1 = 0;
@@ -522,8 +523,13 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
             lin += (double)w.u0 * FXN(lin_sum)(xv, NULL, n, m);
             usum += (double)w.u0 * (double)n;
         }
-        /* the block read next: the rest of this row, or the next row's start */
-        const char *pf = c0 + n < C ? xrow + (c0 + n) * xs : xnext;
+        /* the block after the next one in reading order (in this row, or the next
+         * row's): with only the next one asked for, its range pass still waited on
+         * memory on some hosts (KERNELS.md, "Memory access") */
+        const fx_ssize next_n = c0 + n < C ? (C - c0 - n < FX_BLOCK ? C - c0 - n : FX_BLOCK)
+                                           : (C < FX_BLOCK ? C : FX_BLOCK);
+        const fx_ssize ahead = c0 + n + next_n;
+        const char *pf = ahead < C ? xrow + ahead * xs : xnext + (ahead - C) * xs;
         if (trow && k->t.sc > 0 && k->t.sc <= 8) {
             /* dense targets: the next block's are asked for too (the exp pass
              * prefetches only the logits), or u_block waits on memory for them */
