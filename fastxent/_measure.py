@@ -35,6 +35,10 @@ GATHER_CLASSES = 16
 QUICK_SIZES = _calibration.SIZES[::2]
 QUICK_BUDGET = 0.04
 POINT_BUDGET = 0.25
+#: Passes over the whole table (one with ``quick``): each point keeps its median over
+#: the passes, so that a burst of load during one pass, which the interleaved rounds
+#: of a point cannot spread over backends measured at other times, does not decide.
+PASSES = 3
 
 def _problem_for(family: str, work: int, backend: str):
     rng = np.random.default_rng(0)
@@ -90,18 +94,24 @@ def measure(backends_: list[str] | None = None, progress=None, quick: bool = Fal
     sizes = QUICK_SIZES if quick else _calibration.SIZES
     cores = available_cores()
     thread_counts = sorted({1, cores})
-    times: dict = {}
-    steps = [(b, f, s) for b in names for f in _calibration.FAMILIES for s in sizes]
-    for step, (backend, family, size) in enumerate(steps):
+    passes = 1 if quick else PASSES
+    samples: dict = {}  # (backend, family, threads) -> one list of per-size medians per pass
+    steps = [(p, b, f, s) for p in range(passes) for b in names for f in _calibration.FAMILIES for s in sizes]
+    for step, (pass_, backend, family, size) in enumerate(steps):
         if progress:
-            progress(step, len(steps), f"{backend} {family} {size:,}")
+            progress(step, len(steps), f"{backend} {family} {size:,}" + (f" (pass {pass_ + 1})" if passes > 1 else ""))
         problem = _problem_for(family, size, backend)
         if backends.unsupported_reason(backend, problem) is not None:
             continue
         runners = [kernel_runner(problem, backend, threads) for threads in thread_counts]
         budget = QUICK_BUDGET if quick else POINT_BUDGET
         for threads, seconds in zip(thread_counts, _median_times(runners, budget=budget)):
-            times.setdefault(backend, {}).setdefault(family, {}).setdefault(str(threads), []).append(seconds)
+            per_pass = samples.setdefault((backend, family, str(threads)), [[] for _ in range(passes)])
+            per_pass[pass_].append(seconds)
+    times: dict = {}
+    for (backend, family, threads), per_pass in samples.items():
+        point_medians = np.median(np.array(per_pass), axis=0)  # per size, across passes
+        times.setdefault(backend, {}).setdefault(family, {})[threads] = [float(t) for t in point_medians]
     if progress:
         progress(len(steps), len(steps), "done")
     return {

@@ -282,6 +282,31 @@ def test_calibrate_quick_takes_half_the_sizes_and_cython(tmp_path, capsys):
         _dispatch.reload_calibration()
 
 
+def test_calibration_keeps_each_points_median_over_the_passes(tiny_calibration, monkeypatch):
+    """A burst of load during one pass (here: pass 2 ten times slower, pass 3 a
+    hundred) must not decide a point: each point keeps its median over the passes."""
+    compiled_backends_or_skip("cython")
+    from fastxent import _measure
+
+    calls = []
+
+    def fake_median_times(runners, budget):
+        calls.append(len(runners))
+        pass_ = (len(calls) - 1) // (len(_calibration.FAMILIES) * len(_calibration.SIZES))
+        return [(1.0, 10.0, 100.0)[pass_ % 3] * (k + 1) for k in range(len(runners))]
+
+    monkeypatch.setattr(_measure, "_median_times", fake_median_times)
+    table = _measure.measure(["cython"])
+    assert len(calls) == _measure.PASSES * len(_calibration.FAMILIES) * len(_calibration.SIZES)
+    threads = [str(t) for t in table["threads"]]
+    for family in _calibration.FAMILIES:
+        for k, t in enumerate(threads):
+            assert table["times"]["cython"][family][t] == [10.0 * (k + 1)] * len(_calibration.SIZES)
+    before = len(calls)
+    _measure.measure(["cython"], quick=True)  # one pass
+    assert len(calls) - before == len(_calibration.FAMILIES) * len(_measure.QUICK_SIZES)
+
+
 def test_calibrate_cli(tiny_calibration, tmp_path, capsys):
     compiled_backends_or_skip("cython")
     from fastxent.cli import main
