@@ -14,23 +14,11 @@ Markdown; numbers belong in RESULTS.md, never in a test.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
+from mid_torch import median_us
 
 import fastxent
-
-
-def median_us(fn, calls: int) -> float:
-    for _ in range(10):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
 
 
 def main(argv=None) -> int:
