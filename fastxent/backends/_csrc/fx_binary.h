@@ -58,11 +58,22 @@ static const T *FXN(bce_targets)(const fx_call *k, const char *base, fx_ssize st
     return ybuf;
 }
 
-/* From probabilities: p = clip(x), 1 - p formed in T; gradient 0 where clipped. */
-FX_INLINE T FXN(bce_probs_loss)(T v, T y, T neg, T w, T lo, T hi)
+/* From probabilities: p = clip(x), 1 - p formed in T; gradient 0 where clipped.
+ * `probs` is 1, or 2 when p and 1 - p are normal for every x (bce_normal_logs):
+ * the log without its zero, subnormal, negative and infinite cases then. */
+FX_INLINE T FXN(bce_probs_loss)(int probs, T v, T y, T neg, T w, T lo, T hi)
 {
     T p = FXM(fx_clip)(v, lo, hi);
+    if (probs == 2) return -(w * y * FXM(fx_log_normal)(p) + neg * FXM(fx_log_normal)((T)1 - p));
     return -(w * y * FXM(fx_log)(p) + neg * FXM(fx_log)((T)1 - p));
+}
+
+/* 2 when every clipped p and 1 - p is normal (eps is: the API's smallest always
+ * is; 1 - hi, the smallest 1 - p, is lo up to rounding), else 1. */
+FX_INLINE int FXN(bce_normal_logs)(const fx_call *k)
+{
+    const T lo = (T)k->eps, hi = (T)1 - lo;
+    return FXM(fx_log_normal_ok)(lo) && FXM(fx_log_normal_ok)((T)1 - hi) ? 2 : 1;
 }
 FX_INLINE T FXN(bce_probs_grad)(T v, T y, T neg, T w, T lo, T hi)
 {
@@ -95,7 +106,7 @@ FX_INLINE double FXN(bce_block_w)(int probs, int unit, const T *x, const T *y, c
     double s;
     T e[FX_BLOCK], l[FX_BLOCK];
     const int fin = probs ? 0 : FXN(bce_tails)(x, n, e, l);
-#define FX_BL(c) (probs  ? FXN(bce_probs_loss)(x[c], y[c], neg[c], pw ? pw[c] : pw0, lo, hi) \
+#define FX_BL(c) (probs  ? FXN(bce_probs_loss)(probs, x[c], y[c], neg[c], pw ? pw[c] : pw0, lo, hi) \
                   : unit ? FXM(fx_bce_logits_loss_unit)(x[c], l[c], y[c], neg[c])        \
                          : FXM(fx_bce_logits_loss)(x[c], l[c], y[c], neg[c], pw ? pw[c] : pw0))
 #define FX_BL_FIN(c) (unit ? FXM(fx_bce_logits_loss_unit_fin)(x[c], l[c], y[c], neg[c]) \
@@ -176,7 +187,7 @@ FX_INLINE void FXN(bce_lanes)(int probs, int fin, int unit, int first, int grad,
 {
     for (fx_ssize j = 0; j < n; j++) {
         const T v = x[j], w = pw ? pw[j] : pw0;
-        double loss = probs ? (double)FXN(bce_probs_loss)(v, y[j], neg[j], w, lo, hi)
+        double loss = probs ? (double)FXN(bce_probs_loss)(probs, v, y[j], neg[j], w, lo, hi)
                     : unit  ? (double)(fin ? FXM(fx_bce_logits_loss_unit_fin)(v, l[j], y[j], neg[j])
                                            : FXM(fx_bce_logits_loss_unit)(v, l[j], y[j], neg[j]))
                     : fin   ? (double)FXM(fx_bce_logits_loss_fin)(v, l[j], y[j], neg[j], w)
@@ -273,6 +284,7 @@ static int FXN(bce_logits_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssiz
 static int FXN(bce_probs_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y)
 {
     (void)y;
+    if (FXN(bce_normal_logs)(k) == 2) return FXN(bce_row)(2, k, o, i);
     return FXN(bce_row)(1, k, o, i);
 }
 static fx_ssize FXN(bce_logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
@@ -281,5 +293,6 @@ static fx_ssize FXN(bce_logits_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, 
 }
 static fx_ssize FXN(bce_probs_cols)(const fx_call *k, fx_ssize o, fx_ssize i0, fx_ssize n)
 {
+    if (FXN(bce_normal_logs)(k) == 2) return FXN(bce_cols)(2, k, o, i0, n);
     return FXN(bce_cols)(1, k, o, i0, n);
 }
