@@ -506,7 +506,7 @@ def test_gather_log_of_zero_and_subnormal_values(impl, dtype):
 @pytest.mark.parametrize("layout", ["rows", "cols"])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=dname)
 def test_probability_rows_of_zero_and_subnormal_values(impl, dtype, layout):
-    """eps = 0 for whole probability rows (categorical; sparse with smoothing): the
+    """eps = 0 for whole probability rows (categorical; sparse with smoothing; binary): the
     API's smallest eps keeps every clipped value normal, and the Cython rows then
     take a log without the zero and subnormal cases; here they must take the full
     one: p_c = 0 with weight on it gives inf, a subnormal p_c its finite log."""
@@ -529,6 +529,19 @@ def test_probability_rows_of_zero_and_subnormal_values(impl, dtype, layout):
         smooth = run(impl, "sparse_from_probs", p, y, layout=layout, dtype=dtype, eps=0.0, ls=0.5)
     assert np.isinf(smooth.loss.reshape(-1)[::3]).all()
     assert np.isfinite(smooth.loss.reshape(-1)[1::3]).all()
+    # binary: log p and log(1 - p), p = 0 with target 1 and p = 1 with target 0 give inf
+    tb = (RNG.random((n, c)) < 0.5).astype(F64)
+    pb = RNG.uniform(0.01, 0.99, (n, c))
+    pb[::3, 5], tb[::3, 5] = 0.0, 1.0
+    pb[1::3, 6], tb[1::3, 6] = 1.0, 0.0
+    pb[2::3, 7] = 5e-324 if dtype == F64 else 1e-45
+    pbd = pb.astype(dtype).astype(F64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want_b = -(tb * np.log(pbd) + (1 - tb) * np.log1p(-pbd)).mean(axis=1)
+        got_b = run(impl, "binary_from_probs", pb, tb, layout=layout, dtype=dtype, eps=0.0).loss.reshape(-1)
+    assert np.isinf(want_b[::3]).all() and np.isinf(want_b[1::3]).all() and np.isfinite(want_b[2::3]).all()
+    np.testing.assert_array_equal(got_b[~np.isfinite(want_b)], want_b[~np.isfinite(want_b)])
+    np.testing.assert_allclose(got_b[np.isfinite(want_b)], want_b[np.isfinite(want_b)], rtol=tol(dtype))
 
 
 # ---------------------------------------------------------------------------- argument dtypes
