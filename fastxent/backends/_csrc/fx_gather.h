@@ -60,6 +60,7 @@ FX_INLINE fx_ssize FXN(gather_losses)(const fx_call *k, fx_ssize r0, fx_ssize r1
     const fx_ssize n_i = k->n_i;
     const int64_t ignore = k->ignore;
     const double *const cw = k->cw, cw0 = k->cw0;
+    const int normal_log = fx_log_normal_ok_f64(lo); /* every clipped value is normal */
     double pv[FX_GATHER_BATCH], lg[FX_GATHER_BATCH], wy[FX_GATHER_BATCH];
     int64_t yv[FX_GATHER_BATCH];
     fx_ssize o, i, po, pi; /* this row, and the row FX_GATHER_AHEAD on (fetched now) */
@@ -122,7 +123,7 @@ FX_INLINE fx_ssize FXN(gather_losses)(const fx_call *k, fx_ssize r0, fx_ssize r1
                 const double p = FXN(gather_value)(xd0 + ro * so + yv[j] * sc + ri * si, xd);
                 if (p < 0 || p > 1) return b0 + j;
             }
-        if (fx_log_normal_ok_f64(lo)) /* every clipped value is normal: the same log, fewer selects */
+        if (normal_log) /* the same log, fewer selects */
             for (fx_ssize j = 0; j < nb; j++) lg[j] = fx_log_normal_f64(pv[j]);
         else
             for (fx_ssize j = 0; j < nb; j++) lg[j] = fx_log_f64(pv[j]);
@@ -136,6 +137,7 @@ FX_INLINE fx_ssize FXN(gather_losses)(const fx_call *k, fx_ssize r0, fx_ssize r1
 FX_INLINE fx_ssize FXN(gather_grads)(const fx_call *k, fx_ssize r0, fx_ssize r1, int ld, int xd,
                                      double lo, double hi)
 {
+    const int normal_log = fx_log_normal_ok_f64(lo);
     for (fx_ssize r = r0; r < r1; r++) {
         fx_ssize o, i;
         FXN(gather_prefetch)(k, r, r1, ld);
@@ -153,7 +155,7 @@ FX_INLINE fx_ssize FXN(gather_grads)(const fx_call *k, fx_ssize r0, fx_ssize r1,
         const int clipped = p < lo || p > hi;
         const double pc = p < lo ? lo : (p > hi ? hi : p);
         const double wy = k->cw[y];
-        *loss = 0.0 - wy * (fx_log_normal_ok_f64(lo) ? fx_log_normal_f64(pc) : fx_log_f64(pc));
+        *loss = 0.0 - wy * (normal_log ? fx_log_normal_f64(pc) : fx_log_f64(pc));
         FXN(fill)(grow, k->g.sc, k->g.dtype, k->n_c, (T)0);
         const double gw = FXN(grad_weight)(k, o, i);
         FXN(store1)(grow + y * k->g.sc, k->g.dtype, clipped ? 0.0 : -wy * gw / p);

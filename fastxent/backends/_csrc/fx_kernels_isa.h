@@ -187,11 +187,12 @@ static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize
     const int nv = (int)((n + 15) / 16);
     __m512i hi = _mm512_set1_epi32(INT32_MIN), lo = _mm512_set1_epi32(INT32_MAX);
     for (int j = 0; j < nv; j++) {
-        v[j] = _mm512_maskz_loadu_ps(fx_live16(n - 16 * j), x + 16 * j);
+        const __mmask16 live = fx_live16(n - 16 * j);
+        v[j] = _mm512_maskz_loadu_ps(live, x + 16 * j);
         const __m512i b = _mm512_castps_si512(v[j]); /* fx_key_f32 */
         const __m512i key = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), _mm512_set1_epi32(0x7fffffff)));
-        hi = _mm512_mask_max_epi32(hi, fx_live16(n - 16 * j), hi, key);
-        lo = _mm512_mask_min_epi32(lo, fx_live16(n - 16 * j), lo, key);
+        hi = _mm512_mask_max_epi32(hi, live, hi, key);
+        lo = _mm512_mask_min_epi32(lo, live, lo, key);
     }
     const float mx = fx_unkey_f32(_mm512_reduce_max_epi32(hi)), mn = fx_unkey_f32(_mm512_reduce_min_epi32(lo));
     if (mx != mx || mn != mn || mx == INFINITY) return 1;

@@ -526,9 +526,8 @@ FX_INLINE int FXN(logits_row_t)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssi
         /* the block after the next one in reading order (in this row, or the next
          * row's): with only the next one asked for, its range pass still waited on
          * memory on some hosts (KERNELS.md, "Memory access") */
-        const fx_ssize next_n = c0 + n < C ? (C - c0 - n < FX_BLOCK ? C - c0 - n : FX_BLOCK)
-                                           : (C < FX_BLOCK ? C : FX_BLOCK);
-        const fx_ssize ahead = c0 + n + next_n;
+        const fx_ssize left = c0 + n < C ? C - c0 - n : C; /* after this block, in this row or the next */
+        const fx_ssize ahead = c0 + n + (left < FX_BLOCK ? left : FX_BLOCK);
         const char *pf = ahead < C ? xrow + ahead * xs : xnext + (ahead - C) * xs;
         if (trow && k->t.sc > 0 && k->t.sc <= 8) {
             /* dense targets: the next block's are asked for too (the exp pass
