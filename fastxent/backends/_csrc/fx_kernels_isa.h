@@ -180,14 +180,16 @@ static inline __m512 fx_exp_near_ps(__m512 x)
  * j + 1): the same bits. Returns 0 then; 1 for a row holding a NaN or +inf, 2 for
  * a row of -inf only, 3 for a row wider than fx_exp_near's range (*m and *skip set:
  * exp_sum_short_f32 with near = 0 takes it). The short-row loop inlines this: with
- * no copy, no frame and no call, consecutive rows overlap in the core. */
-static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R)
+ * no copy, no frame and no call, consecutive rows overlap in the core.
+ * nv = ceil(n / 16) is a constant in each copy (fx_short_row_ps picks one): its loops
+ * unroll, the vectors stay in registers and only the last one is masked. */
+FX_INLINE int fx_short_row_nv_ps(const float *x, fx_ssize n, const int nv, float *m, fx_ssize *skip, double *R)
 {
     __m512 v[FX_SHORT_C / 16];
-    const int nv = (int)((n + 15) / 16);
     __m512i hi = _mm512_set1_epi32(INT32_MIN), lo = _mm512_set1_epi32(INT32_MAX);
+#pragma GCC unroll 8
     for (int j = 0; j < nv; j++) {
-        const __mmask16 live = fx_live16(n - 16 * j);
+        const __mmask16 live = j + 1 < nv ? (__mmask16)0xffff : fx_live16(n - 16 * j);
         v[j] = _mm512_maskz_loadu_ps(live, x + 16 * j);
         const __m512i b = _mm512_castps_si512(v[j]); /* fx_key_f32 */
         const __m512i key = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), _mm512_set1_epi32(0x7fffffff)));
@@ -203,15 +205,18 @@ static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize
      * would be mispredicted and end the overlap with the next row): the hits of
      * vectors 0-3 and 4-7 as two 64-bit masks, their lowest set bit kept */
     uint64_t hit[2] = {0, 0};
+#pragma GCC unroll 8
     for (int j = 0; j < nv; j++)
         hit[j >> 2] |= (uint64_t)_mm512_cmp_ps_mask(v[j], vm, _CMP_EQ_OQ) << (16 * (j & 3));
     const uint64_t first0 = hit[0] & (0 - hit[0]), first1 = hit[0] ? 0 : hit[1] & (0 - hit[1]);
     *skip = first0 ? __builtin_ctzll(first0) : 64 + __builtin_ctzll(first1); /* the max is in the row */
     if (!(mn - mx >= (float)FX_EXP_NEAR)) return 3;
     __m512 s = _mm512_setzero_ps();
+#pragma GCC unroll 8
     for (int j = 0; j < nv; j++) {
         const __mmask16 argmax = (__mmask16)((j < 4 ? first0 : first1) >> (16 * (j & 3)));
-        s = _mm512_add_ps(s, _mm512_maskz_mov_ps(fx_live16(n - 16 * j) & (__mmask16)~argmax,
+        const __mmask16 live = j + 1 < nv ? (__mmask16)0xffff : fx_live16(n - 16 * j);
+        s = _mm512_add_ps(s, _mm512_maskz_mov_ps(live & (__mmask16)~argmax,
                                                  fx_exp_near_ps(_mm512_sub_ps(v[j], vm))));
     }
     const __m512d s8 = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(s)),
@@ -220,6 +225,19 @@ static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize
     const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
     *R = _mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2));
     return 0;
+}
+static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R)
+{
+    switch ((n + 15) / 16) {
+    case 1: return fx_short_row_nv_ps(x, n, 1, m, skip, R);
+    case 2: return fx_short_row_nv_ps(x, n, 2, m, skip, R);
+    case 3: return fx_short_row_nv_ps(x, n, 3, m, skip, R);
+    case 4: return fx_short_row_nv_ps(x, n, 4, m, skip, R);
+    case 5: return fx_short_row_nv_ps(x, n, 5, m, skip, R);
+    case 6: return fx_short_row_nv_ps(x, n, 6, m, skip, R);
+    case 7: return fx_short_row_nv_ps(x, n, 7, m, skip, R);
+    default: return fx_short_row_nv_ps(x, n, 8, m, skip, R);
+    }
 }
 #endif
 
