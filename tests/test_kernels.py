@@ -627,6 +627,30 @@ def test_in_place_long_rows(impl):
     assert a.loss.tobytes() == b.loss.tobytes() and a.grad.tobytes() == b.grad.tobytes()
 
 
+@pytest.mark.parametrize("c", [33, 100, 128])
+def test_short_rows_with_gradient(impl, c):
+    """Plain sparse rows of 33..128 float32 classes with a gradient (the register
+    rows on AVX-512): the reference's loss and gradient with class and per-row
+    weights, NaN, all -inf, ignored and out-of-range-wide rows among them, the
+    loss-only call's bits, and the same bits in place."""
+    rows, labels, kw = problem("sparse_from_logits", 60, c, np.random.default_rng(c), dtype=F32, cw=True,
+                               ignore=True)  # fmt: skip
+    rows[1, 3] = np.nan
+    rows[2] = -np.inf
+    rows[3, :2] = (-200.0, 200.0)  # wider than the near exp's range
+    rows[4] = 7.0  # ties: the first argmax takes the exact value
+    labels[3], labels[4] = 1, 2
+    want = expect("sparse_from_logits", rows, labels, **kw)
+    for threads in (1, 2):
+        a = run(impl, "sparse_from_logits", rows, labels, grad=True, threads=threads, **kw)
+        assert_matches(a, want, 1e-5, f"{impl} c={c} threads={threads}")
+        loss_only = run(impl, "sparse_from_logits", rows, labels, threads=threads, **kw)
+        assert a.loss.tobytes() == loss_only.loss.tobytes()
+        b = run(impl, "sparse_from_logits", rows, labels, grad="inplace", x3=place(rows, "rows", F32),
+                threads=threads, **kw)  # fmt: skip
+        assert a.loss.tobytes() == b.loss.tobytes() and a.grad.tobytes() == b.grad.tobytes()
+
+
 def test_read_only_and_memmap(impl, tmp_path):
     for kernel in KERNELS:
         rows, aux, kw = problem(kernel, 64, 9, np.random.default_rng(5), dtype=F32, ls=0.1)

@@ -183,7 +183,8 @@ static inline __m512 fx_exp_near_ps(__m512 x)
  * no copy, no frame and no call, consecutive rows overlap in the core.
  * nv = ceil(n / 16) is a constant in each copy (fx_short_row_ps picks one): its loops
  * unroll, the vectors stay in registers and only the last one is masked. */
-FX_INLINE int fx_short_row_nv_ps(const float *x, fx_ssize n, const int nv, float *m, fx_ssize *skip, double *R)
+FX_INLINE int fx_short_row_nv_ps(const float *x, fx_ssize n, const int nv, float *m, fx_ssize *skip, double *R,
+                                  float *g, double gwA, float beta)
 {
     __m512 v[FX_SHORT_C / 16];
     __m512i hi = _mm512_set1_epi32(INT32_MIN), lo = _mm512_set1_epi32(INT32_MAX);
@@ -216,28 +217,51 @@ FX_INLINE int fx_short_row_nv_ps(const float *x, fx_ssize n, const int nv, float
     for (int j = 0; j < nv; j++) {
         const __mmask16 argmax = (__mmask16)((j < 4 ? first0 : first1) >> (16 * (j & 3)));
         const __mmask16 live = j + 1 < nv ? (__mmask16)0xffff : fx_live16(n - 16 * j);
-        s = _mm512_add_ps(s, _mm512_maskz_mov_ps(live & (__mmask16)~argmax,
-                                                 fx_exp_near_ps(_mm512_sub_ps(v[j], vm))));
+        v[j] = fx_exp_near_ps(_mm512_sub_ps(v[j], vm)); /* kept for the gradient */
+        s = _mm512_add_ps(s, _mm512_maskz_mov_ps(live & (__mmask16)~argmax, v[j]));
     }
     const __m512d s8 = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(s)),
                                      _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
     const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(s8), _mm512_extractf64x4_pd(s8, 1));
     const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
     *R = _mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2));
+    if (g) { /* g_c = alpha e_c - beta, as logits_row's gradient pass (its fix-ups at
+              * the label and the argmax are the caller's) */
+        const __m512 alpha = _mm512_set1_ps((float)(gwA / (1.0 + *R))), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
+        for (int j = 0; j < nv; j++) {
+            const __m512 gj = _mm512_fmsub_ps(alpha, v[j], vb);
+            if (j + 1 < nv) _mm512_storeu_ps(g + 16 * j, gj);
+            else _mm512_mask_storeu_ps(g + 16 * j, fx_live16(n - 16 * j), gj);
+        }
+    }
     return 0;
+}
+/* With g (row-contiguous float32, may be x itself: every store follows every load),
+ * also the gradient's softmax part alpha e_c - beta, alpha = (float)(gwA / (1 + R)):
+ * logits_row's gradient pass. Returns as fx_short_row_ps; g is written only on 0. */
+FX_INLINE int fx_short_row_any_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R, float *g,
+                                  double gwA, float beta)
+{
+    switch ((n + 15) / 16) {
+    case 1: return fx_short_row_nv_ps(x, n, 1, m, skip, R, g, gwA, beta);
+    case 2: return fx_short_row_nv_ps(x, n, 2, m, skip, R, g, gwA, beta);
+    case 3: return fx_short_row_nv_ps(x, n, 3, m, skip, R, g, gwA, beta);
+    case 4: return fx_short_row_nv_ps(x, n, 4, m, skip, R, g, gwA, beta);
+    case 5: return fx_short_row_nv_ps(x, n, 5, m, skip, R, g, gwA, beta);
+    case 6: return fx_short_row_nv_ps(x, n, 6, m, skip, R, g, gwA, beta);
+    case 7: return fx_short_row_nv_ps(x, n, 7, m, skip, R, g, gwA, beta);
+    default: return fx_short_row_nv_ps(x, n, 8, m, skip, R, g, gwA, beta);
+    }
 }
 static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R)
 {
-    switch ((n + 15) / 16) {
-    case 1: return fx_short_row_nv_ps(x, n, 1, m, skip, R);
-    case 2: return fx_short_row_nv_ps(x, n, 2, m, skip, R);
-    case 3: return fx_short_row_nv_ps(x, n, 3, m, skip, R);
-    case 4: return fx_short_row_nv_ps(x, n, 4, m, skip, R);
-    case 5: return fx_short_row_nv_ps(x, n, 5, m, skip, R);
-    case 6: return fx_short_row_nv_ps(x, n, 6, m, skip, R);
-    case 7: return fx_short_row_nv_ps(x, n, 7, m, skip, R);
-    default: return fx_short_row_nv_ps(x, n, 8, m, skip, R);
-    }
+    return fx_short_row_any_ps(x, n, m, skip, R, NULL, 0.0, 0.0f);
+}
+static inline int fx_short_grad_row_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R, float *g,
+                                       double gwA, float beta)
+{
+    return fx_short_row_any_ps(x, n, m, skip, R, g, gwA, beta);
 }
 #endif
 

@@ -718,11 +718,45 @@ FX_INLINE void FXN(short_plain_row)(const fx_call *k, const T *xv, fx_ssize y, f
     later->on = 1;
 }
 
+/* The same row with its gradient, g row-contiguous in the compute dtype (it may be
+ * x itself): on AVX-512 in float32, the register row with logits_row's gradient
+ * steps (alpha e_c - beta, then exact values at the label and the argmax; the same
+ * bits); any other row, or a row the register form does not take, as logits_row. */
+FX_INLINE void FXN(short_grad_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_ssize y, fx_deferred *later)
+{
+#ifdef FX_AVX512_MASKS
+    if (FX_CODE == FX_F32 && y >= 0) {
+        const float *xv = (const float *)(k->x.data + o * k->x.so + i * k->x.si);
+        float *gv = (float *)(k->g.data + o * k->g.so + i * k->g.si);
+        const double lab = (1.0 - k->ls) * k->cw[y], A = lab; /* weights_for, ls == 0: u = 0 */
+        const double gw = FXN(grad_weight)(k, o, i);
+        const float xy = xv[y]; /* before the gradient overwrites it (in place) */
+        float m;
+        fx_ssize kmax;
+        double R;
+        if (fx_short_grad_row_ps(xv, k->n_c, &m, &kmax, &R, gv, gw * A, (float)(gw * 0.0)) == 0) {
+            const double S = 1.0 + R;
+            if (y != kmax) gv[y] = (float)(gw * (A * (double)fx_exp_neg_f32(xy - m) / S - (lab + 0.0)));
+            gv[kmax] = (float)(gw * fx_softmax_grad_at_max(A, 0.0 + (kmax == y ? lab : 0.0), R, S));
+            later->lin = lab != 0 ? lab * ((double)m - (double)xy) : 0.0;
+            later->A = A;
+            later->R = R;
+            later->on = 1;
+            return;
+        }
+    }
+#endif
+    FXN(logits_row_t)(k, o, i, y, 0, 0, 0, later);
+}
+
 FX_INLINE fx_ssize FXN(logits_short_t)(const fx_call *k, fx_ssize r0, fx_ssize r1, const int G)
 {
     const fx_ssize z = (fx_ssize)sizeof(T);
-    const int plain = !k->dense && k->ls == 0 && !k->g.data && k->x.dtype == FX_CODE && k->x.sc == z
-                      && (uintptr_t)k->x.data % z == 0 && k->x.so % z == 0 && k->x.si % z == 0;
+    const int rows = !k->dense && k->ls == 0 && k->x.dtype == FX_CODE && k->x.sc == z
+                     && (uintptr_t)k->x.data % z == 0 && k->x.so % z == 0 && k->x.si % z == 0;
+    const int plain = rows && !k->g.data;
+    const int grad = rows && !G && k->g.data && k->g.dtype == FX_CODE && k->g.sc == z
+                     && (uintptr_t)k->g.data % z == 0 && k->g.so % z == 0 && k->g.si % z == 0;
     fx_ssize o, i;
     fx_row_of(k, r0, &o, &i);
     for (fx_ssize g0 = r0; g0 < r1; g0 += FX_GROUP) {
@@ -741,6 +775,8 @@ FX_INLINE fx_ssize FXN(logits_short_t)(const fx_call *k, fx_ssize r0, fx_ssize r
             at[j] = o * k->n_i + i - k->loss_r0;
             if (plain)
                 FXN(short_plain_row)(k, (const T *)(k->x.data + o * k->x.so + i * k->x.si), y, &part[j], &k->loss[at[j]]);
+            else if (grad)
+                FXN(short_grad_row)(k, o, i, y, &part[j]);
             else
                 FXN(logits_row_t)(k, o, i, y, 0, 0, G, &part[j]);
             if (part[j].on) { lin[j] = part[j].lin; A[j] = part[j].A; R[j] = part[j].R; }
