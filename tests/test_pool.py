@@ -129,6 +129,69 @@ def test_python_threads_at_once_with_mixed_thread_counts():
     assert not errors, errors
 
 
+# ---------------------------------------------------------------------------- regions
+
+needs_regions = pytest.mark.skipif(not ext.pool_info()["regions"], reason="no OpenMP regions in this build")
+
+
+@needs_regions
+@pytest.mark.parametrize("n_items, workers", [(1, 2), (2, 2), (3, 4), (64, 2), (64, 4), (1000, 3)])
+def test_region_jobs_run_every_item_once(n_items, workers):
+    """A job run as an OpenMP region (while another team of the process is awake)
+    keeps the pool's promises: every item once, on a slot below the threads asked
+    for, the threads that ran items counted."""
+    for spin in (0, 2_000):
+        for _ in range(50):
+            counts, slots, ran, _ = ext._pool_probe(n_items, workers, spin, region=True)
+            _spread(counts, slots, min(workers, n_items))
+            assert 1 <= ran <= min(workers, n_items)
+
+
+@needs_regions
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_region_jobs_keep_the_bits(kernel):
+    """A kernel's job run as a region: the one-thread bits (decision 8)."""
+    x, aux = _problem(kernel, 5 * BLOCK_ROWS + 12, 40)
+    _, rows, grad = call(kernel, x, aux, threads=1)
+    for threads in (2, 3):
+        ext._pool_region_next()
+        _, rows_t, grad_t = call(kernel, x, aux, threads=threads)
+        assert rows_t.tobytes() == rows.tobytes() and grad_t == grad, threads
+
+
+@needs_regions
+def test_regions_only_from_the_main_thread():
+    """Another thread would get an OpenMP team of its own: its jobs stay on the pool
+    (and still run every item once when asked for a region)."""
+    seen = []
+
+    def other(_):
+        seen.append(ext.pool_info()["regions"])
+        counts, slots, _, _ = ext._pool_probe(64, 2, 500, region=True)
+        _spread(counts, slots, 2)
+
+    run_in_threads(other, 1)
+    assert seen == [False]
+
+
+def _forked_after_region(q):
+    q.put(ext.pool_info()["regions"])
+    _forked_call(q)
+
+
+@needs_regions
+@needs_fork
+def test_fork_after_a_region_runs_correctly():
+    """libgomp's threads do not survive fork: a child of a process that ran regions
+    runs none (serially, as after the pool) and gets the right answer."""
+    ext._pool_probe(256, 4, 2_000)
+    ext._pool_probe(256, 2, 2_000, region=True)
+    regions, (lo, hi, info, cmin, cmax, smax, ran) = run_forked_child(_forked_after_region, items=2)
+    assert regions is False
+    np.testing.assert_allclose([lo, hi], np.log(19 + np.e) - 1.0, rtol=1e-6)
+    assert (cmin, cmax, smax, ran) == (1, 1, 0, 1)
+
+
 # ---------------------------------------------------------------------------- processes
 
 

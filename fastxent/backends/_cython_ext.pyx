@@ -507,6 +507,8 @@ cdef extern from "_csrc/fx_pool.h":
     int fx_pool_parallel() noexcept nogil
     int fx_pool_threads() noexcept nogil
     const char *fx_pool_kind() noexcept nogil
+    int fx_pool_regions() noexcept nogil
+    void fx_pool_region_next(int on) noexcept nogil
     void fx_pool_min(fx_ssize *p, fx_ssize v) noexcept nogil
 
 ctypedef fused label_t:
@@ -772,9 +774,12 @@ def pool_info():
     """The threads the kernels run on: the extension's own pool (``kind``: how its
     threads wait -- "futex", "condition variable" -- or "openmp"/"serial" where it
     has no threads of its own), whether calls can use more than one thread here
-    (not in a child forked after the pool ran), and how many pool threads exist."""
+    (not in a child forked after the pool ran), how many pool threads exist, and
+    whether this thread's jobs may run as OpenMP regions while another OpenMP team
+    of the process is awake (``regions``: fx_pool.h)."""
     return {"kind": fx_pool_kind().decode(), "parallel": bool(FX_OPENMP and fx_pool_parallel()
-            and not fx_in_forked_child()), "threads": fx_pool_threads()}
+            and not fx_in_forked_child()), "threads": fx_pool_threads(),
+            "regions": bool(fx_pool_regions())}
 
 
 ctypedef struct _probe_job:
@@ -803,8 +808,16 @@ cdef void _probe_item(void *ctx, fx_ssize item, int slot) noexcept nogil:
     j.slot[item] = slot
 
 
-def _pool_probe(fx_ssize n_items, int workers, fx_ssize spin=0):
-    """Test hook: run ``n_items`` items on the pool with up to ``workers`` threads;
+def _pool_region_next(bint on=True):
+    """Test hook: this thread's next parallel job runs as an OpenMP region (``on``)
+    or on the pool, where its jobs may be regions (``pool_info()["regions"]``)."""
+    fx_pool_region_next(on)
+
+
+def _pool_probe(fx_ssize n_items, int workers, fx_ssize spin=0, bint region=False):
+    """Test hook: run ``n_items`` items on the pool with up to ``workers`` threads
+    (``region``: as an OpenMP region, else on the pool, where this thread's jobs
+    may be regions);
     each item counts its runs, notes the slot that ran it and busies itself for
     ``spin`` steps. Its job record is never freed and is marked finished when the
     run returns, so a pool thread touching a finished job is seen. Returns
@@ -821,6 +834,7 @@ def _pool_probe(fx_ssize n_items, int workers, fx_ssize spin=0):
     j.spin = spin
     j.finished = 0
     with nogil:
+        fx_pool_region_next(region)
         ran = fx_pool_run(_probe_item, j, n_items, workers)
         j.finished = 1
     return counts, slots, ran, _probe_late

@@ -96,6 +96,8 @@ int fx_pool_parallel(void) { return 0; }
 const char *fx_pool_kind(void) { return "serial"; }
 #endif
 int fx_pool_threads(void) { return 0; }
+void fx_pool_region_next(int on) { (void)on; }
+int fx_pool_regions(void) { return 0; }
 
 #else
 /* ---------------------------------------------------------------- POSIX threads */
@@ -120,6 +122,7 @@ int fx_pool_threads(void) { return 0; }
 #define MAX_CHUNKS ((fx_ssize)IDX_MASK - 1)
 #define WORKER_SPIN_NS 100000          /* a pool thread's spin after a job, before it sleeps */
 #define CALLER_SPIN_NS 20000           /* the caller's spin for chunks in flight, before it sleeps */
+#define WAKE_LATE_NS 200000            /* a wake-up this late: the thread's core was taken */
 
 /* Hot words each on a cache line of its own: claim (every claim), done (every
  * finished chunk), gen and the descriptor (read once per job). */
@@ -136,6 +139,8 @@ static struct {
     _Atomic fx_ssize n_items;
     _Atomic fx_ssize n_chunks;
     _Atomic int workers;
+    LINE _Atomic uint64_t woken_at;  /* now_ns of the caller's last wake-up call */
+    _Atomic int woke_late;           /* a pool thread ran WAKE_LATE_NS or more after it */
     LINE _Atomic int owner;          /* 1 while a caller runs a job on the pool */
     _Atomic int gone;                /* a forked child: the threads did not survive */
     _Atomic int n_threads;           /* threads started; changed by the owner only */
@@ -224,6 +229,101 @@ static void wake_all(_Atomic uint32_t *w)
 }
 #endif
 
+/* Jobs as OpenMP regions while a team of this process is awake (see fx_pool.h):
+ * Linux (gettid), OpenMP builds, the process's main thread (where torch runs its
+ * team; another thread would get a libgomp team of its own). The owner's state: */
+#if defined(_OPENMP) && defined(__linux__)
+#define FX_POOL_REGIONS 1
+#include <omp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define REGION_RETRY_NS 20000000ull       /* after a region that waited: the pool for 20 ms, */
+#define REGION_RETRY_MAX_NS 1600000000ull /* doubled after each try that waits again */
+#define REGION_SLACK_NS 50000ull          /* a join wait beyond the caller's share that counts, */
+#define REGION_SLICE_NS 1000000ull        /* and one as long as a scheduler slice */
+static int region_next;                  /* 1: the next job runs as a region */
+static uint64_t region_retry_at;         /* (now_ns) no region before then */
+static uint64_t region_backoff = REGION_RETRY_NS;
+static int region_waits;                 /* regions in a row that waited */
+static _Atomic int region_forked;        /* a forked child: libgomp's threads did not survive */
+static pthread_once_t region_fork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child_region(void) { atomic_store(&region_forked, 1); }
+static void install_region_fork_guard(void) { pthread_atfork(NULL, NULL, on_fork_child_region); }
+
+static int on_main_thread(void)
+{
+    static _Thread_local int known = -1;
+    if (known < 0) known = syscall(SYS_gettid) == getpid();
+    return known;
+}
+
+/* One job as an OpenMP region, its items claimed from a counter as in work().
+ * Returns the threads that ran an item; *waited: 0 if the caller's wait at the join
+ * barrier beyond its own share took at most REGION_SLACK_NS, else 1, or 2 beyond
+ * REGION_SLICE_NS -- a team thread that had to be woken or started, or (2) one the
+ * OS had not scheduled: the team was not awake. */
+static int run_region(fx_pool_fn fn, void *ctx, fx_ssize n_items, int workers, int *waited)
+{
+    _Atomic fx_ssize next = 0;
+    _Atomic int ran = 0;
+    const uint64_t t0 = now_ns();
+    uint64_t t_own = t0;
+#pragma omp parallel num_threads(workers)
+    {
+        const int slot = omp_get_thread_num();
+        int mine = 0;
+        for (fx_ssize i; (i = atomic_fetch_add(&next, 1)) < n_items; mine = 1) fn(ctx, i, slot);
+        if (mine) atomic_fetch_add(&ran, 1);
+        if (slot == 0) t_own = now_ns();
+    }
+    const uint64_t wait = now_ns() - t_own, own = t_own - t0;
+    *waited = wait > own + REGION_SLICE_NS ? 2 : wait > own + REGION_SLACK_NS;
+    return atomic_load(&ran);
+}
+
+/* The owner, after a pool job that a pool thread did not join: try a region next. */
+static void try_region_next(void)
+{
+    if (now_ns() < region_retry_at || !on_main_thread()) return;
+    pthread_once(&region_fork_once, install_region_fork_guard);
+    region_next = 1;
+}
+
+/* The owner: run the job as a region if one is due. Returns 0 if not, else the
+ * threads that ran items. */
+static int maybe_region(fx_pool_fn fn, void *ctx, fx_ssize n_items, int workers)
+{
+    int waited, ran;
+    if (!region_next || atomic_load(&region_forked) || !on_main_thread()) return 0;
+    ran = run_region(fn, ctx, n_items, workers, &waited);
+    if (!waited) {
+        region_waits = 0;
+        region_backoff = REGION_RETRY_NS;
+    } else if (++region_waits == 2 || waited == 2) {
+        /* a slice, or two waits in a row (one may be the team's wake-up or start,
+         * after which it is awake): back to the pool; the next try waits twice as long */
+        region_waits = 0;
+        region_next = 0;
+        region_retry_at = now_ns() + region_backoff;
+        if (region_backoff < REGION_RETRY_MAX_NS) region_backoff *= 2;
+    }
+    return ran > 0 ? ran : 1;
+}
+
+void fx_pool_region_next(int on)
+{
+    if (!on_main_thread()) return;
+    pthread_once(&region_fork_once, install_region_fork_guard);
+    region_next = on;
+}
+int fx_pool_regions(void) { return on_main_thread() && !atomic_load(&region_forked); }
+#else
+#define FX_POOL_REGIONS 0
+void fx_pool_region_next(int on) { (void)on; }
+int fx_pool_regions(void) { return 0; }
+#endif
+
 /* Claim and run chunks of job `job` (descriptor already read) until none are
  * left or the job is no longer current. Returns whether any chunk ran. */
 static int work(uint64_t job, uint64_t w, fx_pool_fn fn, void *ctx, fx_ssize n_items, fx_ssize n_chunks,
@@ -259,6 +359,7 @@ static void *pool_thread(void *arg)
             sleep_while(&P.gen, seen);
             atomic_fetch_sub(&P.sleepers, 1);
             g = atomic_load(&P.gen);
+            if (g != seen && now_ns() - atomic_load(&P.woken_at) >= WAKE_LATE_NS) atomic_store(&P.woke_late, 1);
         }
         seen = g;
         /* Read the job's word, then its descriptor: the claim's compare-and-swap
@@ -308,6 +409,12 @@ int fx_pool_run(fx_pool_fn fn, void *ctx, fx_ssize n_items, int workers)
     if (workers <= 1 || atomic_load(&P.gone)) return run_serial(fn, ctx, n_items);
     if (!atomic_compare_exchange_strong(&P.owner, &expected, 1))
         return run_serial(fn, ctx, n_items); /* another caller's job is running */
+#if FX_POOL_REGIONS
+    if ((ran = maybe_region(fn, ctx, n_items, workers)) > 0) {
+        atomic_store(&P.owner, 0);
+        return ran;
+    }
+#endif
     start_threads(workers - 1);
     if (P.n_threads == 0) {
         atomic_store(&P.owner, 0);
@@ -327,7 +434,11 @@ int fx_pool_run(fx_pool_fn fn, void *ctx, fx_ssize n_items, int workers)
     atomic_store(&P.workers, workers);
     atomic_store(&P.claim, job << IDX_BITS);
     atomic_store(&P.gen, (uint32_t)job);
-    if (atomic_load(&P.sleepers) > 0) wake_all(&P.gen);
+    const int woke = atomic_load(&P.sleepers) > 0;
+    if (woke) {
+        atomic_store(&P.woken_at, now_ns());
+        wake_all(&P.gen);
+    }
 
     work(job, job << IDX_BITS, fn, ctx, n_items, n_chunks, 0);
     /* chunks still in flight on pool threads (they started them: wait for those) */
@@ -347,6 +458,18 @@ int fx_pool_run(fx_pool_fn fn, void *ctx, fx_ssize n_items, int workers)
         }
     }
     ran = atomic_load(&P.joined);
+#if FX_POOL_REGIONS
+    /* A pool thread did not come although it was awake (spinning), or although its
+     * last wake-up came late: its core is taken, maybe by an OpenMP team of this
+     * process that spins after its own region (torch's). The next job joins that team
+     * (and the pool takes over again, for a while, if the team was not awake). A
+     * thread that was asleep and wakes in time but after the caller ran every chunk
+     * is the pool working as meant, and no reason. */
+    const int woke_late = atomic_exchange(&P.woke_late, 0);
+    if (ran < workers && (woke_late || !woke)) try_region_next();
+#else
+    (void)woke;
+#endif
     atomic_store(&P.owner, 0);
     return ran;
 }

@@ -22,6 +22,18 @@
  *   (back-to-back calls find them awake) before they sleep (a futex on Linux, a
  *   condition variable elsewhere); a caller makes a wake-up system call only when
  *   a thread sleeps.
+ * - Regions while a team is awake (Linux, OpenMP builds, the main thread): another
+ *   OpenMP team of this process -- torch's, sharing libgomp with the extension --
+ *   spins for milliseconds after each of its own regions and holds the core a pool
+ *   thread needs, so right after torch's calls every chunk ran on the caller. When a
+ *   pool thread did not join a job although it was awake (or its last wake-up came
+ *   late), the next job runs as an OpenMP region instead, on that spinning team: it
+ *   starts at once. A region whose join barrier kept the caller waiting a scheduler
+ *   slice (a team thread the OS had not scheduled), or two in a row that kept it
+ *   waiting beyond its own share (the team was not awake after all; one such wait
+ *   may be its wake-up), hand the jobs back to the pool for 20 ms, doubled after
+ *   each further such try up to 1.6 s, so that a core kept busy by another process
+ *   costs a slice only that rarely. A forked child never runs regions.
  * - Windows: an OpenMP region claims the same items (its join barrier stays), or
  *   serial without OpenMP.
  */
@@ -46,6 +58,12 @@ int fx_pool_parallel(void);
 
 /* Pool threads started so far (0 before the first parallel run). */
 int fx_pool_threads(void);
+
+/* Whether this thread's jobs may run as OpenMP regions (see above), and a test
+ * hook: run its next job as one (on = 1) or on the pool (on = 0); no effect where
+ * its jobs may not be regions. */
+int fx_pool_regions(void);
+void fx_pool_region_next(int on);
 
 /* How the pool waits and runs: "futex", "condition variable", "openmp" or "serial". */
 const char *fx_pool_kind(void);
