@@ -61,11 +61,19 @@ class _Table:
         row = rows.get("1" if threads == 1 else str(self.max_threads))
         if row is None:
             return None
+        return row[min(self._nearest(work), len(row) - 1)]
+
+    def next_size(self, work: int) -> int | None:
+        """The measured size after the one nearest to ``work``, or None."""
+        k = self._nearest(work) + 1
+        return round(math.exp(self.log_sizes[k])) if k < len(self.log_sizes) else None
+
+    def _nearest(self, work: int) -> int:
         x = math.log(max(work, 1))
         k = bisect.bisect_left(self.log_sizes, x)
         if k == len(self.log_sizes) or (k > 0 and x - self.log_sizes[k - 1] < self.log_sizes[k] - x):
             k -= 1
-        return row[min(k, len(row) - 1)]
+        return k
 
 
 _table: _Table | None = None
@@ -217,15 +225,26 @@ def _threads(backend: str, family: str, work: int, requested: int | None) -> tup
         return 1, f"1 thread (from {source})"
     # The rule of thumb (one thread below PARALLEL_MIN_WORK) holds unless the table
     # measured the other choice SWITCH_MARGIN faster: a noisy point does not flip it.
-    one = table().seconds(backend, family, 1, work)
-    many = table().seconds(backend, family, most, work)
+    # Below it, more threads must also win at the next measured size: a lone point
+    # of a few microseconds where they won is noise.
+    t = table()
+    one, many = t.seconds(backend, family, 1, work), t.seconds(backend, family, most, work)
     if work < PARALLEL_MIN_WORK:
-        if one is not None and many is not None and many < SWITCH_MARGIN * one:
-            return most, f"{most} threads (from {source}): measured faster than 1 at this size"
+        if _many_win(t, backend, family, most, work) and _many_win(t, backend, family, most, t.next_size(work)):
+            return most, f"{most} threads (from {source}): measured faster than 1 at this size and the next"
         return 1, f"1 thread: work below {PARALLEL_MIN_WORK:,}"
     if one is not None and many is not None and one < SWITCH_MARGIN * many:
         return 1, f"1 thread: measured faster than {most} at this size"
     return most, f"{most} threads (from {source})"
+
+
+def _many_win(t: _Table, backend: str, family: str, most: int, work: int | None) -> bool:
+    """Whether ``most`` threads were measured SWITCH_MARGIN faster than 1 at the size
+    nearest to ``work`` (None: no such size, no)."""
+    if work is None:
+        return False
+    one, many = t.seconds(backend, family, 1, work), t.seconds(backend, family, most, work)
+    return one is not None and many is not None and many < SWITCH_MARGIN * one
 
 
 def _numba_ready(problem) -> bool:
