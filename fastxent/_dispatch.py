@@ -228,11 +228,11 @@ def _threads(backend: str, family: str, work: int, requested: int | None) -> tup
     # Below it, more threads must also win at the next measured size: a lone point
     # of a few microseconds where they won is noise.
     t = table()
-    one, many = t.seconds(backend, family, 1, work), t.seconds(backend, family, most, work)
     if work < PARALLEL_MIN_WORK:
         if _many_win(t, backend, family, most, work) and _many_win(t, backend, family, most, t.next_size(work)):
             return most, f"{most} threads (from {source}): measured faster than 1 at this size and the next"
         return 1, f"1 thread: work below {PARALLEL_MIN_WORK:,}"
+    one, many = t.seconds(backend, family, 1, work), t.seconds(backend, family, most, work)
     if one is not None and many is not None and one < SWITCH_MARGIN * many:
         return 1, f"1 thread: measured faster than {most} at this size"
     return most, f"{most} threads (from {source})"

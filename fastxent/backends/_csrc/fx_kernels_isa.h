@@ -237,11 +237,13 @@ FX_INLINE int fx_short_row_nv_ps(const float *x, fx_ssize n, const int nv, float
     }
     return 0;
 }
-/* With g (row-contiguous float32, may be x itself: every store follows every load),
+/* The register row for any n <= FX_SHORT_C (a predictable switch to its copy).
+ * With g (row-contiguous float32, may be x itself: every store follows every load),
  * also the gradient's softmax part alpha e_c - beta, alpha = (float)(gwA / (1 + R)):
- * logits_row's gradient pass. Returns as fx_short_row_ps; g is written only on 0. */
-FX_INLINE int fx_short_row_any_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R, float *g,
-                                  double gwA, float beta)
+ * logits_row's gradient pass; g is written only when it returns 0. NULL: the loss
+ * alone (the constant removes the gradient's code where inlined). */
+FX_INLINE int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R, float *g,
+                              double gwA, float beta)
 {
     switch ((n + 15) / 16) {
     case 1: return fx_short_row_nv_ps(x, n, 1, m, skip, R, g, gwA, beta);
@@ -253,15 +255,6 @@ FX_INLINE int fx_short_row_any_ps(const float *x, fx_ssize n, float *m, fx_ssize
     case 7: return fx_short_row_nv_ps(x, n, 7, m, skip, R, g, gwA, beta);
     default: return fx_short_row_nv_ps(x, n, 8, m, skip, R, g, gwA, beta);
     }
-}
-static inline int fx_short_row_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R)
-{
-    return fx_short_row_any_ps(x, n, m, skip, R, NULL, 0.0, 0.0f);
-}
-static inline int fx_short_grad_row_ps(const float *x, fx_ssize n, float *m, fx_ssize *skip, double *R, float *g,
-                                       double gwA, float beta)
-{
-    return fx_short_row_any_ps(x, n, m, skip, R, g, gwA, beta);
 }
 #endif
 

@@ -670,6 +670,15 @@ static FX_NOIPA void FXN(group_losses)(const double *FX_RESTRICT lin, const doub
  * -- the same helpers in the same order, hence the same bits -- without the
  * general row's setup, which costs as much as a short row's exps. Ignored, NaN and
  * all -inf rows write their loss and leave later->on = 0. */
+/* A plain row's loss, deferred: lin = lab (m - x_y), A = lab (no smoothing). */
+FX_INLINE void FXN(defer_plain)(fx_deferred *later, double lab, double m, double xy, double R)
+{
+    later->lin = lab != 0 ? lab * (m - xy) : 0.0;
+    later->A = lab;
+    later->R = R;
+    later->on = 1;
+}
+
 FX_INLINE void FXN(short_plain_row)(const fx_call *k, const T *xv, fx_ssize y, fx_deferred *later, double *loss)
 {
     if (y < 0) { /* ignored row */
@@ -678,19 +687,18 @@ FX_INLINE void FXN(short_plain_row)(const fx_call *k, const T *xv, fx_ssize y, f
     }
     const double lab = (1.0 - k->ls) * k->cw[y], A = lab; /* weights_for, ls == 0 */
     T m;
+    double R = 0; /* set for row 0 */
     int row; /* 0, or 1: a NaN or +inf in the row, 2: every logit -inf */
 #ifdef FX_AVX512_MASKS
     if (FX_CODE == FX_F32) { /* the same steps in registers */
         float mf;
         fx_ssize skip;
-        double R = 0; /* set for row 0 */
-        row = fx_short_row_ps((const float *)xv, k->n_c, &mf, &skip, &R);
+        row = fx_short_row_ps((const float *)xv, k->n_c, &mf, &skip, &R, NULL, 0.0, 0.0f);
         m = (T)mf;
         if (row == 3) { /* wider than fx_exp_near's range */
             R = FXN(exp_sum_short)(xv, k->n_c, m, skip, 0, NULL);
             row = 0;
         }
-        later->R = R;
     } else
 #endif
     {
@@ -702,7 +710,7 @@ FX_INLINE void FXN(short_plain_row)(const fx_call *k, const T *xv, fx_ssize y, f
             /* exp_sum's own choice for C <= FX_SHORT_C <= FX_RUN, called directly: a
              * new call of exp_sum changed how GCC compiled it for long rows (scalar
              * lane sums) */
-            later->R = FXN(exp_sum_short)(xv, k->n_c, m, skip, near, NULL);
+            R = FXN(exp_sum_short)(xv, k->n_c, m, skip, near, NULL);
         }
     }
     if (row == 1) { /* NaN row */
@@ -713,9 +721,7 @@ FX_INLINE void FXN(short_plain_row)(const fx_call *k, const T *xv, fx_ssize y, f
         *loss = A == 0 ? 0.0 : A * INFINITY;
         return;
     }
-    later->lin = lab != 0 ? lab * ((double)m - (double)xv[y]) : 0.0;
-    later->A = A;
-    later->on = 1;
+    FXN(defer_plain)(later, lab, (double)m, (double)xv[y], R);
 }
 
 /* The same row with its gradient, g row-contiguous in the compute dtype (it may be
@@ -734,14 +740,11 @@ FX_INLINE void FXN(short_grad_row)(const fx_call *k, fx_ssize o, fx_ssize i, fx_
         float m;
         fx_ssize kmax;
         double R;
-        if (fx_short_grad_row_ps(xv, k->n_c, &m, &kmax, &R, gv, gw * A, (float)(gw * 0.0)) == 0) {
+        if (fx_short_row_ps(xv, k->n_c, &m, &kmax, &R, gv, gw * A, (float)(gw * 0.0)) == 0) {
             const double S = 1.0 + R;
             if (y != kmax) gv[y] = (float)(gw * (A * (double)fx_exp_neg_f32(xy - m) / S - (lab + 0.0)));
             gv[kmax] = (float)(gw * fx_softmax_grad_at_max(A, 0.0 + (kmax == y ? lab : 0.0), R, S));
-            later->lin = lab != 0 ? lab * ((double)m - (double)xy) : 0.0;
-            later->A = A;
-            later->R = R;
-            later->on = 1;
+            FXN(defer_plain)(later, lab, (double)m, (double)xy, R);
             return;
         }
     }
